@@ -1,0 +1,5 @@
+import sys
+
+from perfray.cli import main
+
+sys.exit(main())

@@ -1,0 +1,88 @@
+"""Command line: ``perfray sweep`` (also ``python -m perfray.sweep``). Exit codes: 0 ran and every must-pass
+target met; 1 a must-pass target failed; 2 bad usage or config; 3 could not proceed; 130 interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from perfray.errors import PerfrayError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other usage error
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="perfray", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sweep = sub.add_parser("sweep", help="run a sweep (the main job)")
+    sweep.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/smoke.yaml)")
+    sweep.add_argument("--results-dir", type=Path, default=Path("results"))
+    sweep.add_argument("--run-id", default=None, help="folder name under --results-dir (default: NAME-TIME)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set load.duration_s=2 (repeatable)")
+    sweep.add_argument("--quiet", action="store_true", help="no progress lines")
+    sweep.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def run_sweep_command(args) -> int:
+    from perfray.config import load_config
+    from perfray.progress import Progress
+    from perfray.results.writer import prepare_run_dir
+    from perfray.sweep import SweepDriver
+
+    config = load_config(args.config, args.overrides)
+    run_id = args.run_id or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    run_dir = prepare_run_dir(args.results_dir, run_id)
+    progress = Progress(enabled=not args.quiet)
+    progress.note(f"perfray: run {run_id} -> {run_dir}")
+    driver = SweepDriver(config, run_dir, run_id, progress=progress, argv=sys.argv)
+    code = driver.run()
+    verdicts = driver.manifest.doc.get("verdicts", [])
+    failed = [v for v in verdicts if v["must_pass"] and not v["passed"]]
+    status = driver.manifest.doc["status"]
+    progress.note(f"perfray: {status}; {driver.writer.rows_written:,} request rows; "
+                  f"{len(verdicts) - len(failed)}/{len(verdicts)} target checks passed -> {run_dir}")
+    for v in failed:
+        progress.note(f"  [red]FAIL[/red] cell {v['cell']}: {v['metric']} = {v['value']:.4g} (want {v['bound']})")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv or os.environ.get("PERFRAY_DEBUG") == "1"
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "sweep":
+            return run_sweep_command(args)
+        raise UsageError(f"unknown command {args.command!r}")
+    except PerfrayError as err:
+        if debug:
+            raise
+        print(f"perfray: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("perfray: interrupted; results so far were written", file=sys.stderr)
+        return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Ray: connecting (embedded or a cluster), logical GPUs, and the thin actor wrappers."""

@@ -1,0 +1,82 @@
+"""Connect to Ray: embedded local Ray by default, a cluster under ``ray job submit`` or with an address.
+
+Without real GPUs, an embedded Ray declares logical GPUs (``num_gpus``) so a 1…N GPU sweep still runs on a
+laptop; every figure from such a run is labelled simulated.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from perfray.errors import UnavailableError
+
+
+@dataclass
+class RayInfo:
+    embedded: bool
+    address: str | None
+    logical_gpus: bool
+    real_gpus_on_driver: int
+    resources: dict
+    dashboard_url: str | None
+
+
+def count_local_gpus() -> int:
+    """NVIDIA GPUs on this host, via nvidia-smi (0 if there is none or no driver)."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return 0
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def connect(cluster, gpus_needed: int, cpus_needed: float) -> RayInfo:
+    """Start or join Ray and make sure ``gpus_needed`` (real or logical) GPUs exist."""
+    import ray
+
+    address = cluster.address or os.environ.get("RAY_ADDRESS")
+    real = count_local_gpus()
+    context = None
+    if address:
+        try:
+            context = ray.init(address=address, log_to_driver=False)
+        except Exception as err:
+            raise UnavailableError(f"cannot join the Ray cluster at {address}: {err}".splitlines()[0]) from None
+        embedded, logical = False, False
+    else:
+        logical = cluster.logical_gpus == "always" or (cluster.logical_gpus == "auto" and real < gpus_needed)
+        if cluster.logical_gpus == "never" and real < gpus_needed:
+            raise UnavailableError(
+                f"the sweep needs {gpus_needed} GPUs and this machine has {real}; "
+                "set cluster.logical_gpus: auto to simulate them")
+        num_gpus = gpus_needed if logical else real
+        context = ray.init(
+            address="local",
+            num_gpus=num_gpus,
+            num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)),
+            log_to_driver=False,
+            include_dashboard=None,
+        )
+        embedded = True
+    resources = ray.cluster_resources()
+    have = int(resources.get("GPU", 0))
+    if have < gpus_needed:
+        ray.shutdown()
+        raise UnavailableError(
+            f"the Ray cluster has {have} GPUs and the sweep needs {gpus_needed}; lower search.n_gpus, add GPU "
+            f"nodes, or for a simulated run start the head with 'ray start --head --num-gpus {gpus_needed}'")
+    dashboard = getattr(context, "dashboard_url", None) if context is not None else None
+    return RayInfo(embedded, address, logical, real, dict(resources), dashboard or None)
+
+
+def shutdown(info: RayInfo | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

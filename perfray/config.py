@@ -1,0 +1,316 @@
+"""Sweep configuration: declared once (pydantic), validated at load, printed back into the manifest.
+
+A config is a *workload* (dataset, search, load) plus ``sweep``: a mapping of field paths to lists of values.
+Every combination of those values is one *cell*. Paths are dotted (``load.target_qps``) or a leaf name that
+is unique across sections (``target_qps``); ``--set`` uses the same paths.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from perfray.errors import UsageError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticDataset(Strict):
+    """Seeded Gaussian clusters; queries come from the same distribution."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    n: int = Field(20_000, gt=0)
+    dim: int = Field(64, gt=0)
+    clusters: int = Field(32, gt=0)
+    spread: float = Field(0.35, gt=0)
+    n_queries: int = Field(1_000, gt=0)
+    seed: int = 0
+
+
+class FileDataset(Strict):
+    """An ann-benchmarks HDF5 file (train/test) or ``.fvecs`` base (+ ``queries_path``)."""
+
+    kind: Literal["file"]
+    path: Path
+    format: Literal["auto", "hdf5", "fvecs"] = "auto"
+    queries_path: Path | None = None
+    n_queries: int | None = Field(None, gt=0)
+    limit: int | None = Field(None, gt=0, description="use only the first N base vectors")
+
+
+Dataset = Annotated[SyntheticDataset | FileDataset, Field(discriminator="kind")]
+
+
+class SearchSpec(Strict):
+    backend: str = "auto"
+    topology: Literal["replicated", "sharded"] = "replicated"
+    n_gpus: int = Field(1, ge=1)
+    k: int = Field(10, ge=1, le=4096)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from perfray.backends import BACKENDS
+
+        if value != "auto" and value not in BACKENDS.names():
+            raise ValueError(f"unknown backend {value!r}; known: auto, {', '.join(BACKENDS.names())}")
+        return value
+
+
+class Phase(Strict):
+    """A stretch of the rate schedule. ``rate`` multiplies the cell's ``target_qps`` unless ``qps`` is set;
+    ``rate_end``/``qps_end`` make it a linear ramp."""
+
+    name: str = Field(min_length=1)
+    duration_s: float = Field(gt=0)
+    rate: float = Field(1.0, ge=0)
+    rate_end: float | None = Field(None, ge=0)
+    qps: float | None = Field(None, ge=0)
+    qps_end: float | None = Field(None, ge=0)
+    measured: bool = True
+
+
+class LoadSpec(Strict):
+    target_qps: float = Field(500.0, gt=0)
+    duration_s: float = Field(5.0, gt=0)
+    warmup_s: float = Field(1.0, ge=0)
+    arrival: Literal["constant", "poisson"] = "poisson"
+    phases: tuple[Phase, ...] | None = None
+    actors: int = Field(1, ge=1)
+    batch_window_ms: float = Field(1.0, ge=0)
+    batch_max: int = Field(64, ge=1)
+    max_in_flight: int = Field(2048, ge=1)
+    timeout_ms: float = Field(2_000.0, gt=0)
+    op_mix: Literal["simple", "mixed", "complex"] = "simple"
+    seed: int = 0
+
+    def phase_plan(self) -> tuple[Phase, ...]:
+        """Explicit phases, or warm-up (unmeasured) + sustained at ``target_qps``."""
+        if self.phases:
+            return self.phases
+        plan = []
+        if self.warmup_s > 0:
+            plan.append(Phase(name="warmup", duration_s=self.warmup_s, measured=False))
+        plan.append(Phase(name="sustained", duration_s=self.duration_s))
+        return tuple(plan)
+
+
+class Workload(Strict):
+    """Everything one cell needs: what data, how it is searched, how load is offered."""
+
+    dataset: Dataset = Field(default_factory=SyntheticDataset)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    load: LoadSpec = Field(default_factory=LoadSpec)
+
+
+class TargetSpec(Strict):
+    """A threshold on a summary column, checked for every cell."""
+
+    metric: str
+    max: float | None = None
+    min: float | None = None
+    must_pass: bool = True
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> TargetSpec:
+        from perfray.analysis.summary import SUMMARY_METRICS
+
+        if self.metric not in SUMMARY_METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; known: {', '.join(SUMMARY_METRICS)}")
+        if (self.max is None) == (self.min is None):
+            raise ValueError("give exactly one of 'max' or 'min'")
+        return self
+
+
+class MicrobenchSpec(Strict):
+    enabled: bool = True
+    batch_sizes: tuple[Annotated[int, Field(ge=1)], ...] = (1, 16, 128)
+    ks: tuple[Annotated[int, Field(ge=1)], ...] = (10,)
+    repeats: int = Field(5, ge=1)
+    warmup: int = Field(2, ge=0)
+
+
+class ClusterSpec(Strict):
+    address: str | None = Field(None, description="Ray address; default: RAY_ADDRESS, else embedded local Ray")
+    logical_gpus: Literal["auto", "always", "never"] = "auto"
+    load_actor_cpus: float = Field(0.5, ge=0)
+    gpu_actor_cpus: float = Field(0.0, ge=0)
+    drain_interval_s: float = Field(0.5, gt=0, le=1.0)
+    actor_start_timeout_s: float = Field(120.0, gt=0)
+
+
+class SweepConfig(Strict):
+    name: str = "sweep"
+    workload: Workload = Field(default_factory=Workload)
+    sweep: dict[str, tuple[Any, ...]] = Field(default_factory=dict)
+    targets: tuple[TargetSpec, ...] = ()
+    microbench: MicrobenchSpec = Field(default_factory=MicrobenchSpec)
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    cache_dir: Path | None = Field(None, description="ground-truth cache; default RESULTS_DIR/.cache")
+
+    @model_validator(mode="after")
+    def _sweep_axes(self) -> SweepConfig:
+        for key, values in self.sweep.items():
+            resolve_path(key)
+            if not values:
+                raise ValueError(f"sweep.{key}: needs at least one value")
+        return self
+
+    def cells(self) -> list[Workload]:
+        """The grid: one validated Workload per combination of sweep values, in config order."""
+        base = self.workload.model_dump(mode="json")
+        axes = [(resolve_path(k), vs) for k, vs in self.sweep.items()]
+        out = []
+        for combo in itertools.product(*(vs for _, vs in axes)):
+            data = copy.deepcopy(base)
+            for (path, _), value in zip(axes, combo, strict=True):
+                set_path(data, path, value)
+            out.append(_validate(Workload, data, "sweep"))
+        return out
+
+
+def _leaf_paths() -> dict[str, list[str]]:
+    leaves: dict[str, list[str]] = {}
+    for section, model in (("dataset", SyntheticDataset), ("dataset", FileDataset), ("search", SearchSpec),
+                           ("load", LoadSpec)):
+        for name in model.model_fields:
+            paths = leaves.setdefault(name, [])
+            if f"{section}.{name}" not in paths:
+                paths.append(f"{section}.{name}")
+    return leaves
+
+
+def resolve_path(key: str) -> tuple[str, ...]:
+    """``load.target_qps`` or a unique leaf (``target_qps``) → path inside a Workload."""
+    if key == "dataset" or key.startswith(("dataset.", "search.", "load.")):
+        return tuple(key.split("."))
+    paths = _leaf_paths().get(key, [])
+    if len(paths) == 1:
+        return tuple(paths[0].split("."))
+    if len(paths) > 1:
+        raise ValueError(f"{key!r} is ambiguous; use one of {', '.join(paths)}")
+    raise ValueError(f"{key!r} is not a workload field (try e.g. load.target_qps, search.n_gpus)")
+
+
+def set_path(data: dict, path: tuple[str, ...], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"{'.'.join(path)}: {part} is not a section")
+    node[path[-1]] = value
+
+
+def _describe(err: ValidationError, where: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    field = f"{where}: {loc}" if loc else where
+    return f"{field}: {msg}"
+
+
+def _validate(model: type[BaseModel], data: Any, where: str):
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise UsageError(_describe(err, where)) from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` with a YAML-typed value."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"--set {text!r}: expected key=value, e.g. --set load.duration_s=2")
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise UsageError(f"--set {text!r}: the value is not valid YAML") from None
+
+
+def apply_override(data: dict, key: str, value: Any) -> None:
+    """Apply one ``--set``: top-level sections by dotted path, workload fields by path or unique leaf name.
+    A value set on a swept field replaces that sweep axis."""
+    top = key.split(".")[0]
+    if top in SweepConfig.model_fields and top != "workload":
+        set_path(data, tuple(key.split(".")), value)
+        return
+    try:
+        path = resolve_path(key.removeprefix("workload."))
+    except ValueError as err:
+        raise UsageError(f"--set {key}: {err}") from None
+    set_path(data.setdefault("workload", {}), path, value)
+    sweep = data.get("sweep") or {}
+    for axis in list(sweep):
+        try:
+            if resolve_path(axis) == path:
+                del sweep[axis]
+        except ValueError:
+            continue
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> SweepConfig:
+    """Read, override and validate a config file; every problem is a one-line ``UsageError``."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise UsageError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UsageError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping at the top level")
+    for text in overrides or []:
+        key, value = parse_override(text)
+        apply_override(data, key, value)
+    config = _validate(SweepConfig, data, str(path))
+    try:
+        cells = config.cells()
+    except UsageError as err:
+        raise UsageError(f"{path}: {err}") from None
+    for cell in cells:
+        _check_cell(cell, path)
+    return config
+
+
+def _check_cell(cell: Workload, path: Path) -> None:
+    ds = cell.dataset
+    if isinstance(ds, FileDataset):
+        for field, file in (("dataset.path", ds.path), ("dataset.queries_path", ds.queries_path)):
+            if file is not None and not Path(file).is_file():
+                raise UsageError(f"{path}: {field}: no such file {file}")
+    total_s = sum(p.duration_s for p in cell.load.phase_plan())
+    peak = max(max(phase_rates(p, cell.load.target_qps)) for p in cell.load.phase_plan())
+    if peak <= 0:
+        raise UsageError(f"{path}: load: every phase has rate 0; nothing would be sent")
+    if peak * total_s > 50_000_000:
+        raise UsageError(f"{path}: load: {peak:.0f} QPS for {total_s:.0f} s is over 50M requests per cell")
+    if cell.search.topology == "sharded" and isinstance(ds, SyntheticDataset) and ds.n < cell.search.n_gpus:
+        raise UsageError(f"{path}: dataset.n ({ds.n}) is smaller than search.n_gpus ({cell.search.n_gpus})")
+    if isinstance(ds, SyntheticDataset) and cell.search.k > ds.n // cell.search.n_gpus and cell.search.topology == "sharded":
+        raise UsageError(f"{path}: search.k ({cell.search.k}) exceeds the rows in one shard")
+    if not math.isfinite(cell.load.target_qps):
+        raise UsageError(f"{path}: load.target_qps must be finite")
+
+
+def phase_rates(phase: Phase, target_qps: float) -> tuple[float, float]:
+    """(start, end) rate of a phase in QPS."""
+    start = phase.qps if phase.qps is not None else phase.rate * target_qps
+    if phase.qps_end is not None:
+        end = phase.qps_end
+    elif phase.rate_end is not None:
+        end = phase.rate_end * target_qps
+    else:
+        end = start
+    return start, end

@@ -1,0 +1,146 @@
+"""Load a dataset spec into arrays: seeded synthetic clusters, ann-benchmarks HDF5, or ``.fvecs`` files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from perfray.errors import UsageError
+
+# Bump when the synthetic generator changes, so cached ground truth is not reused across versions.
+SYNTHETIC_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Base vectors and queries (float32, C-contiguous) plus a content fingerprint."""
+
+    name: str
+    base: np.ndarray
+    queries: np.ndarray
+    fingerprint: str
+
+    @property
+    def n(self) -> int:
+        return int(self.base.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.base.shape[1])
+
+
+def load_dataset(spec) -> Dataset:
+    """Materialise a ``SyntheticDataset`` or ``FileDataset`` spec."""
+    if spec.kind == "synthetic":
+        return synthetic(spec)
+    return from_file(spec)
+
+
+def synthetic(spec) -> Dataset:
+    seeds = np.random.SeedSequence(spec.seed).spawn(3)
+    centers = np.random.default_rng(seeds[0]).standard_normal((spec.clusters, spec.dim), dtype=np.float32)
+    base = _around(centers, spec.n, spec.spread, np.random.default_rng(seeds[1]))
+    queries = _around(centers, spec.n_queries, spec.spread, np.random.default_rng(seeds[2]))
+    key = json.dumps({"v": SYNTHETIC_VERSION, **spec.model_dump(mode="json")}, sort_keys=True)
+    name = f"synthetic-{spec.n}x{spec.dim}-c{spec.clusters}-s{spec.seed}"
+    return Dataset(name, base, queries, hashlib.sha256(key.encode()).hexdigest())
+
+
+def _around(centers: np.ndarray, n: int, spread: float, rng: np.random.Generator) -> np.ndarray:
+    out = rng.standard_normal((n, centers.shape[1]), dtype=np.float32)
+    out *= np.float32(spread)
+    out += centers[rng.integers(0, centers.shape[0], size=n)]
+    return out
+
+
+def from_file(spec) -> Dataset:
+    path = Path(spec.path)
+    fmt = spec.format if spec.format != "auto" else _guess_format(path)
+    if fmt == "hdf5":
+        base, queries = _read_hdf5(path)
+    else:
+        if spec.queries_path is None:
+            raise UsageError(f"dataset.queries_path: required for .fvecs base file {path}")
+        base, queries = read_fvecs(path), read_fvecs(Path(spec.queries_path))
+    if spec.limit:
+        base = base[: spec.limit]
+    if spec.n_queries:
+        queries = queries[: spec.n_queries]
+    if queries.shape[1] != base.shape[1]:
+        raise UsageError(f"dataset: queries have dim {queries.shape[1]}, base vectors have dim {base.shape[1]}")
+    digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True, default=str).encode())
+    for file in (path, spec.queries_path):
+        if file is not None:
+            digest.update(_file_digest(Path(file)).encode())
+    return Dataset(path.stem, np.ascontiguousarray(base), np.ascontiguousarray(queries), digest.hexdigest())
+
+
+def _guess_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".hdf5", ".h5"):
+        return "hdf5"
+    if suffix == ".fvecs":
+        return "fvecs"
+    raise UsageError(f"dataset.path: cannot tell the format of {path}; set dataset.format to hdf5 or fvecs")
+
+
+def read_fvecs(path: Path) -> np.ndarray:
+    """Read a ``.fvecs`` file (each vector: int32 dim, then dim float32)."""
+    raw = np.fromfile(path, dtype=np.int32)
+    if raw.size == 0:
+        raise UsageError(f"{path}: empty .fvecs file")
+    dim = int(raw[0])
+    if dim <= 0 or raw.size % (dim + 1) != 0:
+        raise UsageError(f"{path}: not a .fvecs file (first dim {dim}, {raw.size * 4} bytes)")
+    rows = raw.reshape(-1, dim + 1)
+    if not (rows[:, 0] == dim).all():
+        raise UsageError(f"{path}: .fvecs rows have different dimensions")
+    return np.ascontiguousarray(rows[:, 1:]).view(np.float32)
+
+
+def write_fvecs(path: Path, vectors: np.ndarray) -> None:
+    """Write float32 vectors as ``.fvecs``."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    dims = np.full((vectors.shape[0], 1), vectors.shape[1], dtype=np.int32)
+    np.hstack([dims, vectors.view(np.int32)]).tofile(path)
+
+
+def _read_hdf5(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import h5py
+    except ImportError:
+        raise UsageError("dataset: reading HDF5 needs h5py (pip install 'perfray[hdf5]')") from None
+    try:
+        with h5py.File(path, "r") as f:
+            if "train" not in f or "test" not in f:
+                raise UsageError(f"{path}: expected ann-benchmarks datasets 'train' and 'test'")
+            metric = f.attrs.get("distance", "euclidean")
+            metric = metric.decode() if isinstance(metric, bytes) else str(metric)
+            base = np.asarray(f["train"], dtype=np.float32)
+            queries = np.asarray(f["test"], dtype=np.float32)
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read as HDF5 ({err})") from None
+    if metric == "angular":
+        # Cosine ranking equals L2 ranking on unit vectors.
+        base = _normalise(base)
+        queries = _normalise(queries)
+    elif metric not in ("euclidean", "l2"):
+        raise UsageError(f"{path}: distance {metric!r} is not supported (euclidean or angular)")
+    return base, queries
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms == 0, 1, norms)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,69 @@
+"""Exact ground truth (float64, chunked) cached by dataset fingerprint, and recall against it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from perfray.backends.numpy_backend import NumpyBackend
+
+# Neighbours whose exact distance is within this relative margin of the k-th are accepted as correct:
+# float32 search cannot order them reliably, and neither can any GPU.
+RECALL_REL_TOL = 1e-5
+EXTRA_NEIGHBOURS = 8
+QUERY_CHUNK = 256
+
+
+def ground_truth(dataset, k: int, cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, squared distances) of the exact ``k + EXTRA_NEIGHBOURS`` nearest neighbours of every query."""
+    k_gt = min(dataset.n, k + EXTRA_NEIGHBOURS)
+    if cache_dir is not None:
+        cached = _from_cache(Path(cache_dir), dataset.fingerprint, k_gt)
+        if cached is not None:
+            return cached
+    engine = NumpyBackend(dtype=np.float64)
+    engine.build(dataset.base)
+    ids = np.empty((dataset.queries.shape[0], k_gt), dtype=np.int64)
+    dists = np.empty((dataset.queries.shape[0], k_gt), dtype=np.float64)
+    for lo in range(0, dataset.queries.shape[0], QUERY_CHUNK):
+        hi = lo + QUERY_CHUNK
+        q = dataset.queries[lo:hi].astype(np.float64)
+        chunk_ids, _ = engine.search(q, k_gt)
+        ids[lo:hi] = chunk_ids
+        # Recompute the chosen distances directly (no norm-expansion cancellation).
+        diff = dataset.base[chunk_ids].astype(np.float64) - q[:, None, :]
+        dists[lo:hi] = np.einsum("qkd,qkd->qk", diff, diff)
+    order = np.lexsort((ids, dists), axis=1)
+    ids = np.take_along_axis(ids, order, axis=1)
+    dists = np.take_along_axis(dists, order, axis=1)
+    if cache_dir is not None:
+        _to_cache(Path(cache_dir), dataset.fingerprint, ids, dists)
+    return ids, dists
+
+
+def _from_cache(cache_dir: Path, fingerprint: str, k_gt: int):
+    for path in sorted(cache_dir.glob(f"gt-{fingerprint[:24]}-k*.npz")):
+        k_cached = int(path.stem.rsplit("-k", 1)[1])
+        if k_cached >= k_gt:
+            with np.load(path) as z:
+                return z["ids"][:, :k_gt].copy(), z["dists"][:, :k_gt].copy()
+    return None
+
+
+def _to_cache(cache_dir: Path, fingerprint: str, ids: np.ndarray, dists: np.ndarray) -> None:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    final = cache_dir / f"gt-{fingerprint[:24]}-k{ids.shape[1]}.npz"
+    tmp = final.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, ids=ids, dists=dists)
+    os.replace(tmp, final)
+
+
+def recall(found_ids: np.ndarray, gt_ids: np.ndarray, gt_dists: np.ndarray, k: int) -> np.ndarray:
+    """Per query: share of the k returned ids that are true k-nearest neighbours (within tolerance)."""
+    found = found_ids[:, :k]
+    threshold = gt_dists[:, k - 1 : k] * (1 + RECALL_REL_TOL) + 1e-12
+    accepted = gt_dists <= threshold
+    hits = (found[:, :, None] == gt_ids[:, None, :]) & accepted[:, None, :]
+    return hits.any(axis=2).sum(axis=1) / k

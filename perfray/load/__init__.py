@@ -1,0 +1,1 @@
+"""Open-loop load: arrival schedules, operation mixes, the generator and its targets."""

@@ -1,0 +1,56 @@
+"""A live line per cell: elapsed, achieved QPS, p99 so far, errors and drops (rich; plain when not a tty)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow.compute as pc
+from rich.console import Console
+
+
+class Progress:
+    """Prints cell progress to stderr; never used for reported figures."""
+
+    def __init__(self, enabled: bool = True, every_s: float = 2.0) -> None:
+        self.console = Console(stderr=True, highlight=False)
+        self.enabled = enabled
+        self.every_s = every_s
+
+    def cell_started(self, cell: int, total: int, label: str, duration_s: float) -> None:
+        self.cell, self.total, self.label, self.duration_s = cell, total, label, duration_s
+        self.started = self._last = time.monotonic()
+        self.latencies: list[np.ndarray] = []
+        self.ok = self.errors = self.dropped = 0
+        self._say(f"[bold]cell {cell + 1}/{total}[/bold] {label}")
+
+    def rows(self, batch) -> None:
+        status = pc.cast(batch.column("status"), "string").to_numpy(zero_copy_only=False)
+        self.ok += int((status == "ok").sum())
+        self.errors += int(((status == "error") | (status == "timeout")).sum())
+        self.dropped += int((status == "dropped").sum())
+        lat = batch.column("latency_ns").to_numpy(zero_copy_only=False)
+        self.latencies.append(lat[status == "ok"])
+        if time.monotonic() - self._last >= self.every_s:
+            self._last = time.monotonic()
+            self._say("  " + self._line())
+
+    def cell_finished(self, row: dict) -> None:
+        self._say(f"  done: {row['achieved_qps']:,.0f} QPS (target {row['target_qps']:,.0f}) | "
+                  f"p50 {row['p50_ms']:.2f} ms p99 {row['p99_ms']:.2f} ms | errors {row['error_rate']:.2%} "
+                  f"drops {row['drop_rate']:.2%} | recall {row['recall_mean']:.4f}")
+
+    def note(self, text: str) -> None:
+        self._say(text)
+
+    def _line(self) -> str:
+        elapsed = time.monotonic() - self.started
+        lat = np.concatenate(self.latencies) if self.latencies else np.empty(0)
+        p99 = f"{np.percentile(lat, 99) / 1e6:.2f} ms" if lat.size else "-"
+        qps = self.ok / elapsed if elapsed > 0 else 0.0
+        return (f"{elapsed:5.1f}/{self.duration_s:.1f} s | ~{qps:,.0f} QPS | p99 so far {p99} | "
+                f"errors {self.errors} | dropped {self.dropped}")
+
+    def _say(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(text)

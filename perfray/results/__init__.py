@@ -1,0 +1,1 @@
+"""What a run writes: per-request Parquet, the manifest, tables."""

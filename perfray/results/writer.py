@@ -1,0 +1,95 @@
+"""Parquet output of a run: ``requests/cell=NNNN/actor-AA.parquet`` (zstd), plus whole tables.
+
+Row groups are written as batches arrive from actors, so an interrupted run keeps what it gathered.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from perfray.errors import UsageError
+from perfray.schema import REQUEST_SCHEMA
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def prepare_run_dir(results_dir: Path, run_id: str) -> Path:
+    """Create ``results_dir/run_id`` (new, inside results_dir, writable) or raise a one-line UsageError."""
+    if not RUN_ID.match(run_id) or ".." in run_id:
+        raise UsageError(f"--run-id {run_id!r}: use letters, digits, '.', '_' or '-' (no path separators)")
+    results_dir = Path(results_dir)
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--results-dir {results_dir}: cannot create it ({err.strerror})") from None
+    run_dir = (results_dir / run_id).resolve()
+    if run_dir.parent != results_dir.resolve():
+        raise UsageError(f"--run-id {run_id!r}: would write outside --results-dir {results_dir}")
+    if run_dir.exists():
+        raise UsageError(f"--run-id {run_id!r}: {run_dir} already exists; results are never overwritten")
+    if not os.access(results_dir, os.W_OK | os.X_OK):
+        raise UsageError(f"--results-dir {results_dir}: not writable")
+    try:
+        (run_dir / "requests").mkdir(parents=True)
+    except OSError as err:
+        raise UsageError(f"--results-dir {results_dir}: cannot write there ({err.strerror})") from None
+    return run_dir
+
+
+class RequestWriter:
+    """One open Parquet writer per (cell, actor); each drained batch becomes part of a row group."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.root = Path(run_dir) / "requests"
+        self._open: dict[tuple[int, int], pq.ParquetWriter] = {}
+        self.rows_written = 0
+
+    def write(self, cell: int, actor: int, batch: pa.RecordBatch) -> None:
+        key = (cell, actor)
+        writer = self._open.get(key)
+        if writer is None:
+            folder = self.root / f"cell={cell:04d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = _free_name(folder, f"actor-{actor:03d}")
+            writer = pq.ParquetWriter(path, REQUEST_SCHEMA, compression="zstd")
+            self._open[key] = writer
+        writer.write_batch(batch)
+        self.rows_written += batch.num_rows
+
+    def close_cell(self, cell: int) -> None:
+        for key in [k for k in self._open if k[0] == cell]:
+            self._open.pop(key).close()
+
+    def close(self) -> None:
+        for writer in self._open.values():
+            writer.close()
+        self._open.clear()
+
+
+def _free_name(folder: Path, stem: str) -> Path:
+    path = folder / f"{stem}.parquet"
+    part = 1
+    while path.exists():
+        path = folder / f"{stem}-part{part}.parquet"
+        part += 1
+    return path
+
+
+def read_cell(run_dir: Path, cell: int) -> pa.Table:
+    """Every request row of one cell."""
+    folder = Path(run_dir) / "requests" / f"cell={cell:04d}"
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if not files:
+        return REQUEST_SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(f, schema=REQUEST_SCHEMA) for f in files], promote_options="permissive")
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)

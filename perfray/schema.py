@@ -1,0 +1,56 @@
+"""Arrow schemas of what perfray writes. Raw request rows are the source of truth for every report."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from perfray import SCHEMA_VERSION
+
+STATUSES = ("pending", "ok", "error", "timeout", "dropped")
+STATUS_CODE = {name: i for i, name in enumerate(STATUSES)}
+
+_dict = pa.dictionary(pa.int16(), pa.string())
+
+REQUEST_SCHEMA = pa.schema(
+    [
+        pa.field("cell", pa.int32(), nullable=False),
+        pa.field("actor", pa.int16(), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False),  # request index within the cell, across actors
+        pa.field("phase", _dict, nullable=False),
+        pa.field("op", _dict, nullable=False),
+        pa.field("k", pa.int32(), nullable=False),
+        pa.field("n_queries", pa.int32(), nullable=False),
+        pa.field("status", _dict, nullable=False),
+        pa.field("error", _dict),
+        pa.field("intended_ns", pa.int64(), nullable=False),  # Unix-epoch ns, from the schedule
+        pa.field("sent_ns", pa.int64()),  # null when dropped
+        pa.field("done_ns", pa.int64()),  # null when dropped
+        pa.field("latency_ns", pa.int64()),  # done - intended: includes queueing (open loop)
+        pa.field("service_ns", pa.int64()),  # done - sent
+        pa.field("schedule_lag_ns", pa.int64()),  # sent - intended: batching window + generator lateness
+        pa.field("batch_id", pa.int64()),
+        pa.field("batch_size", pa.int32()),  # requests in the micro-batch
+        pa.field("batch_queries", pa.int32()),  # query vectors in the micro-batch
+        pa.field("endpoint", pa.int16()),  # GPU actor that answered; -1 = every shard
+        pa.field("recall", pa.float32()),  # mean recall@k over the request's queries
+    ],
+    metadata={b"perfray.schema_version": str(SCHEMA_VERSION).encode()},
+)
+
+MICROBENCH_SCHEMA = pa.schema(
+    [
+        pa.field("gpu", pa.int16()),
+        pa.field("device", pa.string()),
+        pa.field("backend", pa.string()),
+        pa.field("dataset", pa.string()),
+        pa.field("n", pa.int64()),
+        pa.field("dim", pa.int32()),
+        pa.field("batch", pa.int32()),
+        pa.field("k", pa.int32()),
+        pa.field("repeat", pa.int32()),
+        pa.field("batch_ns", pa.int64()),  # one search call, host timer after a device sync
+        pa.field("qps", pa.float64()),  # batch / batch time: throughput, not a per-query latency
+        pa.field("simulated", pa.bool_()),
+    ],
+    metadata={b"perfray.schema_version": str(SCHEMA_VERSION).encode()},
+)

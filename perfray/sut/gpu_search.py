@@ -1,0 +1,86 @@
+"""GpuSearchWorker: one per GPU. Holds a replica or a shard, answers micro-batched searches, and runs kernel
+microbenchmarks in place. A plain class: ``perfray.cluster.actors`` wraps it as a Ray actor."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from perfray.backends import create_backend
+
+
+class GpuSearchWorker:
+    """A search index on one device (or on CPU, when the GPU is simulated)."""
+
+    def __init__(self, backend: str = "auto", gpu_index: int = 0) -> None:
+        self.backend_name = backend
+        self.gpu_index = gpu_index
+        self.backend = None
+        self.id_offset = 0
+        self.rows = 0
+        self.dim = 0
+
+    def build(self, base: np.ndarray, shard: int = 0, n_shards: int = 1) -> dict:
+        """Index rows ``[lo, hi)`` of ``base`` for shard ``shard`` of ``n_shards`` (1 = full replica)."""
+        self.backend = create_backend(self.backend_name)
+        lo, hi = shard_bounds(base.shape[0], shard, n_shards)
+        started = time.perf_counter_ns()
+        self.backend.build(base[lo:hi])
+        self.backend.synchronize()
+        self.id_offset, self.rows, self.dim = lo, hi - lo, base.shape[1]
+        return {**self.describe(), "build_ns": time.perf_counter_ns() - started}
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (global ids, squared L2) for a batch of queries; results are on the host."""
+        ids, dists = self.backend.search(queries, min(k, self.rows))
+        if self.id_offset:
+            ids = ids + self.id_offset
+        return ids, dists
+
+    def describe(self) -> dict:
+        backend = type(self.backend) if self.backend is not None else None
+        return {
+            "gpu": self.gpu_index,
+            "pid": os.getpid(),
+            "backend": backend.name if backend else self.backend_name,
+            "device": self.backend.device_name() if self.backend is not None else None,
+            "simulated": not (backend and backend.uses_gpu()),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "rows": self.rows,
+            "id_offset": self.id_offset,
+        }
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    def microbench(self, queries: np.ndarray, batch_sizes: list[int], ks: list[int], repeats: int,
+                   warmup: int) -> list[dict]:
+        """Time ``search`` per (batch, k): one row per timed call. search() returns host arrays, so each
+        timing ends after the device has finished (a device sync)."""
+        info = self.describe()
+        rows = []
+        for k in ks:
+            k_eff = min(k, self.rows)
+            for batch in batch_sizes:
+                q = np.ascontiguousarray(np.resize(queries, (batch, queries.shape[1])))
+                for _ in range(warmup):
+                    self.backend.search(q, k_eff)
+                for rep in range(repeats):
+                    started = time.perf_counter_ns()
+                    self.backend.search(q, k_eff)
+                    self.backend.synchronize()
+                    took = time.perf_counter_ns() - started
+                    rows.append({"gpu": self.gpu_index, "device": info["device"], "backend": info["backend"],
+                                 "n": self.rows, "dim": self.dim, "batch": batch, "k": k_eff, "repeat": rep,
+                                 "batch_ns": took, "qps": batch / (took / 1e9),
+                                 "simulated": info["simulated"]})
+        return rows
+
+
+def shard_bounds(n: int, shard: int, n_shards: int) -> tuple[int, int]:
+    """Contiguous, near-equal row ranges."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} is outside 0..{n_shards - 1}")
+    return n * shard // n_shards, n * (shard + 1) // n_shards

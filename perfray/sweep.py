@@ -1,0 +1,321 @@
+"""The sweep driver: expand the grid, run each cell on Ray, gather rows as they come, write results.
+
+``python -m perfray.sweep [--config FILE] [--results-dir DIR] [--run-id ID] [--set key=value ...]``
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from perfray.analysis.summary import add_scaling, check_targets, summarize_cell
+from perfray.cluster import actors, runtime
+from perfray.config import SweepConfig, Workload, phase_rates
+from perfray.data import load_dataset
+from perfray.data.groundtruth import ground_truth
+from perfray.errors import EXIT_OK, EXIT_TARGET_FAILED, UnavailableError
+from perfray.load.generator import CellPlan, QueryPool
+from perfray.load.profiles import op_mix
+from perfray.load.schedules import PhaseRates
+from perfray.progress import Progress
+from perfray.results.manifest import Manifest
+from perfray.results.writer import RequestWriter, read_cell, write_table
+from perfray.schema import MICROBENCH_SCHEMA
+
+# Time between choosing a cell's start and its first request: actors must receive the plan first.
+START_LEAD_NS = 700_000_000
+
+
+@dataclass
+class Hooks:
+    """Callbacks for tests and tools (e.g. fault injection once a cell's actors are running)."""
+
+    on_cell_start: Callable[[int, list, list], None] | None = None
+
+
+@dataclass
+class _DatasetState:
+    dataset: object
+    base_ref: object
+    pool_ref: object
+    max_k: int
+
+
+@dataclass
+class _GpuGroup:
+    key: tuple
+    handles: list
+    described: list = field(default_factory=list)
+
+
+class SweepDriver:
+    """Runs one sweep; ``run()`` returns the exit code and always leaves results and manifest on disk."""
+
+    def __init__(self, config: SweepConfig, run_dir: Path, run_id: str, progress: Progress | None = None,
+                 hooks: Hooks | None = None, argv: list[str] | None = None) -> None:
+        self.config, self.run_dir, self.run_id = config, Path(run_dir), run_id
+        self.progress = progress or Progress(enabled=False)
+        self.hooks = hooks or Hooks()
+        self.cells: list[Workload] = config.cells()
+        self.cache_dir = config.cache_dir or self.run_dir.parent / ".cache"
+        self.writer = RequestWriter(self.run_dir)
+        self.manifest = Manifest(
+            self.run_dir, run_id=run_id, name=config.name, command=argv or sys.argv,
+            config=config.model_dump(mode="json"),
+            cells=[{"cell": i, "status": "pending", "workload": c.model_dump(mode="json")}
+                   for i, c in enumerate(self.cells)],
+        )
+        self.summary: list[dict] = []
+        self.scaling_keys: list[tuple] = []
+        self.microbench_rows: list[dict] = []
+        self._datasets: dict[str, _DatasetState] = {}
+        self._group: _GpuGroup | None = None
+        self._group_generation = 0
+        self._benched: set[tuple] = set()
+        self._load: dict[int, object] = {}
+        self._gpu_described: list[dict] = []
+        self._ray: runtime.RayInfo | None = None
+
+    # ----------------------------------------------------------------------------------------- run
+    def run(self) -> int:
+        self.manifest.write()
+        status, code = "complete", EXIT_OK
+        try:
+            gpus = max(c.search.n_gpus for c in self.cells)
+            cpus = max(c.load.actors for c in self.cells) * self.config.cluster.load_actor_cpus
+            self._ray = runtime.connect(self.config.cluster, gpus, cpus)
+            self.manifest.update(status="running", ray={
+                "embedded": self._ray.embedded, "address": self._ray.address,
+                "resources": self._ray.resources, "dashboard_url": self._ray.dashboard_url},
+                gpus={"declared": gpus, "logical": self._ray.logical_gpus,
+                      "real_on_driver": self._ray.real_gpus_on_driver})
+            if self._ray.dashboard_url:
+                self.progress.note(f"Ray dashboard: http://{self._ray.dashboard_url}")
+            for index, cell in enumerate(self.cells):
+                self._run_cell(index, cell)
+        except KeyboardInterrupt:
+            status, code = "interrupted", 130
+        except UnavailableError as err:
+            status, code = "failed", err.exit_code
+            self.manifest.doc["error"] = str(err)
+            raise
+        finally:
+            self._finish(status)
+            runtime.shutdown(self._ray)
+        verdicts = self.manifest.doc.get("verdicts", [])
+        if code == EXIT_OK and any(v["must_pass"] and not v["passed"] for v in verdicts):
+            code = EXIT_TARGET_FAILED
+        return code
+
+    def _finish(self, status: str) -> None:
+        self.writer.close()
+        running = [c for c in self.manifest.doc["cells"] if c["status"] == "running"]
+        for entry in running:
+            entry["status"] = "interrupted" if status == "interrupted" else "partial"
+            self._summarize(entry["cell"], entry["status"])
+        add_scaling(self.summary, self.scaling_keys)
+        if self.summary:
+            write_table(self.run_dir / "summary.parquet", pa.Table.from_pylist(self.summary))
+        if self.microbench_rows:
+            write_table(self.run_dir / "microbench.parquet",
+                        pa.Table.from_pylist(self.microbench_rows, schema=MICROBENCH_SCHEMA))
+        verdicts = check_targets(self.summary, self.config.targets)
+        simulated = any(d["simulated"] for d in self._gpu_described) if self._gpu_described else None
+        self.manifest.doc.setdefault("gpus", {}).update(simulated=simulated, actors=self._gpu_described)
+        self.manifest.update(status=status, finished_unix_s=time.time(), verdicts=verdicts,
+                             rows_written=self.writer.rows_written)
+
+    # ---------------------------------------------------------------------------------------- cell
+    def _run_cell(self, index: int, cell: Workload) -> None:
+        ds = self._dataset(cell)
+        group = self._gpu_group(cell, ds)
+        self._microbench(cell, ds, group)
+        loaders = self._load_actors(cell.load.actors)
+        phases = [PhaseRates(p.name, p.duration_s, *phase_rates(p, cell.load.target_qps), p.measured)
+                  for p in cell.load.phase_plan()]
+        ops = op_mix(cell.load.op_mix, cell.search.k, ds.dataset.n)
+        start_ns = time.time_ns() + START_LEAD_NS
+        plans = [CellPlan(cell=index, actor=i, n_actors=len(loaders), start_unix_ns=start_ns, phases=phases,
+                          arrival=cell.load.arrival, ops=ops, seed=cell.load.seed,
+                          batch_window_ns=int(cell.load.batch_window_ms * 1e6), batch_max=cell.load.batch_max,
+                          max_in_flight=cell.load.max_in_flight, timeout_ns=int(cell.load.timeout_ms * 1e6))
+                 for i in range(len(loaders))]
+        entry = self.manifest.doc["cells"][index]
+        entry.update(status="running", start_unix_ns=start_ns)
+        self.manifest.write()
+        label = _label(cell, group)
+        self.progress.cell_started(index, len(self.cells), label, sum(p.duration_s for p in phases))
+        refs = {i: loaders[i].run_cell.remote(plans[i], ds.pool_ref, group.handles, cell.search.topology)
+                for i in range(len(loaders))}
+        if self.hooks.on_cell_start:
+            self.hooks.on_cell_start(index, list(loaders), list(group.handles))
+        live = set(refs)
+        stats = []
+        while refs:
+            ready, _ = _ray().wait(list(refs.values()), num_returns=len(refs),
+                                   timeout=self.config.cluster.drain_interval_s)
+            self._drain(index, live)
+            for i in [i for i, ref in refs.items() if ref in ready]:
+                ref = refs.pop(i)
+                try:
+                    stats.append(_ray().get(ref))
+                except _ray().exceptions.RayActorError as err:
+                    self._actor_failed("load", i, index, err, live)
+        self._drain(index, live)
+        self._check_gpu_group(index)
+        self.writer.close_cell(index)
+        entry.update(status="complete", actor_stats=stats)
+        self._summarize(index, "complete")
+        self.progress.cell_finished(self.summary[-1])
+        self.manifest.write()
+
+    def _drain(self, cell: int, live: set[int]) -> None:
+        pending = {i: self._load[i].drain.remote() for i in sorted(live)}
+        for i, ref in pending.items():
+            try:
+                batch = _ray().get(ref, timeout=60)
+            except _ray().exceptions.RayActorError as err:
+                self._actor_failed("load", i, cell, err, live)
+                continue
+            if batch is not None and batch.num_rows:
+                self.writer.write(cell, i, batch)
+                self.progress.rows(batch)
+
+    def _actor_failed(self, role: str, index: int, cell: int, err: Exception, live: set[int]) -> None:
+        live.discard(index)
+        if role == "load":
+            self._load.pop(index, None)
+        self.manifest.add_failure(role=role, actor=index, cell=cell, error=type(err).__name__,
+                                  detail=str(err).splitlines()[0][:300])
+        self.progress.note(f"  [red]{role} actor {index} failed in cell {cell}: {type(err).__name__}[/red]")
+
+    def _summarize(self, index: int, status: str) -> None:
+        cell = self.cells[index]
+        entry = self.manifest.doc["cells"][index]
+        phases = cell.load.phase_plan()
+        measured = [p.name for p in phases if p.measured]
+        offset_s = 0.0
+        window_end = entry.get("start_unix_ns", 0)
+        for p in phases:
+            offset_s += p.duration_s
+            if p.measured:
+                window_end = entry.get("start_unix_ns", 0) + int(offset_s * 1e9)
+        meta = {"cell": index, "status": status, "target_qps": cell.load.target_qps,
+                "measured_phases": measured, "measured_s": sum(p.duration_s for p in phases if p.measured),
+                "window_end_ns": window_end, "labels": _labels(cell, entry.get("backend"), self._gpu_described)}
+        self.summary.append(summarize_cell(read_cell(self.run_dir, index), meta))
+        key = cell.model_dump(mode="json")
+        key["search"].pop("n_gpus")
+        self.scaling_keys.append(json.dumps(key, sort_keys=True))
+
+    # ------------------------------------------------------------------------------------- actors
+    def _dataset(self, cell: Workload) -> _DatasetState:
+        key = json.dumps(cell.dataset.model_dump(mode="json"), sort_keys=True)
+        state = self._datasets.get(key)
+        if state is None:
+            dataset = load_dataset(cell.dataset)
+            max_k = max(op.k for c in self.cells if c.dataset == cell.dataset
+                        for op in op_mix(c.load.op_mix, c.search.k, dataset.n))
+            gt_ids, gt_dists = ground_truth(dataset, max_k, self.cache_dir)
+            ray = _ray()
+            state = _DatasetState(dataset, ray.put(dataset.base),
+                                  ray.put(QueryPool(dataset.queries, gt_ids, gt_dists)), max_k)
+            self._datasets[key] = state
+            self.progress.note(f"dataset {dataset.name}: {dataset.n:,} x {dataset.dim}, "
+                               f"{dataset.queries.shape[0]:,} queries, exact top-{max_k} ground truth")
+        return state
+
+    def _gpu_group(self, cell: Workload, ds: _DatasetState) -> _GpuGroup:
+        s = cell.search
+        key = (ds.dataset.fingerprint, s.backend, s.topology, s.n_gpus)
+        if self._group is not None and self._group.key == key:
+            return self._group
+        ray = _ray()
+        if self._group is not None:
+            for handle in self._group.handles:
+                ray.kill(handle)
+        self._group_generation += 1
+        handles = [actors.start_gpu_actor(self.run_id, i, s.backend, self.config.cluster.gpu_actor_cpus,
+                                          self._group_generation) for i in range(s.n_gpus)]
+        shards = s.n_gpus if s.topology == "sharded" else 1
+        builds = [h.build.remote(ds.base_ref, i % shards, shards) for i, h in enumerate(handles)]
+        try:
+            described = ray.get(builds, timeout=self.config.cluster.actor_start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise UnavailableError(
+                f"{s.n_gpus} GPU search actors did not start within {self.config.cluster.actor_start_timeout_s:g} s;"
+                " check the cluster's free GPUs (ray status)") from None
+        except ray.exceptions.RayTaskError as err:
+            raise UnavailableError(str(err.cause) if err.cause else str(err).splitlines()[0]) from None
+        self._gpu_described = described
+        self._group = _GpuGroup(key, handles, described)
+        return self._group
+
+    def _check_gpu_group(self, cell: int) -> None:
+        ray = _ray()
+        for i, handle in enumerate(self._group.handles):
+            try:
+                ray.get(handle.ping.remote(), timeout=30)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
+                self._actor_failed("gpu", i, cell, err, set())
+                self._group = None  # rebuilt for the next cell
+                return
+
+    def _microbench(self, cell: Workload, ds: _DatasetState, group: _GpuGroup) -> None:
+        spec = self.config.microbench
+        key = (ds.dataset.fingerprint, cell.search.backend, cell.search.topology)
+        if not spec.enabled or key in self._benched:
+            return
+        self._benched.add(key)
+        queries = ds.dataset.queries[: max(spec.batch_sizes)]
+        rows = _ray().get([h.microbench.remote(queries, list(spec.batch_sizes), list(spec.ks), spec.repeats,
+                                               spec.warmup) for h in group.handles])
+        for per_actor in rows:
+            for row in per_actor:
+                self.microbench_rows.append({**row, "dataset": ds.dataset.name})
+
+    def _load_actors(self, count: int) -> list:
+        for i in range(count):
+            if i not in self._load:
+                self._load[i] = actors.start_load_actor(self.run_id, i, self.config.cluster.load_actor_cpus)
+        return [self._load[i] for i in range(count)]
+
+
+def _ray():
+    import ray
+
+    return ray
+
+
+def _labels(cell: Workload, backend: str | None, described: list[dict]) -> dict:
+    return {
+        "n_gpus": cell.search.n_gpus, "k": cell.search.k, "topology": cell.search.topology,
+        "backend": (described[0]["backend"] if described else cell.search.backend),
+        "simulated": bool(described and any(d["simulated"] for d in described)),
+        "load_actors": cell.load.actors, "arrival": cell.load.arrival, "op_mix": cell.load.op_mix,
+        "batch_max": cell.load.batch_max, "batch_window_ms": cell.load.batch_window_ms,
+        "dataset": json.dumps(cell.dataset.model_dump(mode="json"), sort_keys=True),
+    }
+
+
+def _label(cell: Workload, group: _GpuGroup) -> str:
+    sim = " (simulated GPUs)" if any(d["simulated"] for d in group.described) else ""
+    return (f"{cell.search.n_gpus} GPU{sim} {cell.search.topology} {group.described[0]['backend']} "
+            f"k={cell.search.k} | {cell.load.target_qps:,.0f} QPS {cell.load.arrival} x{cell.load.actors} "
+            f"actors | batch<={cell.load.batch_max} window {cell.load.batch_window_ms:g} ms")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from perfray.cli import main as cli_main
+
+    return cli_main(["sweep", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
