@@ -137,6 +137,7 @@ class SweepDriver:
         group = self._gpu_group(cell, ds)
         self._microbench(cell, ds, group)
         loaders = self._load_actors(cell.load.actors)
+        self._prime(loaders, group, ds, cell.search.k)
         phases = [PhaseRates(p.name, p.duration_s, *phase_rates(p, cell.load.target_qps), p.measured)
                   for p in cell.load.phase_plan()]
         ops = op_mix(cell.load.op_mix, cell.search.k, ds.dataset.n)
@@ -279,6 +280,12 @@ class SweepDriver:
         for per_actor in rows:
             for row in per_actor:
                 self.microbench_rows.append({**row, "dataset": ds.dataset.name})
+
+    def _prime(self, loaders: list, group: _GpuGroup, ds: _DatasetState, k: int) -> None:
+        """A few searches from every load actor to every GPU actor (ms), so cells don't measure cold paths."""
+        queries = ds.dataset.queries[:8]
+        _ray().get([a.prime.remote(group.handles, queries, min(k, ds.dataset.n)) for a in loaders],
+                   timeout=self.config.cluster.actor_start_timeout_s)
 
     def _load_actors(self, count: int) -> list:
         for i in range(count):

@@ -20,6 +20,13 @@ class LoadActorBody:
         router = make_router(topology, [RayEndpoint(h) for h in gpu_handles])
         return await self.generator.run_cell(plan, pool, router)
 
+    async def prime(self, gpu_handles: list, queries, k: int, rounds: int = 3) -> int:
+        """Warm the path to every GPU actor (connections, first-call costs) before load is measured."""
+        for _ in range(rounds):
+            for handle in gpu_handles:
+                await handle.search.remote(queries, k)
+        return len(gpu_handles) * rounds
+
     async def drain(self):
         return self.generator.drain()
 

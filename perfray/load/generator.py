@@ -69,6 +69,7 @@ class LoadGenerator:
         self.clock = clock or Clock()
         self.recorder: Recorder | None = None
         self._batch_seq = 0
+        Recorder.warm_up()
 
     def drain(self):
         """Finished rows since the last call, as an Arrow record batch (or None)."""
@@ -97,36 +98,41 @@ class LoadGenerator:
             b = min(n, by_size, by_window)
             due = int(intended[b - 1]) if b == by_size and by_size <= by_window else int(
                 intended[a] + plan.batch_window_ns)
+            # Prepare the batch before its due time, so waking up is followed only by stamp-and-send.
+            q_index = _query_rows(qstart[a:b], nq[a:b], pool.queries.shape[0])
+            queries = pool.queries[q_index]
+            k_max = int(rec.k[a:b].max())
             await self.clock.wait_until(due)
             i = b
             if in_flight["requests"] + (b - a) > plan.max_in_flight:
                 rec.finish(a, b, "dropped")
                 continue
+            sent = self.clock.now_ns()
             batch_id = self._batch_seq
             self._batch_seq += 1
-            q_index = _query_rows(qstart[a:b], nq[a:b], pool.queries.shape[0])
+            rec.sent(a, b, sent, batch_id, q_index.size)
+            max_lag_ns = max(max_lag_ns, sent - due)
+            try:
+                reply = target.submit(queries, k_max)  # the request leaves now; the reply is awaited below
+            except Exception as exc:
+                rec.finish(a, b, "error", done_ns=self.clock.now_ns(), error=type(exc).__name__)
+                continue
             in_flight["requests"] += b - a
-            task = asyncio.ensure_future(
-                self._one_batch(rec, a, b, batch_id, q_index, pool, target, plan.timeout_ns, in_flight))
+            task = asyncio.ensure_future(self._complete(rec, a, b, reply, q_index, pool, plan.timeout_ns,
+                                                        in_flight))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-            # Let the batch task start (and send) now rather than after the pacer's next wait begins.
-            await asyncio.sleep(0)
-            max_lag_ns = max(max_lag_ns, int(rec.sent_ns[a]) - due)
         if tasks:
             await asyncio.gather(*list(tasks))
         return {"actor": plan.actor, "cell": plan.cell, "requests": n, **rec.counts,
                 "max_generator_lag_ns": int(max_lag_ns)}
 
-    async def _one_batch(self, rec: Recorder, a: int, b: int, batch_id: int, q_index: np.ndarray,
-                         pool: QueryPool, target, timeout_ns: int, in_flight: dict) -> None:
-        k_max = int(rec.k[a:b].max())
-        queries = pool.queries[q_index]
-        rec.sent(a, b, self.clock.now_ns(), batch_id, q_index.size)
+    async def _complete(self, rec: Recorder, a: int, b: int, reply, q_index: np.ndarray, pool: QueryPool,
+                        timeout_ns: int, in_flight: dict) -> None:
         try:
             # asyncio.timeout (not wait_for) adds no extra task per batch.
             async with asyncio.timeout(timeout_ns / 1e9):
-                result = await target.search(queries, k_max)
+                result = await reply
         except TimeoutError:
             rec.finish(a, b, "timeout", done_ns=self.clock.now_ns())
         except Exception as exc:  # every failure becomes error rows with the error class

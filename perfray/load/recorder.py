@@ -35,6 +35,14 @@ class Recorder:
         self._final: list[tuple[int, int]] = []
         self.counts = dict.fromkeys(STATUSES[1:], 0)
 
+    @classmethod
+    def warm_up(cls) -> None:
+        """Build one throwaway batch: pyarrow's first use costs ~0.2 s, which must not land mid-cell."""
+        one = np.zeros(1, dtype=np.int64)
+        rec = cls(0, 0, one, one, one.astype(np.int16), one.astype(np.int16), np.ones(1), np.ones(1), ["w"], ["w"])
+        rec.finish(0, 1, "error", done_ns=1, error="warmup")
+        rec.drain()
+
     def __len__(self) -> int:
         return self.seq.size
 

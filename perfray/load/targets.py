@@ -1,7 +1,8 @@
 """Where a load generator sends micro-batches: search endpoints behind a replicated or sharded router.
 
-An endpoint is an async callable ``(queries, k) -> (ids, dists)``; each says which of its exceptions mean
-it is gone for good (``fatal_errors``), so routers never look at what kind of endpoint they hold.
+``submit(queries, k)`` sends at once and returns an awaitable reply, so the generator's ``sent_ns`` is the
+moment the request left, not when some task got scheduled. An endpoint says which of its exceptions mean it
+is gone for good (``fatal_errors``), so routers never look at what kind of endpoint they hold.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ class ThreadEndpoint:
         self.worker = worker
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="perfray-search")
 
-    async def __call__(self, queries, k):
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self.worker.search, queries, k)
+    def submit(self, queries, k):
+        return asyncio.get_running_loop().run_in_executor(self._pool, self.worker.search, queries, k)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -37,8 +38,12 @@ class RayEndpoint:
         self.handle = handle
         self.fatal_errors = (RayActorError,)
 
-    async def __call__(self, queries, k):
-        return await self.handle.search.remote(queries, k)
+    def submit(self, queries, k):
+        return self.handle.search.remote(queries, k)
+
+
+class NoLiveEndpoint(RuntimeError):
+    """Every replica behind a router is gone."""
 
 
 class ReplicatedRouter:
@@ -50,17 +55,21 @@ class ReplicatedRouter:
         self.dead: set[int] = set()
         self._next = 0
 
-    async def search(self, queries, k):
+    def submit(self, queries, k):
         live = [i for i in range(len(self.endpoints)) if i not in self.dead]
         if not live:
             raise NoLiveEndpoint("every search replica has died")
         self._next = (self._next + 1) % len(self.endpoints)
         pick = min(live, key=lambda i: (self.in_flight[i], (i - self._next) % len(self.endpoints)))
-        endpoint = self.endpoints[pick]
+        reply = self.endpoints[pick].submit(queries, k)
         self.in_flight[pick] += 1
+        return self._reply(pick, reply)
+
+    async def _reply(self, pick: int, reply):
+        endpoint = self.endpoints[pick]
         try:
-            ids, dists = await endpoint(queries, k)
-        except endpoint_fatal(endpoint):
+            ids, dists = await reply
+        except endpoint.fatal_errors or (NoLiveEndpoint,):
             self.dead.add(pick)
             raise
         finally:
@@ -74,18 +83,13 @@ class ShardedRouter:
     def __init__(self, endpoints: list) -> None:
         self.endpoints = list(endpoints)
 
-    async def search(self, queries, k):
-        parts = await asyncio.gather(*(endpoint(queries, k) for endpoint in self.endpoints))
+    def submit(self, queries, k):
+        return self._merge([endpoint.submit(queries, k) for endpoint in self.endpoints], k)
+
+    async def _merge(self, replies: list, k: int):
+        parts = await asyncio.gather(*replies)
         ids, dists = merge_topk(list(parts), k)
         return ids, dists, -1
-
-
-class NoLiveEndpoint(RuntimeError):
-    """Every replica behind a router is gone."""
-
-
-def endpoint_fatal(endpoint) -> tuple[type[BaseException], ...]:
-    return getattr(endpoint, "fatal_errors", ()) or (NoLiveEndpoint,)
 
 
 ROUTERS = {"replicated": ReplicatedRouter, "sharded": ShardedRouter}

@@ -1,0 +1,50 @@
+"""Bad input ends with exit 2 and one line, before Ray starts."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "perfray.sweep", *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--config", "missing.yaml"], "--config missing.yaml: no such file"),
+    (["--set", "load.target_qps=-1"], "load.target_qps: Input should be greater than 0"),
+    (["--set", "search.backend=annoy"], "unknown backend 'annoy'"),
+    (["--run-id", "../escape"], "--run-id '../escape'"),
+    (["--run-id", "a/b"], "--run-id 'a/b'"),
+    (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+])
+def test_bad_usage_exits_2_with_one_line(tmp_path, args, message):
+    out = run_cli("--results-dir", str(tmp_path / "r"), *args)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("perfray: error:")
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_results_dir_as_user(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    out = run_cli("--results-dir", str(locked / "r"))
+    assert out.returncode == 2 and "--results-dir" in out.stderr
+
+
+def test_results_dir_that_is_a_file_exits_2(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = run_cli("--results-dir", str(blocker / "r"))
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("perfray: error: --results-dir") and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_existing_run_id_is_never_overwritten(tmp_path):
+    (tmp_path / "r" / "taken").mkdir(parents=True)
+    out = run_cli("--results-dir", str(tmp_path / "r"), "--run-id", "taken")
+    assert out.returncode == 2 and "already exists" in out.stderr

@@ -1,0 +1,65 @@
+import pytest
+
+from perfray.config import load_config, resolve_path
+from perfray.errors import UsageError
+
+BASE = """
+name: t
+workload:
+  dataset: {kind: synthetic, n: 1000, dim: 8}
+  load: {target_qps: 100, duration_s: 1}
+sweep:
+  n_gpus: [1, 2, 4]
+  load.target_qps: [100, 200]
+"""
+
+
+def write(tmp_path, text, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_grid_expands_every_combination_in_order(tmp_path):
+    config = load_config(write(tmp_path, BASE))
+    cells = config.cells()
+    assert [(c.search.n_gpus, c.load.target_qps) for c in cells] == [
+        (1, 100), (1, 200), (2, 100), (2, 200), (4, 100), (4, 200)]
+
+
+def test_set_overrides_by_path_or_unique_leaf_and_replaces_a_sweep_axis(tmp_path):
+    config = load_config(write(tmp_path, BASE), ["duration_s=0.5", "search.k=5", "target_qps=300"])
+    cells = config.cells()
+    assert len(cells) == 3
+    assert all(c.load.duration_s == 0.5 and c.search.k == 5 and c.load.target_qps == 300 for c in cells)
+    assert resolve_path("n_gpus") == ("search", "n_gpus")
+    with pytest.raises(ValueError, match="ambiguous"):
+        resolve_path("seed")  # dataset.seed and load.seed
+    assert resolve_path("dataset.n_queries") == ("dataset", "n_queries")
+
+
+@pytest.mark.parametrize(("text", "overrides", "message"), [
+    (BASE + "bogus: 1\n", [], r"bogus: Extra inputs are not permitted"),
+    (BASE, ["load.target_qps=-5"], r"workload.load.target_qps: Input should be greater than 0"),
+    (BASE, ["search.backend=annoy"], r"unknown backend 'annoy'; known: auto, cupy, faiss, numpy"),
+    (BASE, ["dataset={kind: file, path: /nope.hdf5}"], r"dataset.path: no such file /nope.hdf5"),
+    (BASE + "targets: [{metric: p42_ms, max: 1}]\n", [], r"unknown metric 'p42_ms'"),
+    (BASE + "targets: [{metric: p99_ms}]\n", [], r"exactly one of 'max' or 'min'"),
+    (BASE, ["nonsense=1"], r"--set nonsense: 'nonsense' is not a workload field"),
+    (BASE, ["novalue"], r"expected key=value"),
+    ("name: [unclosed\n", [], r"not valid YAML \(line"),
+])
+def test_bad_config_is_one_line_usage_error(tmp_path, text, overrides, message):
+    with pytest.raises(UsageError, match=message) as err:
+        load_config(write(tmp_path, text), overrides)
+    assert "\n" not in str(err.value)
+
+
+def test_sweep_value_errors_name_the_field(tmp_path):
+    with pytest.raises(UsageError, match=r"search.n_gpus: Input should be greater than or equal to 1"):
+        load_config(write(tmp_path, BASE.replace("[1, 2, 4]", "[1, 0]")))
+
+
+def test_default_config_is_valid():
+    config = load_config(None)
+    assert config.name == "smoke" and len(config.cells()) >= 2

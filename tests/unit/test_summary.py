@@ -1,0 +1,70 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from conftest import ServiceTimeTarget, make_plan, run_plan
+from perfray.analysis.summary import add_scaling, check_targets, summarize_cell
+from perfray.config import TargetSpec
+from perfray.load.recorder import Recorder
+
+
+def recorder_table(latencies_ms, statuses, phase_names=("warmup", "sustained"), phases=None):
+    n = len(latencies_ms)
+    rec = Recorder(3, 0, np.arange(n), np.arange(n, dtype=np.int64) * 1_000_000 + 10**18,
+                   np.array(phases if phases is not None else [1] * n, np.int16), np.zeros(n, np.int16),
+                   np.array([10]), np.array([1]), list(phase_names), ["knn"])
+    for i, (lat, status) in enumerate(zip(latencies_ms, statuses, strict=True)):
+        if status == "dropped":
+            rec.finish(i, i + 1, "dropped")
+            continue
+        rec.sent(i, i + 1, int(rec.intended_ns[i]), i, 1)
+        rec.finish(i, i + 1, status, done_ns=int(rec.intended_ns[i]) + int(lat * 1e6),
+                   error="Boom" if status == "error" else None, recall=np.array([1.0]))
+    return pa.Table.from_batches([rec.drain()])
+
+
+def meta(n, **kw):
+    return {"cell": 3, "target_qps": 1000.0, "measured_phases": ["sustained"], "measured_s": n / 1000,
+            "window_end_ns": 10**18 + n * 1_000_000 + 10**9, "labels": {"n_gpus": 1}, **kw}
+
+
+def test_exact_percentiles_and_rates_from_raw_rows():
+    lat = list(np.arange(1, 1001, dtype=float))  # 1..1000 ms
+    status = ["ok"] * 990 + ["timeout"] * 5 + ["error"] * 3 + ["dropped"] * 2
+    table = recorder_table(lat, status)
+    row = summarize_cell(table, meta(1000))
+    timed = np.array(lat[:995])
+    assert row["p50_ms"] == pytest.approx(np.percentile(timed, 50))
+    assert row["p99_ms"] == pytest.approx(np.percentile(timed, 99))
+    assert row["max_ms"] == pytest.approx(995)
+    assert row["error_rate"] == pytest.approx(0.003) and row["timeout_rate"] == pytest.approx(0.005)
+    assert row["drop_rate"] == pytest.approx(0.002)
+    assert row["ok"] == 990 and row["requests"] == 1000
+    assert row["recall_mean"] == 1.0
+
+
+def test_unmeasured_phases_are_left_out():
+    table = recorder_table([100.0] * 10 + [1.0] * 10, ["ok"] * 20, phases=[0] * 10 + [1] * 10)
+    row = summarize_cell(table, meta(10))
+    assert row["requests"] == 10 and row["max_ms"] == pytest.approx(1.0)
+
+
+def test_summary_of_a_real_generator_run():
+    table, _ = run_plan(make_plan(400, 1.0), ServiceTimeTarget(1.0))
+    row = summarize_cell(table, {**meta(400), "measured_s": 1.0, "target_qps": 400.0,
+                                 "window_end_ns": int(table["intended_ns"].to_numpy().min()) + 1_000_000_000})
+    assert row["requests"] == 400
+    assert row["achieved_qps"] == pytest.approx(400, rel=0.02)
+    assert 1.0 <= row["p50_ms"] < 1.5
+
+
+def test_scaling_and_verdicts():
+    summary = [{"cell": 0, "n_gpus": 1, "achieved_qps": 1000.0, "p99_ms": 5.0},
+               {"cell": 1, "n_gpus": 2, "achieved_qps": 1800.0, "p99_ms": 12.0},
+               {"cell": 2, "n_gpus": 4, "achieved_qps": 10.0, "p99_ms": float("nan")}]
+    add_scaling(summary, ["a", "a", "b"])
+    assert summary[1]["scaling_qps_ratio"] == pytest.approx(1.8)
+    assert summary[1]["scaling_efficiency"] == pytest.approx(0.9)
+    assert np.isnan(summary[2]["scaling_efficiency"])  # no 1-GPU cell with the same settings
+    verdicts = check_targets(summary, [TargetSpec(metric="p99_ms", max=10)])
+    assert [v["passed"] for v in verdicts] == [True, False, False]  # NaN never passes
