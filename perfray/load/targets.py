@@ -69,7 +69,7 @@ class ReplicatedRouter:
         endpoint = self.endpoints[pick]
         try:
             ids, dists = await reply
-        except endpoint.fatal_errors or (NoLiveEndpoint,):
+        except endpoint.fatal_errors:  # an empty tuple catches nothing
             self.dead.add(pick)
             raise
         finally:

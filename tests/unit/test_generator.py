@@ -3,8 +3,8 @@ import asyncio
 import numpy as np
 import pyarrow.compute as pc
 import pytest
-
 from conftest import NoopTarget, ServiceTimeTarget, make_plan, run_plan
+
 from perfray.timing import Clock
 
 
