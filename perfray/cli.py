@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+from perfray.cluster.runtime import restore_interrupt_handlers
 from perfray.errors import PerfrayError, UsageError
 
 
@@ -34,10 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupt(signum, _frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def run_sweep_command(args) -> int:
     from perfray.config import load_config
     from perfray.progress import Progress
@@ -58,14 +55,16 @@ def run_sweep_command(args) -> int:
                   f"{len(verdicts) - len(failed)}/{len(verdicts)} target checks passed -> {run_dir}")
     for v in failed:
         progress.note(f"  [red]FAIL[/red] cell {v['cell']}: {v['metric']} = {v['value']:.4g} (want {v['bound']})")
+    if status == "interrupted":
+        print(f"perfray: interrupted; results so far were written to {run_dir}", file=sys.stderr)
     return code
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("PERFRAY_DEBUG") == "1"
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    restore_interrupt_handlers()
     try:
         args = build_parser().parse_args(argv)
         if args.command == "sweep":

@@ -81,6 +81,7 @@ class SweepDriver:
         self._load: dict[int, object] = {}
         self._gpu_described: list[dict] = []
         self._ray: runtime.RayInfo | None = None
+        self._live: set[int] = set()
 
     # ----------------------------------------------------------------------------------------- run
     def run(self) -> int:
@@ -114,11 +115,17 @@ class SweepDriver:
         return code
 
     def _finish(self, status: str) -> None:
-        self.writer.close()
+        stopped_ns = time.time_ns()
         running = [c for c in self.manifest.doc["cells"] if c["status"] == "running"]
         for entry in running:
+            try:  # what the live actors still hold (< 1 s of rows)
+                self._drain(entry["cell"], self._live)
+            except (KeyboardInterrupt, Exception) as err:  # a second Ctrl-C or a dying cluster: keep going
+                self.manifest.doc["final_drain_error"] = type(err).__name__
+        self.writer.close()
+        for entry in running:
             entry["status"] = "interrupted" if status == "interrupted" else "partial"
-            self._summarize(entry["cell"], entry["status"])
+            self._summarize(entry["cell"], entry["status"], until_ns=stopped_ns)
         add_scaling(self.summary, self.scaling_keys)
         if self.summary:
             write_table(self.run_dir / "summary.parquet", pa.Table.from_pylist(self.summary))
@@ -156,7 +163,7 @@ class SweepDriver:
                 for i in range(len(loaders))}
         if self.hooks.on_cell_start:
             self.hooks.on_cell_start(index, list(loaders), list(group.handles))
-        live = set(refs)
+        live = self._live = set(refs)
         stats = []
         while refs:
             ready, _ = _ray().wait(list(refs.values()), num_returns=len(refs),
@@ -188,28 +195,36 @@ class SweepDriver:
                 self.writer.write(cell, i, batch)
                 self.progress.rows(batch)
 
-    def _actor_failed(self, role: str, index: int, cell: int, err: Exception, live: set[int]) -> None:
-        live.discard(index)
+    def _actor_failed(self, role: str, index: int, cell: int, err: Exception, live: set[int] | None) -> None:
+        """Record a dead actor once (its drain and its run call both notice)."""
+        if live is not None:
+            if index not in live:
+                return
+            live.discard(index)
         if role == "load":
             self._load.pop(index, None)
         self.manifest.add_failure(role=role, actor=index, cell=cell, error=type(err).__name__,
                                   detail=str(err).splitlines()[0][:300])
         self.progress.note(f"  [red]{role} actor {index} failed in cell {cell}: {type(err).__name__}[/red]")
 
-    def _summarize(self, index: int, status: str) -> None:
+    def _summarize(self, index: int, status: str, until_ns: int | None = None) -> None:
+        """Summary row of a cell from its Parquet rows; ``until_ns`` cuts the measured window short
+        (an interrupted cell is measured over the time it ran)."""
         cell = self.cells[index]
-        entry = self.manifest.doc["cells"][index]
-        phases = cell.load.phase_plan()
-        measured = [p.name for p in phases if p.measured]
-        offset_s = 0.0
-        window_end = entry.get("start_unix_ns", 0)
-        for p in phases:
-            offset_s += p.duration_s
-            if p.measured:
-                window_end = entry.get("start_unix_ns", 0) + int(offset_s * 1e9)
+        start_ns = self.manifest.doc["cells"][index].get("start_unix_ns", 0)
+        until_ns = until_ns or 2**62
+        measured_s, window_end, offset_ns = 0.0, start_ns, 0
+        for p in cell.load.phase_plan():
+            lo = start_ns + offset_ns
+            offset_ns += int(p.duration_s * 1e9)
+            hi = min(start_ns + offset_ns, until_ns)
+            if p.measured and hi > lo:
+                measured_s += (hi - lo) / 1e9
+                window_end = hi
         meta = {"cell": index, "status": status, "target_qps": cell.load.target_qps,
-                "measured_phases": measured, "measured_s": sum(p.duration_s for p in phases if p.measured),
-                "window_end_ns": window_end, "labels": _labels(cell, entry.get("backend"), self._gpu_described)}
+                "measured_phases": [p.name for p in cell.load.phase_plan() if p.measured],
+                "measured_s": measured_s, "window_end_ns": window_end,
+                "labels": _labels(cell, self._gpu_described)}
         self.summary.append(summarize_cell(read_cell(self.run_dir, index), meta))
         key = cell.model_dump(mode="json")
         key["search"].pop("n_gpus")
@@ -264,7 +279,7 @@ class SweepDriver:
             try:
                 ray.get(handle.ping.remote(), timeout=30)
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
-                self._actor_failed("gpu", i, cell, err, set())
+                self._actor_failed("gpu", i, cell, err, None)
                 self._group = None  # rebuilt for the next cell
                 return
 
@@ -300,7 +315,7 @@ def _ray():
     return ray
 
 
-def _labels(cell: Workload, backend: str | None, described: list[dict]) -> dict:
+def _labels(cell: Workload, described: list[dict]) -> dict:
     return {
         "n_gpus": cell.search.n_gpus, "k": cell.search.k, "topology": cell.search.topology,
         "backend": (described[0]["backend"] if described else cell.search.backend),

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import threading
 from dataclasses import dataclass
 
 from perfray.errors import UnavailableError
@@ -64,6 +66,7 @@ def connect(cluster, gpus_needed: int, cpus_needed: float) -> RayInfo:
             include_dashboard=None,
         )
         embedded = True
+    restore_interrupt_handlers()
     resources = ray.cluster_resources()
     have = int(resources.get("GPU", 0))
     if have < gpus_needed:
@@ -73,6 +76,18 @@ def connect(cluster, gpus_needed: int, cpus_needed: float) -> RayInfo:
             f"nodes, or for a simulated run start the head with 'ray start --head --num-gpus {gpus_needed}'")
     dashboard = getattr(context, "dashboard_url", None) if context is not None else None
     return RayInfo(embedded, address, logical, real, dict(resources), dashboard or None)
+
+
+def _raise_interrupt(signum, _frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def restore_interrupt_handlers() -> None:
+    """ray.init() installs its own SIGTERM handler in the driver; put back ours (SIGINT/SIGTERM raise
+    KeyboardInterrupt, so the driver writes what it has and exits 130)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _raise_interrupt)
 
 
 def shutdown(info: RayInfo | None) -> None:

@@ -1,0 +1,192 @@
+"""Brute-force kNN on one GPU: perfray's CuPy backend vs CuPy GEMM + argpartition vs torch GEMM + topk,
+measured side by side in one run, with the roofline floor. Runs without Ray (plain classes only).
+
+    python benchmarks/gpu_knn.py [--n 1000000] [--dim 128] [--k 10] [--batches 1,16,128,1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def timed(fn, sync, repeats: int, warmup: int = 2) -> float:
+    """Median seconds of fn() with a device sync before the clock stops."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def roofline_floor_s(n: int, dim: int, q: int, mem_bw: float, flops: float) -> float:
+    """Reading the index once (bytes) vs the GEMM (flops): whichever bounds."""
+    return max(n * dim * 4 / mem_bw, 2.0 * n * dim * q / flops)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--batches", default="1,16,128,1024")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--mem-bw", type=float, default=3.0e12, help="bytes/s (H100 copy: 3.0e12)")
+    parser.add_argument("--fp32-flops", type=float, default=51e12, help="FLOP/s (H100 fp32 GEMM: 51e12)")
+    parser.add_argument("--check-queries", type=int, default=64, help="queries checked against float64")
+    parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--open-loop-qps", type=float, default=0, help="also drive the worker open loop")
+    parser.add_argument("--open-loop-s", type=float, default=5.0)
+    args = parser.parse_args()
+
+    import cupy as cp
+
+    from perfray.backends.cupy_backend import CupyBackend
+    from perfray.sut.gpu_search import GpuSearchWorker
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((args.n, args.dim), dtype=np.float32)
+    batches = [int(b) for b in args.batches.split(",")]
+    queries = rng.standard_normal((max(batches), args.dim), dtype=np.float32)
+    ours = CupyBackend()
+    ours.build(base)
+    print(f"device: {ours.device_name()}  N={args.n:,} d={args.dim} k={args.k}")
+
+    # Exactness on a sample against float64 on the host.
+    sample = queries[: args.check_queries]
+    got_ids, got_d = ours.search(sample, args.k)
+    ref_d = np.empty_like(got_d, dtype=np.float64)
+    ref_ids = np.empty_like(got_ids)
+    for i, q in enumerate(sample.astype(np.float64)):
+        d = ((base.astype(np.float64) - q) ** 2).sum(1) if args.n <= 200_000 else None
+        if d is None:  # chunked float64 on the host for big N
+            d = np.concatenate([((base[lo:lo + 200_000].astype(np.float64) - q) ** 2).sum(1)
+                                for lo in range(0, args.n, 200_000)])
+        order = np.argsort(d, kind="stable")[: args.k]
+        ref_ids[i], ref_d[i] = order, d[order]
+    same = (got_ids == ref_ids).mean()
+    dist_err = float(np.max(np.abs(got_d - ref_d) / np.maximum(ref_d, 1e-6)))
+    print(f"exactness vs float64 on {len(sample)} queries: ids equal {same:.4%}, max rel dist err {dist_err:.2e}")
+
+    base_d = cp.asarray(base)
+    norms = cp.einsum("ij,ij->i", base_d, base_d)
+
+    def cupy_argpartition(qd):
+        d = norms[None, :] - 2.0 * (qd @ base_d.T)
+        part = cp.argpartition(d, args.k - 1, axis=1)[:, : args.k]
+        vals = cp.take_along_axis(d, part, axis=1)
+        return cp.take_along_axis(part, cp.argsort(vals, axis=1), axis=1)
+
+    torch_fn = None
+    try:
+        import torch
+
+        base_t = torch.as_tensor(base, device="cuda")
+        norms_t = (base_t * base_t).sum(1)
+
+        def torch_fn(qt, chunk=1024):
+            d = norms_t[None, :] - 2.0 * (qt @ base_t.T)
+            rows = d.shape[1] // chunk * chunk
+            head = d[:, :rows].reshape(d.shape[0], -1, chunk)
+            v, i = head.topk(args.k, dim=2, largest=False)
+            i = i + torch.arange(0, rows, chunk, device="cuda")[None, :, None]
+            v, i = v.reshape(d.shape[0], -1), i.reshape(d.shape[0], -1)
+            if rows < d.shape[1]:
+                v = torch.cat([v, d[:, rows:]], 1)
+                i = torch.cat([i, torch.arange(rows, d.shape[1], device="cuda").expand(d.shape[0], -1)], 1)
+            v2, j = v.topk(args.k, dim=1, largest=False)
+            return i.gather(1, j)
+
+        torch_sync = torch.cuda.synchronize
+    except ImportError:
+        torch_sync = None
+
+    rows = []
+    header = f"{'batch':>6} {'floor QPS':>11} {'ours QPS':>10} {'ours ms':>8} {'%floor':>7} {'cupy-argpart':>12} {'torch-topk':>11} {'ours/cupy':>9} {'ours/torch':>10}"
+    print(header + "   gemm-only ms / ours-host ms")
+    for q in batches:
+        qh = queries[:q]
+        qd = cp.asarray(qh)
+        t_ours_dev = timed(lambda qd=qd: ours.search_device(qd, args.k), cp.cuda.Device().synchronize, args.repeats)
+        t_ours_host = timed(lambda qh=qh: ours.search(qh, args.k), lambda: None, args.repeats)
+        t_cupy = timed(lambda qd=qd: cupy_argpartition(qd), cp.cuda.Device().synchronize,
+                       max(2, args.repeats // 3)) if q * args.n <= 1 << 31 else float("nan")
+        t_torch = float("nan")
+        if torch_fn is not None:
+            qt = torch.as_tensor(qh, device="cuda")
+            t_torch = timed(lambda qt=qt: torch_fn(qt), torch_sync, args.repeats)
+        t_gemm = timed(lambda qd=qd: qd @ base_d.T, cp.cuda.Device().synchronize, args.repeats) \
+            if q * args.n <= 1 << 31 else float("nan")
+        floor = roofline_floor_s(args.n, args.dim, q, args.mem_bw, args.fp32_flops)
+        row = {"batch": q, "floor_qps": q / floor, "ours_qps": q / t_ours_dev, "ours_ms": t_ours_dev * 1e3,
+               "ours_host_ms": t_ours_host * 1e3, "cupy_argpartition_qps": q / t_cupy,
+               "torch_topk_qps": q / t_torch, "pct_of_floor": floor / t_ours_dev * 100,
+               "ours_over_cupy": t_cupy / t_ours_dev, "ours_over_torch": t_torch / t_ours_dev,
+               "gemm_only_ms": t_gemm * 1e3}
+        rows.append(row)
+        print(f"{q:>6} {row['floor_qps']:>11,.0f} {row['ours_qps']:>10,.0f} {row['ours_ms']:>8.3f} "
+              f"{row['pct_of_floor']:>6.1f}% {row['cupy_argpartition_qps']:>12,.0f} {row['torch_topk_qps']:>11,.0f} "
+              f"{row['ours_over_cupy']:>8.2f}x {row['ours_over_torch']:>9.2f}x   {t_gemm * 1e3:.3f} / {t_ours_host * 1e3:.3f}")
+
+    # The same index served through the worker (what a GpuSearchActor does per micro-batch).
+    worker = GpuSearchWorker("cupy")
+    worker.build(base[: min(args.n, 200_000)])
+    micro = worker.microbench(queries, batches, [args.k], repeats=5, warmup=2)
+    med = {}
+    for r in micro:
+        med.setdefault(r["batch"], []).append(r["batch_ns"] / 1e6)
+    print("worker.microbench (N=%d, host in/out): " % worker.rows +
+          ", ".join(f"q={b}: {np.median(v):.3f} ms" for b, v in med.items()))
+    if args.open_loop_qps:
+        rows_ol = open_loop(worker_for=base, queries=queries, k=args.k, qps=args.open_loop_qps,
+                            duration_s=args.open_loop_s)
+        print("open loop (LoadGenerator -> GpuSearchWorker(cupy), no Ray, N=%d): %s" % (args.n, rows_ol))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": ours.device_name(), "n": args.n, "dim": args.dim, "k": args.k,
+                       "exact_ids_share": same, "rows": rows}, f, indent=2)
+    print("rerun: python benchmarks/gpu_knn.py --n %d --dim %d --k %d --batches %s" % (
+        args.n, args.dim, args.k, args.batches))
+
+
+def open_loop(worker_for: np.ndarray, queries: np.ndarray, k: int, qps: float, duration_s: float) -> dict:
+    """Open-loop micro-batched load through the same generator the LoadActors run."""
+    import asyncio
+
+    from perfray.load.generator import CellPlan, LoadGenerator, QueryPool
+    from perfray.load.profiles import op_mix
+    from perfray.load.schedules import PhaseRates
+    from perfray.load.targets import ThreadEndpoint, make_router
+    from perfray.sut.gpu_search import GpuSearchWorker
+
+    worker = GpuSearchWorker("cupy")
+    worker.build(worker_for)
+    router = make_router("replicated", [ThreadEndpoint(worker)])
+    plan = CellPlan(cell=0, actor=0, n_actors=1, start_unix_ns=time.time_ns() + 300_000_000,
+                    phases=[PhaseRates("warmup", 1.0, qps, qps, False),
+                            PhaseRates("sustained", duration_s, qps, qps, True)],
+                    arrival="poisson", ops=op_mix("simple", k, 1024), seed=1, batch_window_ns=1_000_000,
+                    batch_max=512, max_in_flight=100_000, timeout_ns=2_000_000_000)
+    gen = LoadGenerator(0)
+    asyncio.run(gen.run_cell(plan, QueryPool(queries), router))
+    table = gen.drain()
+    phase = np.asarray(table.column("phase").to_pylist())
+    status = np.asarray(table.column("status").to_pylist())
+    keep = (phase == "sustained") & (status == "ok")
+    lat = table.column("latency_ns").to_numpy(zero_copy_only=False)[keep] / 1e6
+    batch = table.column("batch_size").to_numpy(zero_copy_only=False)[keep]
+    return {"target_qps": qps, "ok": int(keep.sum()), "achieved_qps": round(keep.sum() / duration_s),
+            "p50_ms": round(float(np.percentile(lat, 50)), 3), "p99_ms": round(float(np.percentile(lat, 99)), 3),
+            "mean_batch": round(float(batch.mean()), 1), "not_ok": int(((phase == "sustained") & ~keep).sum())}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The main job end to end on embedded Ray: python -m perfray.sweep, as a user runs it."""
+
+import importlib.util
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from conftest import manifest, sweep_cli
+
+from perfray import SCHEMA_VERSION
+
+ROBUST_TARGETS = "targets=[{metric: recall_mean, min: 0.999}, {metric: drop_rate, max: 0.05}]"
+
+
+def test_default_sweep_writes_rows_manifest_summary_and_microbench(tmp_path):
+    out = sweep_cli("--results-dir", str(tmp_path), "--run-id", "smoke1", "--set", "duration_s=1.5",
+                    "--set", "warmup_s=0.5", "--set", ROBUST_TARGETS,
+                    env={"PERFRAY_TEST_PASSWORD": "hunter2-secret"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "smoke1"
+    doc = manifest(run)
+    assert doc["status"] == "complete" and doc["schema_version"] == SCHEMA_VERSION
+    assert doc["ray"]["embedded"] is True and doc["ray"]["resources"]["GPU"] >= 2
+    assert doc["gpus"]["simulated"] is True and doc["gpus"]["logical"] is True
+    assert {"ray", "numpy", "pyarrow", "python"} <= set(doc["versions"])
+    assert "git_commit" in doc and doc["config"]["name"] == "smoke"
+    assert [c["status"] for c in doc["cells"]] == ["complete"] * 4
+    assert "hunter2-secret" not in (run / "manifest.json").read_text()
+
+    rows = pads.dataset(run / "requests", format="parquet", partitioning="hive").to_table()
+    assert rows.schema.metadata[b"perfray.schema_version"] == str(SCHEMA_VERSION).encode()
+    summary = pq.read_table(run / "summary.parquet").to_pylist()
+    assert [s["cell"] for s in summary] == [0, 1, 2, 3]
+    for s in summary:
+        cell_rows = rows.filter(pc.equal(rows["cell"], s["cell"]))
+        expected = s["target_qps"] * 2.0  # warm-up + sustained, Poisson
+        assert abs(cell_rows.num_rows - expected) < 5 * np.sqrt(expected)
+        seq = cell_rows["seq"].to_numpy()
+        assert np.array_equal(np.sort(seq), np.arange(seq.size))  # each scheduled request once
+        assert s["simulated"] is True and s["recall_mean"] == 1.0
+        assert s["p50_ms"] <= s["p99_ms"] <= s["max_ms"]
+        assert s["requests"] == s["ok"] + s["error"] + s["timeout"] + s["dropped"]
+    assert {s["n_gpus"] for s in summary} == {1, 2}
+    assert all(s["scaling_efficiency"] > 0 for s in summary)
+    assert doc["rows_written"] == rows.num_rows
+    micro = pq.read_table(run / "microbench.parquet").to_pylist()
+    assert {(m["batch"], m["k"]) for m in micro} == {(1, 10), (16, 10), (128, 10)}
+    assert all(m["batch_ns"] > 0 and m["simulated"] for m in micro)
+
+
+def test_failed_must_pass_target_exits_1(tmp_path):
+    out = sweep_cli("--results-dir", str(tmp_path), "--run-id", "fail", "--set", "sweep={}",
+                    "--set", "duration_s=1", "--set", "warmup_s=0",
+                    "--set", "targets=[{metric: p50_ms, max: 0.0001}, {metric: recall_mean, min: 0.5}]")
+    assert out.returncode == 1, out.stderr[-2000:]
+    doc = manifest(tmp_path / "fail")
+    assert doc["status"] == "complete"
+    assert [(v["metric"], v["passed"]) for v in doc["verdicts"]] == [("p50_ms", False), ("recall_mean", True)]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
+def test_unavailable_backend_exits_3_with_one_line_and_a_manifest(tmp_path):
+    out = sweep_cli("--results-dir", str(tmp_path), "--run-id", "nocupy", "--set", "sweep={}",
+                    "--set", "search.backend=cupy")
+    assert out.returncode == 3, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("perfray: error: backend 'cupy' is not available") and "Traceback" not in out.stderr
+    doc = manifest(tmp_path / "nocupy")
+    assert doc["status"] == "failed" and "cupy" in doc["error"]
