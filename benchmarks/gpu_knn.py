@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--open-loop-qps", type=float, default=0, help="also drive the worker open loop")
     parser.add_argument("--open-loop-s", type=float, default=5.0)
+    parser.add_argument("--variants", action="store_true", help="time top-k kernel settings side by side")
     args = parser.parse_args()
 
     import cupy as cp
@@ -136,6 +137,9 @@ def main() -> None:
               f"{row['pct_of_floor']:>6.1f}% {row['cupy_argpartition_qps']:>12,.0f} {row['torch_topk_qps']:>11,.0f} "
               f"{row['ours_over_cupy']:>8.2f}x {row['ours_over_torch']:>9.2f}x   {t_gemm * 1e3:.3f} / {t_ours_host * 1e3:.3f}")
 
+    if args.variants:
+        variants(ours, queries, batches, args.k, args.repeats)
+
     # The same index served through the worker (what a GpuSearchActor does per micro-batch).
     worker = GpuSearchWorker("cupy")
     worker.build(base[: min(args.n, 200_000)])
@@ -157,7 +161,33 @@ def main() -> None:
         args.n, args.dim, args.k, args.batches))
 
 
-def open_loop(worker_for: np.ndarray, queries: np.ndarray, k: int, qps: float, duration_s: float) -> dict:
+def variants(backend, queries: np.ndarray, batches: list[int], k: int, repeats: int) -> None:
+    """ms per batch for each (threads per launch, loads in flight) setting; ids must not change."""
+    import cupy as cp
+
+    from perfray.backends import cupy_topk
+
+    saved = (cupy_topk.TARGET_THREADS, cupy_topk.UNROLL)
+    sync = cp.cuda.Device().synchronize
+    reference = {q: backend.search_device(cp.asarray(queries[:q]), k)[0].get() for q in batches}
+    print("variants (ms per batch; '!' = ids differ from the default):")
+    print("  threads  unroll " + " ".join(f"{'q=' + str(q):>9}" for q in batches))
+    for target in (1 << 16, 1 << 17, 1 << 18):
+        for unroll in (1, 2, 4, 8):
+            cupy_topk.TARGET_THREADS = target
+            cupy_topk.UNROLL = unroll
+            cells = []
+            for q in batches:
+                qd = cp.asarray(queries[:q])
+                same = np.array_equal(backend.search_device(qd, k)[0].get(), reference[q])
+                t = timed(lambda qd=qd: backend.search_device(qd, k), sync, repeats)
+                cells.append(f"{t * 1e3:>8.3f}{' ' if same else '!'}")
+            print(f"  {target:>7} {unroll:>6} " + " ".join(cells))
+    cupy_topk.TARGET_THREADS, cupy_topk.UNROLL = saved
+
+
+def open_loop(worker_for: np.ndarray, queries: np.ndarray, k: int, qps: float, duration_s: float,
+              backend: str = "cupy") -> dict:
     """Open-loop micro-batched load through the same generator the LoadActors run."""
     import asyncio
 
@@ -167,7 +197,7 @@ def open_loop(worker_for: np.ndarray, queries: np.ndarray, k: int, qps: float, d
     from perfray.load.targets import ThreadEndpoint, make_router
     from perfray.sut.gpu_search import GpuSearchWorker
 
-    worker = GpuSearchWorker("cupy")
+    worker = GpuSearchWorker(backend)
     worker.build(worker_for)
     router = make_router("replicated", [ThreadEndpoint(worker)])
     plan = CellPlan(cell=0, actor=0, n_actors=1, start_unix_ns=time.time_ns() + 300_000_000,

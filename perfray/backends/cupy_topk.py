@@ -12,6 +12,8 @@ import functools
 
 KERNEL_TEMPLATE = r"""
 #define K {k}
+#define UNROLL {unroll}
+#define INSERT {insert}
 extern "C" __global__ void topk_stage(
     const float* __restrict__ vals, const long long* __restrict__ ids, const float* __restrict__ bias,
     const int has_ids, const int has_bias, const float alpha,
@@ -28,16 +30,25 @@ extern "C" __global__ void topk_stage(
     for (int j = 0; j < K; j++) {{ bv[j] = __int_as_float(0x7f800000); bi[j] = 0x7fffffffffffffffLL; }}
     const float* row = vals + (long long)r * ld;
     const long long* id_row = ids + (long long)r * ld;
-    for (int c = t; c < m; c += threads_per_row) {{
-        float v = row[c];
-        if (has_bias) v = fmaf(alpha, v, bias[c]);
-        const long long id = has_ids ? id_row[c] : (long long)c + id_offset;
-        if (v < bv[K - 1] || (v == bv[K - 1] && id < bi[K - 1])) {{
-            int j = K - 1;
-            while (j > 0 && (v < bv[j - 1] || (v == bv[j - 1] && id < bi[j - 1]))) {{
-                bv[j] = bv[j - 1]; bi[j] = bi[j - 1]; j--;
+    // UNROLL independent loads per iteration keep several memory requests in flight per thread.
+    for (long long c0 = t; c0 < m; c0 += (long long)UNROLL * threads_per_row) {{
+        float vals_u[UNROLL];
+        long long ids_u[UNROLL];
+        #pragma unroll
+        for (int u = 0; u < UNROLL; u++) {{
+            const long long c = c0 + (long long)u * threads_per_row;
+            const bool in = c < m;
+            const float raw = in ? row[c] : 0.0f;
+            vals_u[u] = !in ? __int_as_float(0x7f800000) : (has_bias ? fmaf(alpha, raw, bias[c]) : raw);
+            ids_u[u] = !in ? 0x7fffffffffffffffLL : (has_ids ? id_row[c] : c + id_offset);
+        }}
+        #pragma unroll
+        for (int u = 0; u < UNROLL; u++) {{
+            const float v = vals_u[u];
+            const long long id = ids_u[u];
+            if (v < bv[K - 1] || (v == bv[K - 1] && id < bi[K - 1])) {{
+                INSERT
             }}
-            bv[j] = v; bi[j] = id;
         }}
     }}
     const long long o = (long long)r * out_ld + out_off + (long long)t * K;
@@ -46,17 +57,47 @@ extern "C" __global__ void topk_stage(
 }}
 """
 
+# Small K: the list is kept in registers, so the insertion is a fully unrolled compare-swap pass with
+# static indices (no local memory). Larger K: a shifting insertion in local memory.
+INSERT_REGISTERS = r"""
+            bv[K - 1] = v; bi[K - 1] = id;
+            _Pragma("unroll")
+            for (int j = K - 1; j > 0; --j) {
+                const bool up = bv[j] < bv[j - 1] || (bv[j] == bv[j - 1] && bi[j] < bi[j - 1]);
+                const float tv = up ? bv[j - 1] : bv[j];
+                const long long ti = up ? bi[j - 1] : bi[j];
+                bv[j - 1] = up ? bv[j] : bv[j - 1]; bi[j - 1] = up ? bi[j] : bi[j - 1];
+                bv[j] = tv; bi[j] = ti;
+            }
+"""
+INSERT_LOCAL = r"""
+            int j = K - 1;
+            while (j > 0 && (v < bv[j - 1] || (v == bv[j - 1] && id < bi[j - 1]))) {
+                bv[j] = bv[j - 1]; bi[j] = bi[j - 1]; j--;
+            }
+            bv[j] = v; bi[j] = id;
+"""
+REGISTER_MAX_K = 32
+
 BLOCK = 256
-# Enough threads in flight to cover memory latency on a large GPU (132 SMs x 2048 threads ~ 270K).
-TARGET_THREADS = 1 << 20
+# Threads per launch: enough to stream memory on a large GPU, few enough that each thread scans a long
+# slice (fewer insertions per element and fewer candidates for the next stage).
+TARGET_THREADS = 1 << 16
 MAX_K = 128
 
 
+# Loads in flight per thread. Measured on an H100 (benchmarks/gpu_knn.py --variants, N=1M, d=128, k=10):
+# 4 loads with 64K threads per launch was best at every batch size (q=1024: 11.8 ms vs 15.2 ms with 1 load).
+UNROLL = 4
+
+
 @functools.cache
-def _kernel(k: int):
+def _kernel(k: int, unroll: int):
     import cupy as cp
 
-    return cp.RawKernel(KERNEL_TEMPLATE.format(k=k), "topk_stage")
+    insert = INSERT_REGISTERS if k <= REGISTER_MAX_K else INSERT_LOCAL
+    source = KERNEL_TEMPLATE.format(k=k, unroll=unroll, insert=" ".join(insert.split("\n")))
+    return cp.RawKernel(source, "topk_stage")
 
 
 def min_scan(k: int) -> int:
@@ -79,7 +120,7 @@ def launch_stage(vals, ids, bias, alpha, rows, m, ld, t, k, id_offset, out_vals,
     dummy_f = bias if bias is not None else vals
     dummy_i = ids if ids is not None else out_ids
     grid = (-(-t // BLOCK), rows)
-    _kernel(k)(
+    _kernel(k, UNROLL)(
         grid,
         (min(BLOCK, t),),
         (
