@@ -147,18 +147,17 @@ def main() -> None:
     med = {}
     for r in micro:
         med.setdefault(r["batch"], []).append(r["batch_ns"] / 1e6)
-    print("worker.microbench (N=%d, host in/out): " % worker.rows +
-          ", ".join(f"q={b}: {np.median(v):.3f} ms" for b, v in med.items()))
+    per_batch = ", ".join(f"q={b}: {np.median(v):.3f} ms" for b, v in med.items())
+    print(f"worker.microbench (N={worker.rows}, host in/out): {per_batch}")
     if args.open_loop_qps:
         rows_ol = open_loop(worker_for=base, queries=queries, k=args.k, qps=args.open_loop_qps,
                             duration_s=args.open_loop_s)
-        print("open loop (LoadGenerator -> GpuSearchWorker(cupy), no Ray, N=%d): %s" % (args.n, rows_ol))
+        print(f"open loop (LoadGenerator -> GpuSearchWorker(cupy), no Ray, N={args.n}): {rows_ol}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": ours.device_name(), "n": args.n, "dim": args.dim, "k": args.k,
                        "exact_ids_share": same, "rows": rows}, f, indent=2)
-    print("rerun: python benchmarks/gpu_knn.py --n %d --dim %d --k %d --batches %s" % (
-        args.n, args.dim, args.k, args.batches))
+    print(f"rerun: python benchmarks/gpu_knn.py --n {args.n} --dim {args.dim} --k {args.k} --batches {args.batches}")
 
 
 def variants(backend, queries: np.ndarray, batches: list[int], k: int, repeats: int) -> None:
