@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, manifest
+from support import REPO, manifest
 
 from perfray.config import load_config
 from perfray.results.writer import prepare_run_dir, read_cell

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, manifest
+from support import REPO, manifest
 
 DASHBOARD = 8265
 

@@ -7,7 +7,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from conftest import manifest, sweep_cli
+from support import manifest, sweep_cli
 
 from perfray import SCHEMA_VERSION
 

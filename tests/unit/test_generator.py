@@ -3,7 +3,7 @@ import asyncio
 import numpy as np
 import pyarrow.compute as pc
 import pytest
-from conftest import NoopTarget, ServiceTimeTarget, make_plan, run_plan
+from support import NoopTarget, ServiceTimeTarget, make_plan, run_plan
 
 from perfray.timing import Clock
 
@@ -114,7 +114,7 @@ def test_micro_batches_respect_window_and_max():
 
 
 def test_drain_hands_out_each_row_once():
-    from conftest import LoadGenerator, QueryPool
+    from support import LoadGenerator, QueryPool
 
     gen = LoadGenerator(0)
     plan = make_plan(1000, 1.0)

@@ -1,7 +1,7 @@
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import ServiceTimeTarget, make_plan, run_plan
+from support import ServiceTimeTarget, make_plan, run_plan
 
 from perfray.analysis.summary import add_scaling, check_targets, summarize_cell
 from perfray.config import TargetSpec

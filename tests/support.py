@@ -1,9 +1,15 @@
+"""Helpers shared by the tests (plans, simple targets, running the CLI)."""
+
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from perfray.load.generator import CellPlan, LoadGenerator, QueryPool
 from perfray.load.profiles import op_mix
@@ -52,6 +58,16 @@ class ServiceTimeTarget:
         return None
 
 
-@pytest.fixture
-def noop_target():
-    return NoopTarget()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sweep_cli(*args, env=None, timeout=300):
+    """Run ``python -m perfray.sweep`` as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "perfray.sweep", "--quiet", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO, env=full_env)
+
+
+def manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
