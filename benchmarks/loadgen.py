@@ -21,7 +21,7 @@ from perfray.load.profiles import op_mix
 from perfray.load.schedules import PhaseRates
 from perfray.timing import Clock
 
-RATES = (1000, 2000, 4000, 6000, 8000, 10_000, 14_000, 20_000, 28_000, 40_000, 56_000, 80_000)
+RATES = (250, 500, 1000, 2000, 4000, 6000, 8000, 10_000, 14_000, 20_000, 28_000, 40_000, 56_000, 80_000)
 LAG_P99_LIMIT_MS = 1.0
 
 
@@ -35,11 +35,11 @@ async def _none():
 
 
 def ours(rate: float, seconds: float, window_ms: float) -> dict:
+    gen = LoadGenerator(0)  # built before the start time is chosen, as the driver does with its actors
     plan = CellPlan(cell=0, actor=0, n_actors=1, start_unix_ns=time.time_ns() + 100_000_000,
                     phases=[PhaseRates("s", seconds, rate, rate, True)], arrival="poisson",
                     ops=op_mix("simple", 10, 100), seed=1, batch_window_ns=int(window_ms * 1e6),
                     batch_max=64 if window_ms else 1, max_in_flight=1_000_000, timeout_ns=10**9)
-    gen = LoadGenerator(0)
     stats = asyncio.run(gen.run_cell(plan, QueryPool(np.zeros((16, 4), np.float32)), Noop()))
     # Lateness past each batch's due time (with no window this is exactly the schedule lag).
     return {"sent": stats["requests"], "lag_p99_ms": stats["generator_lateness_p99_ns"] / 1e6}
@@ -74,19 +74,31 @@ def naive(rate: float, seconds: float) -> dict:
     return {"sent": len(lags), "lag_p99_ms": float(np.percentile(lags, 99))}
 
 
-def max_sustained(run) -> tuple[float, dict]:
-    best, best_row = 0.0, {}
+def ladder(runs: dict) -> dict[str, float]:
+    """Run every generator at each rate (side by side) until all fail; max sustained rate per generator."""
+    best = dict.fromkeys(runs, 0.0)
+    alive = set(runs)
+    print(f"{'QPS':>8} " + " ".join(f"{name:>22}" for name in runs) + "   (generator lateness p99, ms)")
     for rate in RATES:
-        row = run(rate)
-        ok = row["lag_p99_ms"] <= LAG_P99_LIMIT_MS
-        print(f"    {rate:>7,} QPS: lag p99 {row['lag_p99_ms']:7.3f} ms {'ok' if ok else 'FAIL'}")
-        if not ok:
+        cells = []
+        for name, run in runs.items():
+            if name not in alive:
+                cells.append(f"{'-':>22}")
+                continue
+            lag = run(rate)["lag_p99_ms"]
+            ok = lag <= LAG_P99_LIMIT_MS
+            if ok:
+                best[name] = rate
+            else:
+                alive.discard(name)
+            cells.append(f"{lag:>17.3f} {'ok' if ok else 'FAIL':>4}")
+        print(f"{rate:>8,} " + " ".join(cells))
+        if not alive:
             break
-        best, best_row = rate, row
-    return best, best_row
+    return best
 
 
-def through_ray(qps: float, seconds: float) -> dict:
+def through_ray(qps: float, seconds: float, window_ms: float) -> dict:
     """One load actor -> one micro-batched GPU search actor (numpy, 10K x 128) on real Ray."""
     import tempfile
     from pathlib import Path
@@ -97,7 +109,7 @@ def through_ray(qps: float, seconds: float) -> dict:
 
     overrides = ["sweep={}", "dataset={kind: synthetic, n: 10000, dim: 128, n_queries: 1000}",
                  f"target_qps={qps}", f"duration_s={seconds}", "warmup_s=1", "search.backend=numpy",
-                 "microbench.enabled=false", "targets=[]", "batch_window_ms=1", "batch_max=128"]
+                 "microbench.enabled=false", "targets=[]", f"batch_window_ms={window_ms}", "batch_max=256"]
     config = load_config(None, overrides)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = prepare_run_dir(Path(tmp), "loadgen")
@@ -113,22 +125,24 @@ def main() -> None:
     parser.add_argument("--no-ray", action="store_true")
     args = parser.parse_args()
 
-    print("naive asyncio open loop (sleep + task per request):")
-    ref_rate, _ = max_sustained(lambda r: naive(r, args.seconds))
-    print("perfray LoadGenerator, one request per send:")
-    our_rate, _ = max_sustained(lambda r: ours(r, args.seconds, 0.0))
-    print("perfray LoadGenerator, 1 ms micro-batch window (how it drives GPU actors):")
-    batched_rate, _ = max_sustained(lambda r: ours(r, args.seconds, 1.0))
-    print(f"\nmax sustained (lag p99 <= {LAG_P99_LIMIT_MS} ms): naive {ref_rate:,.0f} QPS | perfray "
-          f"{our_rate:,.0f} QPS ({our_rate / max(ref_rate, 1):.2f}x) | perfray batched {batched_rate:,.0f} QPS "
-          f"({batched_rate / max(ref_rate, 1):.2f}x)")
+    best = ladder({
+        "naive asyncio": lambda r: naive(r, args.seconds),
+        "perfray per-request": lambda r: ours(r, args.seconds, 0.0),
+        "perfray 1ms batches": lambda r: ours(r, args.seconds, 1.0),
+    })
+    ref = best["naive asyncio"]
+    print(f"\nmax sustained (lateness p99 <= {LAG_P99_LIMIT_MS} ms, no-op target, one process): "
+          + " | ".join(f"{k} {v:,.0f} QPS" + (f" ({v / ref:.1f}x naive)" if ref else "") for k, v in best.items()))
+    if not ref:
+        print(f"  the naive generator never meets {LAG_P99_LIMIT_MS} ms: asyncio sleeps in whole milliseconds")
     if not args.no_ray:
-        row = through_ray(7000, 5)
-        verdict = "meets" if row["drop_rate"] < 0.01 and row["qps_ratio"] > 0.99 else "misses"
-        print(f"\n7,000 QPS through Ray (1 load actor -> 1 numpy GPU actor, 10K x 128, window 1 ms): achieved "
-              f"{row['achieved_qps']:,.0f} QPS, drops {row['drop_rate']:.2%}, errors {row['error_rate']:.2%}, "
-              f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, mean batch {row['batch_size_mean']:.1f}"
-              f" -> {verdict} the goal (< 1% dropped)")
+        print("\n7,000 QPS through real Ray: 1 load actor -> 1 numpy GPU actor (10K x 128), 5 s measured")
+        for window_ms in (1.0, 2.0):
+            row = through_ray(7000, 5, window_ms)
+            verdict = "meets" if row["drop_rate"] < 0.01 and row["qps_ratio"] > 0.99 else "misses"
+            print(f"  window {window_ms:g} ms: achieved {row['achieved_qps']:,.0f} QPS, drops {row['drop_rate']:.2%}, "
+                  f"errors {row['error_rate']:.2%}, p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, "
+                  f"mean batch {row['batch_size_mean']:.1f} -> {verdict} the goal (< 1% dropped)")
     print("rerun: python benchmarks/loadgen.py")
 
 

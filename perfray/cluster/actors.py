@@ -28,6 +28,7 @@ class LoadActorBody:
         return len(gpu_handles) * rounds
 
     async def drain(self):
+        """Finished rows as an Arrow record batch (Ray ships its buffers without pickling the values)."""
         return self.generator.drain()
 
     async def pid(self) -> int:

@@ -74,11 +74,18 @@ class Recorder:
         """Rows finished since the last drain, as one record batch (None if there are none)."""
         if not self._final:
             return None
-        ranges, self._final = self._final, []
-        idx = np.concatenate([np.arange(a, b) for a, b in ranges])
-        return self._batch(idx)
+        ranges, self._final = sorted(self._final), []
+        merged = [list(ranges[0])]
+        for a, b in ranges[1:]:
+            if a == merged[-1][1]:
+                merged[-1][1] = b
+            else:
+                merged.append([a, b])
+        if len(merged) == 1:  # the usual case: a slice, so columns are views, not gathers
+            return self._batch(slice(*merged[0]))
+        return self._batch(np.concatenate([np.arange(a, b) for a, b in merged]))
 
-    def _batch(self, idx: np.ndarray) -> pa.RecordBatch:
+    def _batch(self, idx: np.ndarray | slice) -> pa.RecordBatch:
         sent, done, intended = self.sent_ns[idx], self.done_ns[idx], self.intended_ns[idx]
         no_sent, no_done = sent == NULL_NS, done == NULL_NS
         err = self.error[idx]
@@ -91,9 +98,10 @@ class Recorder:
             indices = pa.array(codes.astype(np.int16), mask=mask)
             return pa.DictionaryArray.from_arrays(indices, pa.array(names, type=pa.string()))
 
+        size = intended.size
         columns = [
-            pa.array(np.full(idx.size, self.cell, dtype=np.int32)),
-            pa.array(np.full(idx.size, self.actor, dtype=np.int16)),
+            pa.array(np.full(size, self.cell, dtype=np.int32)),
+            pa.array(np.full(size, self.actor, dtype=np.int16)),
             pa.array(self.seq[idx]),
             labels(self.phase[idx], self.phase_names),
             labels(self.op[idx], self.op_names),
