@@ -65,7 +65,7 @@ def json_lines(batches: list, path: Path) -> float:
 
 
 class Holder:
-    """Stands in for a LoadActor that has finished n rows; drains k ranges per call, encoded as on the wire."""
+    """Stands in for a LoadActor that has finished n rows; drains k ranges per call."""
 
     def __init__(self, n, actor):
         self.rec = filled_recorder(n, actor, seed=actor)

@@ -82,6 +82,7 @@ class Phase(Strict):
 
 class LoadSpec(Strict):
     target_qps: float = Field(500.0, gt=0)
+    scale_with_gpus: bool = Field(False, description="offer target_qps per GPU (weak scaling)")
     duration_s: float = Field(5.0, gt=0)
     warmup_s: float = Field(1.0, ge=0)
     arrival: Literal["constant", "poisson"] = "poisson"
@@ -111,6 +112,11 @@ class Workload(Strict):
     dataset: Dataset = Field(default_factory=SyntheticDataset)
     search: SearchSpec = Field(default_factory=SearchSpec)
     load: LoadSpec = Field(default_factory=LoadSpec)
+
+    @property
+    def offered_qps(self) -> float:
+        """The cell's target rate: ``target_qps``, times ``n_gpus`` when load scales with GPUs."""
+        return self.load.target_qps * (self.search.n_gpus if self.load.scale_with_gpus else 1)
 
 
 class TargetSpec(Strict):
@@ -291,7 +297,7 @@ def _check_cell(cell: Workload, path: Path) -> None:
             if file is not None and not Path(file).is_file():
                 raise UsageError(f"{path}: {field}: no such file {file}")
     total_s = sum(p.duration_s for p in cell.load.phase_plan())
-    peak = max(max(phase_rates(p, cell.load.target_qps)) for p in cell.load.phase_plan())
+    peak = max(max(phase_rates(p, cell.offered_qps)) for p in cell.load.phase_plan())
     if peak <= 0:
         raise UsageError(f"{path}: load: every phase has rate 0; nothing would be sent")
     if peak * total_s > 50_000_000:

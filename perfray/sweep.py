@@ -145,7 +145,7 @@ class SweepDriver:
         self._microbench(cell, ds, group)
         loaders = self._load_actors(cell.load.actors)
         self._prime(loaders, group, ds, cell.search.k)
-        phases = [PhaseRates(p.name, p.duration_s, *phase_rates(p, cell.load.target_qps), p.measured)
+        phases = [PhaseRates(p.name, p.duration_s, *phase_rates(p, cell.offered_qps), p.measured)
                   for p in cell.load.phase_plan()]
         ops = op_mix(cell.load.op_mix, cell.search.k, ds.dataset.n)
         start_ns = time.time_ns() + START_LEAD_NS
@@ -221,7 +221,7 @@ class SweepDriver:
             if p.measured and hi > lo:
                 measured_s += (hi - lo) / 1e9
                 window_end = hi
-        meta = {"cell": index, "status": status, "target_qps": cell.load.target_qps,
+        meta = {"cell": index, "status": status, "target_qps": cell.offered_qps,
                 "measured_phases": [p.name for p in cell.load.phase_plan() if p.measured],
                 "measured_s": measured_s, "window_end_ns": window_end,
                 "labels": _labels(cell, self._gpu_described)}
@@ -329,7 +329,7 @@ def _labels(cell: Workload, described: list[dict]) -> dict:
 def _label(cell: Workload, group: _GpuGroup) -> str:
     sim = " (simulated GPUs)" if any(d["simulated"] for d in group.described) else ""
     return (f"{cell.search.n_gpus} GPU{sim} {cell.search.topology} {group.described[0]['backend']} "
-            f"k={cell.search.k} | {cell.load.target_qps:,.0f} QPS {cell.load.arrival} x{cell.load.actors} "
+            f"k={cell.search.k} | {cell.offered_qps:,.0f} QPS {cell.load.arrival} x{cell.load.actors} "
             f"actors | batch<={cell.load.batch_max} window {cell.load.batch_window_ms:g} ms")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -38,6 +39,19 @@ def count_local_gpus() -> int:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
+def probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a host:port where nothing listens (ray.init would wait minutes)."""
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise UnavailableError(f"no Ray cluster answers at {address} ({err.strerror or err}); "
+                               "start one with 'ray start --head' or unset cluster.address") from None
+
+
 def connect(cluster, gpus_needed: int, cpus_needed: float) -> RayInfo:
     """Start or join Ray and make sure ``gpus_needed`` (real or logical) GPUs exist."""
     import ray
@@ -46,6 +60,7 @@ def connect(cluster, gpus_needed: int, cpus_needed: float) -> RayInfo:
     real = count_local_gpus()
     context = None
     if address:
+        probe(address)
         try:
             context = ray.init(address=address, log_to_driver=False)
         except Exception as err:

@@ -1,4 +1,4 @@
-"""Parquet output of a run: ``requests/cell=NNNN/actor-AA.parquet`` (zstd), plus whole tables.
+"""Parquet output of a run: ``requests/cell-NNNN/actor-AA.parquet`` (zstd), plus whole tables.
 
 Row groups are written as batches arrive from actors, so an interrupted run keeps what it gathered.
 """
@@ -61,7 +61,7 @@ class RequestWriter:
         key = (cell, actor)
         writer = self._open.get(key)
         if writer is None:
-            folder = self.root / f"cell={cell:04d}"
+            folder = self.root / f"cell-{cell:04d}"
             folder.mkdir(parents=True, exist_ok=True)
             path = _free_name(folder, f"actor-{actor:03d}")
             writer = pq.ParquetWriter(path, REQUEST_SCHEMA, **PARQUET_OPTIONS)
@@ -90,7 +90,7 @@ def _free_name(folder: Path, stem: str) -> Path:
 
 def read_cell(run_dir: Path, cell: int) -> pa.Table:
     """Every request row of one cell."""
-    folder = Path(run_dir) / "requests" / f"cell={cell:04d}"
+    folder = Path(run_dir) / "requests" / f"cell-{cell:04d}"
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
     if not files:
         return REQUEST_SCHEMA.empty_table()

@@ -89,7 +89,7 @@ def test_signal_to_the_driver_writes_results_so_far(tmp_path, sig):
          "--set", "sweep={}", "--set", "duration_s=30", "--set", "microbench.enabled=false"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 90
-    while time.time() < deadline and not list((run_dir / "requests").glob("cell=*/*.parquet")):
+    while time.time() < deadline and not list((run_dir / "requests").glob("cell-*/*.parquet")):
         time.sleep(0.2)
     time.sleep(1.0)
     proc.send_signal(sig)

@@ -64,4 +64,4 @@ def test_ray_job_submit_runs_the_sweep_on_the_cluster(ray_head, tmp_path):
     summary = pq.read_table(results / "on-cluster" / "summary.parquet").to_pylist()
     assert len(summary) == 4 and all(s["recall_mean"] == 1.0 for s in summary)
     assert sorted(p.name for p in (results / "on-cluster" / "requests").iterdir()) == [
-        "cell=0000", "cell=0001", "cell=0002", "cell=0003"]
+        "cell-0000", "cell-0001", "cell-0002", "cell-0003"]

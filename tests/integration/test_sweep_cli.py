@@ -4,7 +4,6 @@ import importlib.util
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 from support import manifest, sweep_cli
@@ -29,7 +28,7 @@ def test_default_sweep_writes_rows_manifest_summary_and_microbench(tmp_path):
     assert [c["status"] for c in doc["cells"]] == ["complete"] * 4
     assert "hunter2-secret" not in (run / "manifest.json").read_text()
 
-    rows = pads.dataset(run / "requests", format="parquet", partitioning="hive").to_table()
+    rows = pq.read_table(run / "requests")
     assert rows.schema.metadata[b"perfray.schema_version"] == str(SCHEMA_VERSION).encode()
     summary = pq.read_table(run / "summary.parquet").to_pylist()
     assert [s["cell"] for s in summary] == [0, 1, 2, 3]
@@ -69,3 +68,35 @@ def test_unavailable_backend_exits_3_with_one_line_and_a_manifest(tmp_path):
     assert last.startswith("perfray: error: backend 'cupy' is not available") and "Traceback" not in out.stderr
     doc = manifest(tmp_path / "nocupy")
     assert doc["status"] == "failed" and "cupy" in doc["error"]
+
+
+def test_unreachable_cluster_exits_3_fast(tmp_path):
+    out = sweep_cli("--results-dir", str(tmp_path), "--run-id", "nocluster", "--set", "cluster.address=127.0.0.1:1",
+                    timeout=60)
+    assert out.returncode == 3
+    assert out.stderr.strip().splitlines()[-1].startswith("perfray: error: no Ray cluster answers at 127.0.0.1:1")
+    assert manifest(tmp_path / "nocluster")["status"] == "failed"
+
+
+def test_hdf5_dataset_sharded_faiss_sweep_is_exact(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(4)
+    path = tmp_path / "tiny-euclidean.hdf5"
+    with h5py.File(path, "w") as f:
+        f.attrs["distance"] = "euclidean"
+        f["train"] = rng.standard_normal((3000, 24)).astype(np.float32)
+        f["test"] = rng.standard_normal((200, 24)).astype(np.float32)
+    out = sweep_cli("--results-dir", str(tmp_path), "--run-id", "h5", "--set", "sweep={}",
+                    "--set", f"dataset={{kind: file, path: {path}}}", "--set", "search.topology=sharded",
+                    "--set", "search.n_gpus=3", "--set", "search.backend=faiss", "--set", "op_mix=mixed",
+                    "--set", "duration_s=1", "--set", "warmup_s=0.3", "--set", "target_qps=200",
+                    "--set", "microbench.enabled=false", "--set", "targets=[{metric: recall_min, min: 1.0}]")
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = manifest(tmp_path / "h5")
+    assert [a["backend"] for a in doc["gpus"]["actors"]] == ["faiss"] * 3
+    assert sorted(a["rows"] for a in doc["gpus"]["actors"]) == [1000, 1000, 1000]
+    rows = pq.read_table(tmp_path / "h5" / "requests").to_pandas()
+    assert set(rows["endpoint"]) == {-1}  # every batch went to all shards
+    assert set(rows["op"].astype(str)) == {"knn_k10_q1", "knn_k50_q1", "knn_k10_q8"}
+    assert rows.loc[rows["status"] == "ok", "recall"].min() == 1.0
