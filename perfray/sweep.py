@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,7 @@ class SweepDriver:
         self._gpu_described: list[dict] = []
         self._ray: runtime.RayInfo | None = None
         self._live: set[int] = set()
+        self._devices: dict[str, int] = {}  # device model -> most actors seen on it at once
 
     # ----------------------------------------------------------------------------------------- run
     def run(self) -> int:
@@ -134,7 +136,8 @@ class SweepDriver:
                         pa.Table.from_pylist(self.microbench_rows, schema=MICROBENCH_SCHEMA))
         verdicts = check_targets(self.summary, self.config.targets)
         simulated = any(d["simulated"] for d in self._gpu_described) if self._gpu_described else None
-        self.manifest.doc.setdefault("gpus", {}).update(simulated=simulated, actors=self._gpu_described)
+        self.manifest.doc.setdefault("gpus", {}).update(simulated=simulated, models=self._devices,
+                                                        actors=self._gpu_described)
         self.manifest.update(status=status, finished_unix_s=time.time(), verdicts=verdicts,
                              rows_written=self.writer.rows_written)
 
@@ -270,6 +273,8 @@ class SweepDriver:
         except ray.exceptions.RayTaskError as err:
             raise UnavailableError(str(err.cause) if err.cause else str(err).splitlines()[0]) from None
         self._gpu_described = described
+        for device, count in Counter(d["device"] for d in described).items():
+            self._devices[device] = max(self._devices.get(device, 0), count)
         self._group = _GpuGroup(key, handles, described)
         return self._group
 

@@ -23,6 +23,7 @@ def test_default_sweep_writes_rows_manifest_summary_and_microbench(tmp_path):
     assert doc["status"] == "complete" and doc["schema_version"] == SCHEMA_VERSION
     assert doc["ray"]["embedded"] is True and doc["ray"]["resources"]["GPU"] >= 2
     assert doc["gpus"]["simulated"] is True and doc["gpus"]["logical"] is True
+    assert doc["gpus"]["models"] == {"cpu (numpy)": 2}
     assert {"ray", "numpy", "pyarrow", "python"} <= set(doc["versions"])
     assert "git_commit" in doc and doc["config"]["name"] == "smoke"
     assert [c["status"] for c in doc["cells"]] == ["complete"] * 4

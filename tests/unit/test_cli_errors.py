@@ -19,6 +19,9 @@ def run_cli(*args, cwd=None):
     (["--run-id", "../escape"], "--run-id '../escape'"),
     (["--run-id", "a/b"], "--run-id 'a/b'"),
     (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+    (["--set", "load.bogus=1"], "workload.load.bogus: Extra inputs are not permitted"),
+    (["--set", "dataset={kind: file, path: /no/such.fvecs, queries_path: /no/q.fvecs}"],
+     "dataset.path: no such file /no/such.fvecs"),
 ])
 def test_bad_usage_exits_2_with_one_line(tmp_path, args, message):
     out = run_cli("--results-dir", str(tmp_path / "r"), *args)
