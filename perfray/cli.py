@@ -31,8 +31,25 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set load.duration_s=2 (repeatable)")
     sweep.add_argument("--quiet", action="store_true", help="no progress lines")
+    sweep.add_argument("--no-report", action="store_true", help="skip report.md and figures at the end")
     sweep.add_argument("--debug", action="store_true", help="show tracebacks")
+    report = sub.add_parser("report", help="write RUN_DIR/report.md and figures; exit 1 if a target failed")
+    report.add_argument("run_dir", type=Path)
+    report.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def run_report_command(args) -> int:
+    from perfray.analysis.report import write_report
+
+    path, verdicts = write_report(args.run_dir)
+    failed = [v for v in verdicts if v["must_pass"] and not v["passed"]]
+    for v in verdicts:
+        mark = "✓" if v["passed"] else "✗"
+        print(f"{mark} cell {v['cell']:>3} {v['metric']:<20} {v['value']:>12.4g}  want {v['bound']}"
+              f"{'' if v['must_pass'] else '  (reported only)'}")
+    print(f"report: {path}")
+    return 1 if failed else 0
 
 
 def run_sweep_command(args) -> int:
@@ -48,6 +65,11 @@ def run_sweep_command(args) -> int:
     progress.note(f"perfray: run {run_id} -> {run_dir}")
     driver = SweepDriver(config, run_dir, run_id, progress=progress, argv=sys.argv)
     code = driver.run()
+    if not args.no_report and driver.summary:
+        from perfray.analysis.report import write_report
+
+        report, _ = write_report(run_dir)
+        progress.note(f"perfray: report {report}")
     verdicts = driver.manifest.doc.get("verdicts", [])
     failed = [v for v in verdicts if v["must_pass"] and not v["passed"]]
     status = driver.manifest.doc["status"]
@@ -69,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "sweep":
             return run_sweep_command(args)
+        if args.command == "report":
+            return run_report_command(args)
         raise UsageError(f"unknown command {args.command!r}")
     except PerfrayError as err:
         if debug:

@@ -326,6 +326,7 @@ def _labels(cell: Workload, described: list[dict]) -> dict:
         "backend": (described[0]["backend"] if described else cell.search.backend),
         "simulated": bool(described and any(d["simulated"] for d in described)),
         "load_actors": cell.load.actors, "arrival": cell.load.arrival, "op_mix": cell.load.op_mix,
+        "scale_with_gpus": cell.load.scale_with_gpus,
         "batch_max": cell.load.batch_max, "batch_window_ms": cell.load.batch_window_ms,
         "dataset": json.dumps(cell.dataset.model_dump(mode="json"), sort_keys=True),
     }

@@ -1,6 +1,8 @@
 """The main job end to end on embedded Ray: python -m perfray.sweep, as a user runs it."""
 
 import importlib.util
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.compute as pc
@@ -45,6 +47,14 @@ def test_default_sweep_writes_rows_manifest_summary_and_microbench(tmp_path):
     assert {s["n_gpus"] for s in summary} == {1, 2}
     assert all(s["scaling_efficiency"] > 0 for s in summary)
     assert doc["rows_written"] == rows.num_rows
+    report = (run / "report.md").read_text()
+    assert "Simulated GPUs" in report and "## Targets" in report and "| 3 | recall_mean | >= 0.999 | 1 | ✓" in report
+    for figure in ("latency_histogram", "latency_percentiles", "over_time", "latency_by_operation",
+                   "schedule_lag", "scaling"):
+        assert (run / f"{figure}.png").stat().st_size > 5000 and f"({figure}.png)" in report
+    again = subprocess.run([sys.executable, "-m", "perfray", "report", str(run)], capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0 and "✓ cell   3 drop_rate" in again.stdout
     micro = pq.read_table(run / "microbench.parquet").to_pylist()
     assert {(m["batch"], m["k"]) for m in micro} == {(1, 10), (16, 10), (128, 10)}
     assert all(m["batch_ns"] > 0 and m["simulated"] for m in micro)
@@ -58,6 +68,9 @@ def test_failed_must_pass_target_exits_1(tmp_path):
     doc = manifest(tmp_path / "fail")
     assert doc["status"] == "complete"
     assert [(v["metric"], v["passed"]) for v in doc["verdicts"]] == [("p50_ms", False), ("recall_mean", True)]
+    report = subprocess.run([sys.executable, "-m", "perfray", "report", str(tmp_path / "fail")],
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 1 and "✗ cell   0 p50_ms" in report.stdout
 
 
 @pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")

@@ -1,0 +1,201 @@
+"""Report figures, all computed from raw request rows. Each function writes one PNG and returns its path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from perfray.analysis.runs import Run
+
+MAX_CELLS_PER_FIGURE = 8
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _cells(run: Run) -> list[dict]:
+    return run.summary[:MAX_CELLS_PER_FIGURE]
+
+
+def _label(row: dict) -> str:
+    sim = " sim" if row.get("simulated") else ""
+    return f"c{row['cell']}: {row['n_gpus']} GPU{sim} {row.get('topology', '')[:4]} {row['target_qps']:,.0f} QPS"
+
+
+def _measured(run: Run, cell: int, measured_only: bool = True):
+    rows = run.cell_rows(cell, measured_only=measured_only)
+    status = run.column(rows, "status")
+    return rows, status
+
+
+def _timed_latency_ms(run: Run, cell: int) -> np.ndarray:
+    rows, status = _measured(run, cell)
+    keep = (status == "ok") | (status == "timeout")
+    return run.column(rows, "latency_ns")[keep].astype(np.float64) / 1e6
+
+
+def _save(fig, out: Path, name: str) -> Path:
+    path = out / name
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def latency_histogram(run: Run, out: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for row in _cells(run):
+        lat = _timed_latency_ms(run, row["cell"])
+        if lat.size:
+            bins = np.logspace(np.log10(max(lat.min(), 1e-3)), np.log10(lat.max() * 1.01), 80)
+            ax.hist(lat, bins=bins, histtype="step", label=_label(row))
+    ax.set_xscale("log")
+    ax.set(xlabel="latency from intended send (ms)", ylabel="requests", title="Latency histogram")
+    ax.axvline(10, color="red", ls="--", lw=1, label="10 ms SLO")
+    ax.legend(fontsize=7)
+    return _save(fig, out, "latency_histogram.png")
+
+
+def percentile_spectrum(run: Run, out: Path) -> Path:
+    """Latency by percentile with a log tail (x = 1 / (1 - q)), to p99.99."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    qs = 1 - np.logspace(0, -4, 200)
+    for row in _cells(run):
+        lat = _timed_latency_ms(run, row["cell"])
+        if lat.size:
+            ax.plot(1 / (1 - qs[:-1]), np.percentile(lat, qs[:-1] * 100), label=_label(row))
+    ax.set_xscale("log")
+    ticks = [1, 2, 10, 100, 1000, 10000]
+    ax.set_xticks(ticks, ["p0", "p50", "p90", "p99", "p99.9", "p99.99"])
+    ax.axhline(10, color="red", ls="--", lw=1, label="10 ms SLO")
+    ax.set(xlabel="percentile", ylabel="latency (ms)", title="Latency percentile spectrum")
+    ax.legend(fontsize=7)
+    return _save(fig, out, "latency_percentiles.png")
+
+
+def _per_second(run: Run, cell: int):
+    """Per-second series from the cell's first intended time (warm-up included): offered, ok done, errors,
+    drops, p99."""
+    rows, status = _measured(run, cell, measured_only=False)
+    intended = run.column(rows, "intended_ns")
+    if intended.size == 0:
+        return None
+    t0 = intended.min()
+    sec = ((intended - t0) // 1_000_000_000).astype(np.int64)
+    n = int(sec.max()) + 1
+    done = run.column(rows, "done_ns")
+    ok = status == "ok"
+    done_sec = ((done[ok] - t0) // 1_000_000_000).astype(np.int64)
+    lat = run.column(rows, "latency_ns").astype(np.float64) / 1e6
+    timed = ok | (status == "timeout")
+    p99 = np.full(n, np.nan)
+    order = np.lexsort((lat[timed], sec[timed]))
+    s_sorted, l_sorted = sec[timed][order], lat[timed][order]
+    counts = np.bincount(s_sorted, minlength=n)
+    starts = np.cumsum(counts) - counts
+    has = counts > 0
+    p99[has] = l_sorted[starts[has] + np.floor(0.99 * (counts[has] - 1)).astype(np.int64)]
+    return {
+        "t": np.arange(n),
+        "offered": np.bincount(sec, minlength=n),
+        "completed": np.bincount(done_sec[(done_sec >= 0) & (done_sec < n)], minlength=n),
+        "errors": np.bincount(sec[(status == "error") | (status == "timeout")], minlength=n),
+        "dropped": np.bincount(sec[status == "dropped"], minlength=n),
+        "p99": p99,
+    }
+
+
+def over_time(run: Run, out: Path) -> Path:
+    """Achieved vs offered QPS, p99 latency, and error/drop rate, per second of each cell."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+    for row in _cells(run):
+        series = _per_second(run, row["cell"])
+        if series is None:
+            continue
+        line, = axes[0].plot(series["t"], series["completed"], label=_label(row))
+        axes[0].plot(series["t"], series["offered"], ls=":", color=line.get_color())
+        axes[1].plot(series["t"], series["p99"], color=line.get_color())
+        bad = (series["errors"] + series["dropped"]) / np.maximum(series["offered"], 1)
+        axes[2].plot(series["t"], bad * 100, color=line.get_color())
+    axes[0].set(ylabel="QPS (solid: ok done, dotted: offered)", title="Over time (1 s bins)")
+    axes[1].set(ylabel="p99 latency (ms)")
+    axes[1].axhline(10, color="red", ls="--", lw=1)
+    axes[2].set(ylabel="errors + drops (%)", xlabel="seconds since the cell's first request (warm-up included)")
+    axes[2].axhline(1, color="red", ls="--", lw=1)
+    axes[0].legend(fontsize=7)
+    return _save(fig, out, "over_time.png")
+
+
+def by_operation(run: Run, out: Path) -> Path:
+    """Latency by query type, all cells pooled."""
+    plt = _pyplot()
+    import pyarrow as pa
+
+    rows = pa.concat_tables([run.cell_rows(r["cell"], measured_only=True) for r in run.summary]) \
+        if run.summary else run.rows
+    ops = run.column(rows, "op")
+    status = run.column(rows, "status")
+    lat = run.column(rows, "latency_ns").astype(np.float64) / 1e6
+    keep = (status == "ok") | (status == "timeout")
+    names = sorted(set(ops[keep]))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if names:
+        ax.boxplot([lat[keep & (ops == n)] for n in names], tick_labels=names, whis=(1, 99), showfliers=False)
+    ax.set(ylabel="latency (ms)", title="Latency by operation (whiskers p1-p99)")
+    return _save(fig, out, "latency_by_operation.png")
+
+
+def schedule_lag(run: Run, out: Path) -> Path:
+    """How late requests were sent (micro-batch wait + generator lateness): a saturated generator shows here."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for row in _cells(run):
+        rows, status = _measured(run, row["cell"])
+        lag = run.column(rows, "schedule_lag_ns")[status != "dropped"].astype(np.float64) / 1e6
+        if lag.size:
+            lag = np.sort(lag)
+            ax.plot(lag, np.arange(1, lag.size + 1) / lag.size, label=_label(row))
+    ax.set(xlabel="schedule lag: sent - intended (ms)", ylabel="share of requests", title="Schedule lag CDF")
+    ax.legend(fontsize=7)
+    return _save(fig, out, "schedule_lag.png")
+
+
+def scaling(run: Run, out: Path) -> Path | None:
+    """Throughput and p99 vs number of GPUs, one line per otherwise-identical workload."""
+    curves: dict[tuple, list[dict]] = {}
+    for row in run.summary:
+        key = (row.get("topology"), row.get("backend"), row.get("k"), row.get("dataset"), row.get("op_mix"))
+        if not row.get("scale_with_gpus"):
+            key += (row["target_qps"],)
+        curves.setdefault(key, []).append(row)
+    curves = {k: sorted(v, key=lambda r: r["n_gpus"]) for k, v in curves.items() if len(v) > 1}
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, (ax_q, ax_p) = plt.subplots(1, 2, figsize=(10, 4.5))
+    for rows in curves.values():
+        gpus = [r["n_gpus"] for r in rows]
+        label = f"{rows[0].get('topology')} {rows[0].get('backend')}" + (" (sim)" if rows[0].get("simulated") else "")
+        label += " per-GPU load" if rows[0].get("scale_with_gpus") else f" @ {rows[0]['target_qps']:,.0f} QPS"
+        ax_q.plot(gpus, [r["achieved_qps"] for r in rows], marker="o", label=label)
+        ax_p.plot(gpus, [r["p99_ms"] for r in rows], marker="o", label=label)
+    ax_q.set(xlabel="GPUs", ylabel="achieved QPS", title="Throughput vs GPUs")
+    for ax in (ax_q, ax_p):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax_p.set(xlabel="GPUs", ylabel="p99 (ms)", title="p99 vs GPUs")
+    ax_p.axhline(10, color="red", ls="--", lw=1)
+    ax_q.legend(fontsize=7)
+    return _save(fig, out, "scaling.png")
+
+
+ALL = (latency_histogram, percentile_spectrum, over_time, by_operation, schedule_lag, scaling)
