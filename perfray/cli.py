@@ -36,7 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write RUN_DIR/report.md and figures; exit 1 if a target failed")
     report.add_argument("run_dir", type=Path)
     report.add_argument("--debug", action="store_true", help="show tracebacks")
+    comp = sub.add_parser("compare", help="candidate vs baseline run: speedups with 95%% CIs -> comparison.md")
+    comp.add_argument("baseline", type=Path)
+    comp.add_argument("candidate", type=Path)
+    comp.add_argument("--metric", default="p99_ms", help="p50_ms, p95_ms, p99_ms, p999_ms or achieved_qps")
+    comp.add_argument("--min-speedup", type=float, default=1.5)
+    comp.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def run_compare_command(args) -> int:
+    from perfray.analysis.compare import compare
+
+    path, rows = compare(args.baseline, args.candidate, args.metric, args.min_speedup)
+    for r in rows:
+        print(f"cell {r['cell']:>3} {args.metric}: {r['point']:.2f}x (95% CI {r['low']:.2f}-{r['high']:.2f}) "
+              f"{r['verdict']}")
+    print(f"comparison: {path}")
+    return 0 if all(r["verdict"] == "meets" for r in rows) else 1
 
 
 def run_report_command(args) -> int:
@@ -93,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_sweep_command(args)
         if args.command == "report":
             return run_report_command(args)
+        if args.command == "compare":
+            return run_compare_command(args)
         raise UsageError(f"unknown command {args.command!r}")
     except PerfrayError as err:
         if debug:

@@ -71,3 +71,47 @@ def sweep_cli(*args, env=None, timeout=300):
 
 def manifest(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())
+
+
+def write_fake_run(run_dir: Path, latencies_ms_by_cell: list, n_gpus=None, qps: float = 1000.0) -> Path:
+    """A run directory with known per-request latencies (all ok, one measured phase), written through the
+    real recorder, Parquet writer, summary and manifest code."""
+    from perfray.analysis.summary import add_scaling, summarize_cell
+    from perfray.config import LoadSpec, SearchSpec, Workload
+    from perfray.load.recorder import Recorder
+    from perfray.results.manifest import Manifest
+    from perfray.results.writer import RequestWriter, read_cell, write_table
+
+    (run_dir / "requests").mkdir(parents=True)
+    writer = RequestWriter(run_dir)
+    n_gpus = n_gpus or [1] * len(latencies_ms_by_cell)
+    cells, summary = [], []
+    start = 1_795_000_000_000_000_000
+    for cell, (lat_ms, gpus) in enumerate(zip(latencies_ms_by_cell, n_gpus, strict=True)):
+        lat = np.asarray(lat_ms, dtype=np.float64)
+        n = lat.size
+        intended = start + (np.arange(n) * 1e9 / qps).astype(np.int64)
+        rec = Recorder(cell, 0, np.arange(n), intended, np.zeros(n, np.int16), np.zeros(n, np.int16),
+                       np.array([10]), np.array([1]), ["sustained"], ["knn_k10_q1"])
+        for i in range(n):
+            rec.sent(i, i + 1, int(intended[i]), i, 1)
+            rec.finish(i, i + 1, "ok", done_ns=int(intended[i]) + int(lat[i] * 1e6), endpoint=0,
+                       recall=np.ones(1, np.float32))
+        writer.write(cell, 0, rec.drain())
+        writer.close_cell(cell)
+        workload = Workload(search=SearchSpec(n_gpus=gpus), load=LoadSpec(target_qps=qps, duration_s=n / qps,
+                                                                             warmup_s=0))
+        cells.append({"cell": cell, "status": "complete", "workload": workload.model_dump(mode="json"),
+                      "start_unix_ns": start})
+        meta = {"cell": cell, "target_qps": qps, "measured_phases": ["sustained"], "measured_s": n / qps,
+                "window_end_ns": start + int(n / qps * 1e9) + 10**10,
+                "labels": {"n_gpus": gpus, "k": 10, "topology": "replicated", "backend": "numpy", "simulated": True,
+                           "load_actors": 1, "arrival": "constant", "op_mix": "simple", "batch_max": 64,
+                           "batch_window_ms": 1.0, "scale_with_gpus": False, "dataset": "{}"}}
+        summary.append(summarize_cell(read_cell(run_dir, cell), meta))
+    add_scaling(summary, ["same"] * len(summary))
+    write_table(run_dir / "summary.parquet", pa.Table.from_pylist(summary))
+    Manifest(run_dir, run_id=run_dir.name, name="fake", cells=cells, status="complete",
+             config={"targets": [{"metric": "p99_ms", "max": 50.0}]},
+             gpus={"simulated": True, "models": {"cpu (numpy)": max(n_gpus)}}).write()
+    return run_dir

@@ -1,0 +1,121 @@
+"""``perfray compare BASELINE CANDIDATE``: per matching cell, side by side, speedup with a bootstrap 95% CI,
+verdict against a minimum speedup, regressions flagged. Writes CANDIDATE/comparison.md.
+
+Speedup > 1 means the candidate is better: baseline/candidate for latencies, candidate/baseline for
+throughput."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from perfray.analysis.runs import Run, open_run
+from perfray.errors import UsageError
+
+GRID_KEYS = ("n_gpus", "k", "target_qps", "topology", "op_mix", "batch_max", "load_actors")
+LATENCY_METRICS = {"p50_ms": 50.0, "p95_ms": 95.0, "p99_ms": 99.0, "p999_ms": 99.9}
+BOOTSTRAP_SAMPLES = 400
+BOOTSTRAP_MAX_ROWS = 50_000
+
+
+def _latencies_ms(run: Run, cell: int) -> np.ndarray:
+    rows = run.cell_rows(cell, measured_only=True)
+    status = run.column(rows, "status")
+    keep = (status == "ok") | (status == "timeout")
+    return run.column(rows, "latency_ns")[keep].astype(np.float64) / 1e6
+
+
+def _ok_per_second(run: Run, cell: int) -> np.ndarray:
+    rows = run.cell_rows(cell, measured_only=True)
+    ok = run.column(rows, "status") == "ok"
+    done = run.column(rows, "done_ns")[ok]
+    if done.size == 0:
+        return np.zeros(1)
+    sec = (done - done.min()) // 1_000_000_000
+    return np.bincount(sec.astype(np.int64))
+
+
+def _boot_percentile(values: np.ndarray, q: float, rng: np.random.Generator) -> np.ndarray:
+    if values.size > BOOTSTRAP_MAX_ROWS:
+        values = rng.choice(values, BOOTSTRAP_MAX_ROWS, replace=False)
+    samples = rng.choice(values, size=(BOOTSTRAP_SAMPLES, values.size), replace=True)
+    return np.percentile(samples, q, axis=1)
+
+
+def _boot_mean(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return rng.choice(values, size=(BOOTSTRAP_SAMPLES, values.size), replace=True).mean(axis=1)
+
+
+def speedup(base: Run, cand: Run, cell: int, metric: str, seed: int = 0) -> dict:
+    """Point estimate and bootstrap 95% CI of the candidate's speedup on one metric of one cell."""
+    rng = np.random.default_rng(seed)
+    if metric in LATENCY_METRICS:
+        q = LATENCY_METRICS[metric]
+        b, c = _latencies_ms(base, cell), _latencies_ms(cand, cell)
+        if b.size == 0 or c.size == 0:
+            return {"point": float("nan"), "low": float("nan"), "high": float("nan")}
+        point = np.percentile(b, q) / np.percentile(c, q)
+        ratios = _boot_percentile(b, q, rng) / _boot_percentile(c, q, rng)
+    elif metric == "achieved_qps":
+        b, c = _ok_per_second(base, cell), _ok_per_second(cand, cell)
+        point = c.mean() / b.mean() if b.mean() else float("nan")
+        ratios = _boot_mean(c, rng) / np.maximum(_boot_mean(b, rng), 1e-12)
+    else:
+        raise UsageError(f"--metric {metric}: use one of {', '.join([*LATENCY_METRICS, 'achieved_qps'])}")
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return {"point": float(point), "low": float(low), "high": float(high)}
+
+
+def match_cells(base: Run, cand: Run) -> list[int]:
+    if not base.summary or not cand.summary:
+        raise UsageError("both runs need a summary.parquet (did they run any cell?)")
+    if len(base.summary) != len(cand.summary):
+        raise UsageError(f"the runs' cells don't match: {len(base.summary)} cells in {base.path}, "
+                         f"{len(cand.summary)} in {cand.path}")
+    for b, c in zip(base.summary, cand.summary, strict=True):
+        for key in GRID_KEYS:
+            if b.get(key) != c.get(key):
+                raise UsageError(f"the runs' cells don't match: cell {b['cell']} has {key}={b.get(key)!r} in "
+                                 f"the baseline and {c.get(key)!r} in the candidate")
+    return [row["cell"] for row in base.summary]
+
+
+def compare(baseline: Path, candidate: Path, metric: str = "p99_ms", min_speedup: float = 1.5) -> tuple[Path, list]:
+    """Write candidate/comparison.md; return it and one verdict per cell."""
+    base, cand = open_run(baseline), open_run(candidate)
+    cells = match_cells(base, cand)
+    rows = []
+    for cell, b, c in zip(cells, base.summary, cand.summary, strict=True):
+        s = speedup(base, cand, cell, metric)
+        if s["low"] >= min_speedup:
+            verdict = "meets"
+        elif s["high"] < 1.0:
+            verdict = "REGRESSION"
+        else:
+            verdict = "below target"
+        rows.append({"cell": cell, "baseline": b, "candidate": c, **s, "verdict": verdict})
+    path = Path(candidate) / "comparison.md"
+    path.write_text(render(base, cand, rows, metric, min_speedup))
+    return path, rows
+
+
+def render(base: Run, cand: Run, rows: list[dict], metric: str, min_speedup: float) -> str:
+    lines = [f"# Comparison: {cand.manifest.get('run_id')} vs baseline {base.manifest.get('run_id')}", "",
+             f"Speedup on **{metric}** (> 1: the candidate is better), bootstrap 95% CI over raw request rows; "
+             f"verdict against a minimum speedup of {min_speedup:g}x (the CI's lower bound must reach it).", "",
+             "| cell | GPUs | target QPS | baseline p50 / p99 ms | candidate p50 / p99 ms | baseline QPS | "
+             "candidate QPS | speedup | 95% CI | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        b, c = r["baseline"], r["candidate"]
+        lines.append(
+            f"| {r['cell']} | {b['n_gpus']} | {b['target_qps']:,.0f} | {b['p50_ms']:.3g} / {b['p99_ms']:.3g} | "
+            f"{c['p50_ms']:.3g} / {c['p99_ms']:.3g} | {b['achieved_qps']:,.0f} | {c['achieved_qps']:,.0f} | "
+            f"{r['point']:.2f}x | {r['low']:.2f}–{r['high']:.2f} | {r['verdict']} |")
+    regressions = [r["cell"] for r in rows if r["verdict"] == "REGRESSION"]
+    lines += ["", f"Regressions (candidate significantly worse): {', '.join(map(str, regressions)) or 'none'}."]
+    for run, name in ((base, "baseline"), (cand, "candidate")):
+        if run.manifest.get("gpus", {}).get("simulated"):
+            lines.append(f"The {name} ran on simulated GPUs.")
+    return "\n".join(lines) + "\n"
