@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from perfray.analysis.runs import Run
+from perfray.analysis.summary import scaling_curves
 
 MAX_CELLS_PER_FIGURE = 8
 
@@ -172,18 +173,12 @@ def schedule_lag(run: Run, out: Path) -> Path:
 
 def scaling(run: Run, out: Path) -> Path | None:
     """Throughput and p99 vs number of GPUs, one line per otherwise-identical workload."""
-    curves: dict[tuple, list[dict]] = {}
-    for row in run.summary:
-        key = (row.get("topology"), row.get("backend"), row.get("k"), row.get("dataset"), row.get("op_mix"))
-        if not row.get("scale_with_gpus"):
-            key += (row["target_qps"],)
-        curves.setdefault(key, []).append(row)
-    curves = {k: sorted(v, key=lambda r: r["n_gpus"]) for k, v in curves.items() if len(v) > 1}
+    curves = scaling_curves(run.summary)
     if not curves:
         return None
     plt = _pyplot()
     fig, (ax_q, ax_p) = plt.subplots(1, 2, figsize=(10, 4.5))
-    for rows in curves.values():
+    for rows in curves:
         gpus = [r["n_gpus"] for r in rows]
         label = f"{rows[0].get('topology')} {rows[0].get('backend')}" + (" (sim)" if rows[0].get("simulated") else "")
         label += " per-GPU load" if rows[0].get("scale_with_gpus") else f" @ {rows[0]['target_qps']:,.0f} QPS"

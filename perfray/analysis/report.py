@@ -9,7 +9,8 @@ from pathlib import Path
 
 from perfray.analysis import figures
 from perfray.analysis.runs import Run, open_run
-from perfray.analysis.summary import check_targets
+from perfray.analysis.scaling_model import T4, fit_usl, paper_qps
+from perfray.analysis.summary import check_targets, scaling_curves
 from perfray.config import TargetSpec
 
 # The seed's service-level objectives: (metric, bound, goal, stretch, higher is better).
@@ -94,10 +95,53 @@ def render(run: Run, figure_paths: list[Path]) -> str:
             f"{_fmt(r['p99_ms'])} | {_fmt(r['p999_ms'])} | {_fmt(r['max_ms'])} | {r['error_rate']:.2%} | "
             f"{r['drop_rate']:.2%} | {_fmt(r['recall_mean'], 4)} | {_fmt(r['schedule_lag_p99_ms'])} | "
             f"{_fmt(r.get('scaling_efficiency'))} | {r.get('status')} |")
+    lines += scaling_section(run)
     lines += ["", "Latency is measured from each request's intended send time (open loop); percentiles are exact, "
               "over the raw rows of measured phases (ok and timeout rows).", "", "## Figures", ""]
     lines += [f"![{p.stem}]({p.name})" for p in figure_paths]
     return "\n".join(lines) + "\n"
+
+
+def scaling_section(run: Run) -> list[str]:
+    """Measured, USL-fitted and on-paper (100 x T4) throughput for every scaling curve in the run."""
+    curves = scaling_curves(run.summary)
+    if not curves:
+        return []
+    actors = run.manifest.get("gpus", {}).get("actors") or []
+    lines = ["", "## Scaling model", ""]
+    for rows in curves:
+        first = rows[0]
+        sim = " (simulated GPUs)" if first.get("simulated") else ""
+        load = "per-GPU load" if first.get("scale_with_gpus") else f"{first['target_qps']:,.0f} QPS offered"
+        lines += [f"**{first.get('topology')} {first.get('backend')}{sim}, {load}**", "",
+                  "| GPUs | achieved QPS | p99 ms | efficiency |", "|---|---|---|---|"]
+        lines += [f"| {r['n_gpus']} | {r['achieved_qps']:,.0f} | {_fmt(r['p99_ms'])} | "
+                  f"{_fmt(r.get('scaling_efficiency'))} |" for r in rows]
+        fit = fit_usl([r["n_gpus"] for r in rows], [r["achieved_qps"] for r in rows])
+        lines.append("")
+        if fit["ok"]:
+            lines.append(
+                f"USL fit (R² {fit['r2']:.3f}): σ = {fit['sigma']:.4f} (95% CI {fit['sigma_ci'][0]:.4f}–"
+                f"{fit['sigma_ci'][1]:.4f}), κ = {fit['kappa']:.2e} ({fit['kappa_ci'][0]:.1e}–{fit['kappa_ci'][1]:.1e});"
+                f" peak at N* = {_fmt(fit['peak_n'])} GPUs ({_fmt(fit['peak_n_ci'][0])}–{_fmt(fit['peak_n_ci'][1])});"
+                f" predicted at {fit['predict_at']} GPUs: {fit['predicted_qps']:,.0f} QPS "
+                f"({fit['predicted_qps_ci'][0]:,.0f}–{fit['predicted_qps_ci'][1]:,.0f}).")
+        else:
+            lines.append(f"USL fit: not made — {fit['reason']}.")
+        if not first.get("scale_with_gpus"):
+            lines.append("(Fixed offered load: throughput cannot grow with GPUs here; use `load.scale_with_gpus` "
+                         "or a saturating rate for a scaling curve.)")
+        if actors:
+            n = sum(a["rows"] for a in actors) if first.get("topology") == "sharded" else actors[0]["rows"]
+            dim = actors[0].get("dim")
+            batch = max(1, round(rows[-1].get("batch_size_mean") or 1))
+            if n and dim:
+                paper = paper_qps(T4, n, dim, batch, 100)
+                lines.append(f"On paper, 100 x {T4.name} (fp32, {n:,} x {dim} index, batch {batch}): "
+                             f"{paper:,.0f} QPS; measured at {rows[-1]['n_gpus']} GPUs: "
+                             f"{rows[-1]['achieved_qps']:,.0f} QPS.")
+        lines.append("")
+    return lines
 
 
 def write_report(run_dir: Path) -> tuple[Path, list[dict]]:

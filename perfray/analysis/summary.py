@@ -89,6 +89,20 @@ def add_scaling(summary: list[dict], scaling_keys: list[tuple]) -> None:
             row["scaling_efficiency"] = float("nan")
 
 
+def scaling_curves(summary: list[dict]) -> list[list[dict]]:
+    """Summary rows grouped into curves over n_gpus (same workload otherwise), each sorted by GPUs; only
+    groups with at least two GPU counts."""
+    curves: dict[tuple, list[dict]] = {}
+    for row in summary:
+        key = (row.get("topology"), row.get("backend"), row.get("k"), row.get("dataset"), row.get("op_mix"),
+               row.get("arrival"), row.get("batch_max"), row.get("batch_window_ms"), row.get("load_actors"))
+        if not row.get("scale_with_gpus"):
+            key += (row["target_qps"],)
+        curves.setdefault(key, []).append(row)
+    return [sorted(rows, key=lambda r: r["n_gpus"]) for rows in curves.values()
+            if len({r["n_gpus"] for r in rows}) > 1]
+
+
 def check_targets(summary: list[dict], targets) -> list[dict]:
     """One verdict per (target, cell). A NaN value fails (nothing measured is not a pass)."""
     verdicts = []

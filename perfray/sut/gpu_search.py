@@ -49,6 +49,7 @@ class GpuSearchWorker:
             "simulated": not (backend and backend.uses_gpu()),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "rows": self.rows,
+            "dim": self.dim,
             "id_offset": self.id_offset,
         }
 
