@@ -41,6 +41,8 @@ def summarize_cell(rows: pa.Table, meta: dict) -> dict:
     batch = measured["batch_size"].to_numpy(zero_copy_only=False)
     batch = batch[status != "dropped"]
     achieved = ok_in_window / window_s if window_s > 0 else float("nan")
+    p50, p95, p99, p999 = (np.percentile(latency, [50, 95, 99, 99.9]) / 1e6 if latency.size
+                           else [float("nan")] * 4)
     target = meta["target_qps"]
     return {
         **meta["labels"],
@@ -56,10 +58,10 @@ def summarize_cell(rows: pa.Table, meta: dict) -> dict:
         "error_rate": counts["error"] / n if n else float("nan"),
         "timeout_rate": counts["timeout"] / n if n else float("nan"),
         "drop_rate": counts["dropped"] / n if n else float("nan"),
-        "p50_ms": _ms(latency, 50),
-        "p95_ms": _ms(latency, 95),
-        "p99_ms": _ms(latency, 99),
-        "p999_ms": _ms(latency, 99.9),
+        "p50_ms": float(p50),
+        "p95_ms": float(p95),
+        "p99_ms": float(p99),
+        "p999_ms": float(p999),
         "max_ms": float(latency.max()) / 1e6 if latency.size else float("nan"),
         "mean_ms": float(latency.mean()) / 1e6 if latency.size else float("nan"),
         "service_p50_ms": _ms(service, 50),
