@@ -177,15 +177,18 @@ def scaling(run: Run, out: Path) -> Path | None:
     if not curves:
         return None
     plt = _pyplot()
-    fig, (ax_q, ax_p) = plt.subplots(1, 2, figsize=(10, 4.5))
+    fig, (ax_q, ax_p, ax_e) = plt.subplots(1, 3, figsize=(14, 4.5))
     for rows in curves:
         gpus = [r["n_gpus"] for r in rows]
         label = f"{rows[0].get('topology')} {rows[0].get('backend')}" + (" (sim)" if rows[0].get("simulated") else "")
         label += " per-GPU load" if rows[0].get("scale_with_gpus") else f" @ {rows[0]['target_qps']:,.0f} QPS"
         ax_q.plot(gpus, [r["achieved_qps"] for r in rows], marker="o", label=label)
         ax_p.plot(gpus, [r["p99_ms"] for r in rows], marker="o", label=label)
+        ax_e.plot(gpus, [r.get("scaling_efficiency", float("nan")) for r in rows], marker="o", label=label)
     ax_q.set(xlabel="GPUs", ylabel="achieved QPS", title="Throughput vs GPUs")
-    for ax in (ax_q, ax_p):
+    ax_e.set(xlabel="GPUs", ylabel="QPS / (GPUs x 1-GPU QPS)", title="Scaling efficiency", ylim=(0, 1.2))
+    ax_e.axhline(1, color="grey", ls=":", lw=1)
+    for ax in (ax_q, ax_p, ax_e):
         ax.xaxis.get_major_locator().set_params(integer=True)
     ax_p.set(xlabel="GPUs", ylabel="p99 (ms)", title="p99 vs GPUs")
     ax_p.axhline(10, color="red", ls="--", lw=1)
