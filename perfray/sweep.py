@@ -88,7 +88,7 @@ class SweepDriver:
     # ----------------------------------------------------------------------------------------- run
     def run(self) -> int:
         self.manifest.write()
-        status, code = "complete", EXIT_OK
+        status, code = "failed", EXIT_OK  # anything that escapes below leaves the run marked failed
         try:
             gpus = max(c.search.n_gpus for c in self.cells)
             cpus = max(c.load.actors for c in self.cells) * self.config.cluster.load_actor_cpus
@@ -102,11 +102,15 @@ class SweepDriver:
                 self.progress.note(f"Ray dashboard: http://{self._ray.dashboard_url}")
             for index, cell in enumerate(self.cells):
                 self._run_cell(index, cell)
+            status = "complete"
         except KeyboardInterrupt:
             status, code = "interrupted", 130
         except UnavailableError as err:
-            status, code = "failed", err.exit_code
+            code = err.exit_code
             self.manifest.doc["error"] = str(err)
+            raise
+        except Exception as err:
+            self.manifest.doc["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:500]
             raise
         finally:
             self._finish(status)
@@ -272,6 +276,9 @@ class SweepDriver:
                 " check the cluster's free GPUs (ray status)") from None
         except ray.exceptions.RayTaskError as err:
             raise UnavailableError(str(err.cause) if err.cause else str(err).splitlines()[0]) from None
+        except ray.exceptions.RayActorError as err:
+            raise UnavailableError(f"a GPU search actor died while building its index ({type(err).__name__}); "
+                                   "check its memory and the Ray logs") from None
         self._gpu_described = described
         for device, count in Counter(d["device"] for d in described).items():
             self._devices[device] = max(self._devices.get(device, 0), count)
