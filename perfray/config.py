@@ -155,6 +155,15 @@ class ClusterSpec(Strict):
     actor_start_timeout_s: float = Field(120.0, gt=0)
 
 
+class MetricsSpec(Strict):
+    """Live metrics (Prometheus format) while a sweep runs; reports never use them."""
+
+    enabled: bool = True
+    export_port: int | None = Field(None, ge=1, le=65535,
+                                    description="embedded Ray's metrics port (Prometheus scrapes it); default: Ray picks")
+    report_interval_ms: int = Field(2000, ge=100, description="how often actors push metrics (embedded Ray)")
+
+
 class SweepConfig(Strict):
     name: str = "sweep"
     workload: Workload = Field(default_factory=Workload)
@@ -162,6 +171,7 @@ class SweepConfig(Strict):
     targets: tuple[TargetSpec, ...] = ()
     microbench: MicrobenchSpec = Field(default_factory=MicrobenchSpec)
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     cache_dir: Path | None = Field(None, description="ground-truth cache; default RESULTS_DIR/.cache")
 
     @model_validator(mode="after")

@@ -92,10 +92,11 @@ class SweepDriver:
         try:
             gpus = max(c.search.n_gpus for c in self.cells)
             cpus = max(c.load.actors for c in self.cells) * self.config.cluster.load_actor_cpus
-            self._ray = runtime.connect(self.config.cluster, gpus, cpus)
+            self._ray = runtime.connect(self.config.cluster, gpus, cpus, self.config.metrics)
             self.manifest.update(status="running", ray={
                 "embedded": self._ray.embedded, "address": self._ray.address,
-                "resources": self._ray.resources, "dashboard_url": self._ray.dashboard_url},
+                "resources": self._ray.resources, "dashboard_url": self._ray.dashboard_url,
+                "metrics_port": self._ray.metrics_port if self.config.metrics.enabled else None},
                 gpus={"declared": gpus, "logical": self._ray.logical_gpus,
                       "real_on_driver": self._ray.real_gpus_on_driver})
             if self._ray.dashboard_url:
@@ -159,7 +160,8 @@ class SweepDriver:
         plans = [CellPlan(cell=index, actor=i, n_actors=len(loaders), start_unix_ns=start_ns, phases=phases,
                           arrival=cell.load.arrival, ops=ops, seed=cell.load.seed,
                           batch_window_ns=int(cell.load.batch_window_ms * 1e6), batch_max=cell.load.batch_max,
-                          max_in_flight=cell.load.max_in_flight, timeout_ns=int(cell.load.timeout_ms * 1e6))
+                          max_in_flight=cell.load.max_in_flight, timeout_ns=int(cell.load.timeout_ms * 1e6),
+                          extra={"target_qps": cell.offered_qps})
                  for i in range(len(loaders))]
         entry = self.manifest.doc["cells"][index]
         entry.update(status="running", start_unix_ns=start_ns)
@@ -279,6 +281,12 @@ class SweepDriver:
         except ray.exceptions.RayActorError as err:
             raise UnavailableError(f"a GPU search actor died while building its index ({type(err).__name__}); "
                                    "check its memory and the Ray logs") from None
+        real = [h for h, d in zip(handles, described, strict=True) if not d["simulated"]]
+        if self.config.metrics.enabled and real:
+            started = ray.get([h.start_metrics.remote(self.run_id) for h in real])
+            if not all(started):
+                self.progress.note("perfray: warning: NVML is not available on a GPU actor; GPU utilisation "
+                                   "is not reported (pip install nvidia-ml-py)")
         self._gpu_described = described
         for device, count in Counter(d["device"] for d in described).items():
             self._devices[device] = max(self._devices.get(device, 0), count)
@@ -317,7 +325,8 @@ class SweepDriver:
     def _load_actors(self, count: int) -> list:
         for i in range(count):
             if i not in self._load:
-                self._load[i] = actors.start_load_actor(self.run_id, i, self.config.cluster.load_actor_cpus)
+                self._load[i] = actors.start_load_actor(self.run_id, i, self.config.cluster.load_actor_cpus,
+                                                        self.config.metrics.enabled)
         return [self._load[i] for i in range(count)]
 
 

@@ -7,17 +7,25 @@ import os
 
 from perfray.load.generator import LoadGenerator
 from perfray.load.targets import RayEndpoint, make_router
+from perfray.metrics.nvml import GpuSampler
+from perfray.metrics.recorder import MetricsRecorder
+from perfray.metrics.sinks import NullSink, RaySink, warn
 from perfray.sut.gpu_search import GpuSearchWorker
 
 
 class LoadActorBody:
-    """What a LoadActor runs: a LoadGenerator aimed at GPU search actors."""
+    """What a LoadActor runs: a LoadGenerator aimed at GPU search actors, reporting live metrics."""
 
-    def __init__(self, actor: int) -> None:
+    def __init__(self, actor: int, run_id: str = "", metrics: bool = False) -> None:
         self.generator = LoadGenerator(actor)
+        self.metrics = MetricsRecorder(RaySink() if metrics else NullSink(), run_id, actor)
+        self.cell = -1
 
     async def run_cell(self, plan, pool, gpu_handles: list, topology: str) -> dict:
         router = make_router(topology, [RayEndpoint(h) for h in gpu_handles])
+        self.cell = plan.cell
+        if self.metrics is not None:
+            self.metrics.cell_started(plan.cell, plan.extra.get("target_qps", 0.0) / plan.n_actors)
         return await self.generator.run_cell(plan, pool, router)
 
     async def prime(self, gpu_handles: list, queries, k: int, rounds: int = 3) -> int:
@@ -29,10 +37,25 @@ class LoadActorBody:
 
     async def drain(self):
         """Finished rows as an Arrow record batch (Ray ships its buffers without pickling the values)."""
-        return self.generator.drain()
+        batch = self.generator.drain()
+        if self.metrics is not None:
+            try:
+                self.metrics.rows(batch, self.cell, self.generator.in_flight)
+            except Exception as err:  # live metrics never cost a recorded row
+                warn(f"live metrics stopped on load actor {self.generator.actor}: {type(err).__name__}: {err}")
+                self.metrics = None
+        return batch
 
     async def pid(self) -> int:
         return os.getpid()
+
+
+class GpuSearchActorBody(GpuSearchWorker):
+    """A GpuSearchWorker that also reports its device's utilisation and memory while it serves."""
+
+    def start_metrics(self, run_id: str) -> bool:
+        self._sampler = GpuSampler(RaySink(), run_id)
+        return self._sampler.start()
 
 
 @functools.cache
@@ -47,13 +70,13 @@ def gpu_actor_class():
     import ray
 
     # Ray hands each actor one GPU (real or logical) through CUDA_VISIBLE_DEVICES.
-    return ray.remote(max_restarts=0, max_task_retries=0)(GpuSearchWorker)
+    return ray.remote(max_restarts=0, max_task_retries=0)(GpuSearchActorBody)
 
 
-def start_load_actor(run_id: str, index: int, cpus: float):
+def start_load_actor(run_id: str, index: int, cpus: float, metrics: bool):
     return load_actor_class().options(
         name=f"perfray-{run_id}-load-{index}", num_cpus=cpus, max_concurrency=1000,
-    ).remote(index)
+    ).remote(index, run_id, metrics)
 
 
 def start_gpu_actor(run_id: str, index: int, backend: str, cpus: float, generation: int):

@@ -25,6 +25,7 @@ class RayInfo:
     real_gpus_on_driver: int
     resources: dict
     dashboard_url: str | None
+    metrics_port: int | None = None
 
 
 def count_local_gpus() -> int:
@@ -52,7 +53,7 @@ def probe(address: str, timeout_s: float = 5.0) -> None:
                                "start one with 'ray start --head' or unset cluster.address") from None
 
 
-def connect(cluster, gpus_needed: int, cpus_needed: float) -> RayInfo:
+def connect(cluster, gpus_needed: int, cpus_needed: float, metrics=None) -> RayInfo:
     """Start or join Ray and make sure ``gpus_needed`` (real or logical) GPUs exist."""
     import ray
 
@@ -73,7 +74,13 @@ def connect(cluster, gpus_needed: int, cpus_needed: float) -> RayInfo:
                 f"the sweep needs {gpus_needed} GPUs and this machine has {real}; "
                 "set cluster.logical_gpus: auto to simulate them")
         num_gpus = gpus_needed if logical else real
+        metric_options = {}
+        if metrics is not None and metrics.enabled:
+            metric_options["_system_config"] = {"metrics_report_interval_ms": metrics.report_interval_ms}
+            if metrics.export_port:
+                metric_options["_metrics_export_port"] = metrics.export_port
         context = ray.init(
+            **metric_options,
             address="local",
             num_gpus=num_gpus,
             num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)),
@@ -90,7 +97,17 @@ def connect(cluster, gpus_needed: int, cpus_needed: float) -> RayInfo:
             f"the Ray cluster has {have} GPUs and the sweep needs {gpus_needed}; lower search.n_gpus, add GPU "
             f"nodes, or for a simulated run start the head with 'ray start --head --num-gpus {gpus_needed}'")
     dashboard = getattr(context, "dashboard_url", None) if context is not None else None
-    return RayInfo(embedded, address, logical, real, dict(resources), dashboard or None)
+    return RayInfo(embedded, address, logical, real, dict(resources), dashboard or None, _metrics_port())
+
+
+def _metrics_port() -> int | None:
+    """Where this node's Ray metrics agent serves Prometheus text (private API; None if it moved)."""
+    try:
+        import ray
+
+        return int(ray._private.worker.global_worker.node.metrics_export_port)
+    except Exception:
+        return None
 
 
 def _raise_interrupt(signum, _frame):

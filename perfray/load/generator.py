@@ -69,7 +69,13 @@ class LoadGenerator:
         self.clock = clock or Clock()
         self.recorder: Recorder | None = None
         self._batch_seq = 0
+        self._in_flight = {"requests": 0}
         Recorder.warm_up()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered."""
+        return self._in_flight["requests"]
 
     def drain(self):
         """Finished rows since the last call, as an Arrow record batch (or None)."""
@@ -86,7 +92,7 @@ class LoadGenerator:
         nq = rec.n_queries
         cum_queries = np.cumsum(nq, dtype=np.int64)
         n = len(rec)
-        in_flight = {"requests": 0}
+        in_flight = self._in_flight = {"requests": 0}
         tasks: set[asyncio.Task] = set()
         lateness_ns: list[int] = []  # sent - batch due: the generator's own lateness, per batch
         i = 0

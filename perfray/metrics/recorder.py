@@ -1,0 +1,60 @@
+"""Turn drained request rows into metric updates (once per drain, off the request path)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+
+
+def _codes(batch: pa.RecordBatch, name: str) -> tuple[np.ndarray, list[str]]:
+    """Dictionary indices and the labels they stand for."""
+    column = batch.column(name)
+    return column.indices.to_numpy(zero_copy_only=False).astype(np.int64), column.dictionary.to_pylist()
+
+
+class MetricsRecorder:
+    """Per load actor: counts by status, latency / lag / batch histograms, QPS and in-flight gauges."""
+
+    def __init__(self, sink, run: str, actor: int) -> None:
+        self.sink, self.run, self.actor = sink, run, actor
+        self._last = time.monotonic()
+
+    def cell_started(self, cell: int, target_qps: float) -> None:
+        self.sink.set("perfray_target_qps", target_qps, {"run": self.run, "cell": str(cell), "actor": str(self.actor)})
+        self._last = time.monotonic()
+
+    def rows(self, batch: pa.RecordBatch | None, cell: int, in_flight: int) -> None:
+        now = time.monotonic()
+        elapsed, self._last = max(now - self._last, 1e-3), now
+        cell_tags = {"run": self.run, "cell": str(cell)}
+        actor_tags = {**cell_tags, "actor": str(self.actor)}
+        self.sink.set("perfray_in_flight", in_flight, actor_tags)
+        if batch is None or batch.num_rows == 0:
+            self.sink.set("perfray_achieved_qps", 0.0, actor_tags)
+            return
+        (phase, phases), (op, ops), (code, statuses) = (_codes(batch, c) for c in ("phase", "op", "status"))
+        status = np.asarray(statuses, dtype=object)[code]
+        n_op, n_status = max(len(ops), 1), max(len(statuses), 1)
+        keys, counts = np.unique((phase * n_op + op) * n_status + code, return_counts=True)
+        for key, count in zip(keys, counts, strict=True):
+            p, rest = divmod(int(key), n_op * n_status)
+            o, s = divmod(rest, n_status)
+            self.sink.inc("perfray_requests", int(count),
+                          {**cell_tags, "phase": phases[p], "op": ops[o], "status": statuses[s]})
+        latency = batch.column("latency_ns").to_numpy(zero_copy_only=False)
+        timed = (status == "ok") | (status == "timeout")
+        pair = phase * n_op + op
+        for key in np.unique(pair[timed]):
+            p, o = divmod(int(key), n_op)
+            self.sink.observe("perfray_latency_ms", latency[timed & (pair == key)] / 1e6,
+                              {**cell_tags, "phase": phases[p], "op": ops[o]})
+        sent = status != "dropped"
+        self.sink.observe("perfray_schedule_lag_ms",
+                          batch.column("schedule_lag_ns").to_numpy(zero_copy_only=False)[sent] / 1e6, cell_tags)
+        batch_ids = batch.column("batch_id").to_numpy(zero_copy_only=False)[sent]
+        sizes = batch.column("batch_size").to_numpy(zero_copy_only=False)[sent]
+        _, first = np.unique(batch_ids, return_index=True)
+        self.sink.observe("perfray_batch_size", sizes[first], cell_tags)
+        self.sink.set("perfray_achieved_qps", float((status == "ok").sum()) / elapsed, actor_tags)
