@@ -281,9 +281,9 @@ class SweepDriver:
         except ray.exceptions.RayActorError as err:
             raise UnavailableError(f"a GPU search actor died while building its index ({type(err).__name__}); "
                                    "check its memory and the Ray logs") from None
-        real = [h for h, d in zip(handles, described, strict=True) if not d["simulated"]]
-        if self.config.metrics.enabled and real:
-            started = ray.get([h.start_metrics.remote(self.run_id) for h in real])
+        if self.config.metrics.enabled:
+            started = ray.get([h.start_metrics.remote(self.run_id, not d["simulated"])
+                               for h, d in zip(handles, described, strict=True)])
             if not all(started):
                 self.progress.note("perfray: warning: NVML is not available on a GPU actor; GPU utilisation "
                                    "is not reported (pip install nvidia-ml-py)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 
 from perfray.load.generator import LoadGenerator
 from perfray.load.targets import RayEndpoint, make_router
@@ -51,11 +52,21 @@ class LoadActorBody:
 
 
 class GpuSearchActorBody(GpuSearchWorker):
-    """A GpuSearchWorker that also reports its device's utilisation and memory while it serves."""
+    """A GpuSearchWorker that also reports how busy it is (and, on a real GPU, NVML figures)."""
 
-    def start_metrics(self, run_id: str) -> bool:
-        self._sampler = GpuSampler(RaySink(), run_id)
-        return self._sampler.start()
+    _busy_ns = 0
+
+    def search(self, queries, k):
+        started = time.perf_counter_ns()
+        try:
+            return super().search(queries, k)
+        finally:
+            self._busy_ns += time.perf_counter_ns() - started
+
+    def start_metrics(self, run_id: str, nvml: bool) -> bool:
+        info = self.describe()
+        self._sampler = GpuSampler(RaySink(), run_id, self.gpu_index, info["device"] or "", lambda: self._busy_ns)
+        return self._sampler.start(nvml)
 
 
 @functools.cache

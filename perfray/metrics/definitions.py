@@ -39,6 +39,8 @@ METRICS = {m.name: m for m in (
     MetricDef("perfray_achieved_qps", "gauge", "Requests completed ok per second since the last report",
               (*_CELL, "actor")),
     MetricDef("perfray_in_flight", "gauge", "Requests sent and not yet answered", (*_CELL, "actor")),
+    MetricDef("perfray_search_busy_ratio", "gauge", "Share of the last second a search actor spent searching",
+              ("run", "gpu", "device")),
     MetricDef("perfray_gpu_utilization_percent", "gauge", "GPU utilisation (NVML)", ("run", "gpu", "device")),
     MetricDef("perfray_gpu_memory_used_bytes", "gauge", "GPU memory in use (NVML)", ("run", "gpu", "device")),
 )}
