@@ -1,0 +1,61 @@
+"""The cluster configs: the launcher file passes Ray's own validation, KubeRay's manifest has the right shape."""
+
+import copy
+
+import pytest
+import yaml
+from support import REPO
+
+CLUSTERS = REPO / "clusters"
+
+
+def load(name):
+    return yaml.safe_load((CLUSTERS / name).read_text())
+
+
+def validate_launcher(config):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(config)))
+
+
+def test_aws_launcher_config_passes_rays_validation_and_asks_for_100_t4():
+    config = load("aws-t4-100.yaml")
+    validate_launcher(config)
+    workers = config["available_node_types"]["t4_worker"]
+    assert workers["min_workers"] == workers["max_workers"] == config["max_workers"] == 100
+    assert workers["node_config"]["InstanceType"] == "g4dn.xlarge" and workers["resources"]["GPU"] == 1
+    assert config["available_node_types"][config["head_node_type"]]["resources"]["GPU"] == 0
+    assert any("pip install" in c and "perfray" in c for c in config["setup_commands"])
+
+
+@pytest.mark.parametrize("breakage", [{"max_worker": 100}, {"max_workers": "lots"}])
+def test_rays_validation_rejects_a_broken_launcher_config(breakage):
+    import jsonschema
+
+    config = {**load("aws-t4-100.yaml"), **breakage}
+    with pytest.raises(jsonschema.ValidationError):
+        validate_launcher(config)
+
+
+def test_kuberay_manifest_structure():
+    doc = load("kuberay-t4.yaml")
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayCluster"
+    spec = doc["spec"]
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in head["resources"]["limits"]
+    (group,) = spec["workerGroupSpecs"]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 100
+    worker = group["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1 == worker["resources"]["requests"]["nvidia.com/gpu"]
+    for container in (head, worker):
+        assert container["image"].startswith(f"rayproject/ray:{spec['rayVersion']}")
+        assert {"name": "RAY_AUTH_MODE", "value": "token"} in container["env"]
+        assert not any("value" in e and "TOKEN" == e["name"][-5:] for e in container["env"])  # secrets by reference
+
+
+def test_runtime_env_is_accepted_by_ray():
+    from ray.runtime_env import RuntimeEnv
+
+    env = RuntimeEnv(**load("runtime_env.yaml"))
+    assert env["working_dir"] == "." and "results/" in env["excludes"]
