@@ -84,6 +84,7 @@ class SweepDriver:
         self._ray: runtime.RayInfo | None = None
         self._live: set[int] = set()
         self._devices: dict[str, int] = {}  # device model -> most actors seen on it at once
+        self._drain_s, self._drains = 0.0, 0
 
     # ----------------------------------------------------------------------------------------- run
     def run(self) -> int:
@@ -149,10 +150,15 @@ class SweepDriver:
     # ---------------------------------------------------------------------------------------- cell
     def _run_cell(self, index: int, cell: Workload) -> None:
         ds = self._dataset(cell)
+        started = time.perf_counter()
         group = self._gpu_group(cell, ds)
+        gpu_ready_s = time.perf_counter() - started
         self._microbench(cell, ds, group)
+        started = time.perf_counter()
         loaders = self._load_actors(cell.load.actors)
         self._prime(loaders, group, ds, cell.search.k)
+        load_ready_s = time.perf_counter() - started
+        self._drain_s, self._drains = 0.0, 0
         phases = [PhaseRates(p.name, p.duration_s, *phase_rates(p, cell.offered_qps), p.measured)
                   for p in cell.load.phase_plan()]
         ops = op_mix(cell.load.op_mix, cell.search.k, ds.dataset.n)
@@ -187,12 +193,22 @@ class SweepDriver:
         self._drain(index, live)
         self._check_gpu_group(index)
         self.writer.close_cell(index)
-        entry.update(status="complete", actor_stats=stats)
+        entry.update(status="complete", actor_stats=stats, timings={
+            "gpu_actors_ready_s": round(gpu_ready_s, 3), "load_actors_ready_s": round(load_ready_s, 3),
+            "gather_s": round(self._drain_s, 3), "drains": self._drains})
         self._summarize(index, "complete")
         self.progress.cell_finished(self.summary[-1])
         self.manifest.write()
 
     def _drain(self, cell: int, live: set[int]) -> None:
+        started = time.perf_counter()
+        try:
+            self._drain_once(cell, live)
+        finally:
+            self._drain_s += time.perf_counter() - started
+            self._drains += 1
+
+    def _drain_once(self, cell: int, live: set[int]) -> None:
         pending = {i: self._load[i].drain.remote() for i in sorted(live)}
         for i, ref in pending.items():
             try:
