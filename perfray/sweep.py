@@ -130,7 +130,11 @@ class SweepDriver:
                 self._drain(entry["cell"], self._live)
             except (KeyboardInterrupt, Exception) as err:  # a second Ctrl-C or a dying cluster: keep going
                 self.manifest.doc["final_drain_error"] = type(err).__name__
-        self.writer.close()
+        try:
+            self.writer.close()
+        except Exception as err:  # e.g. disk full: say so in the manifest rather than lose it too
+            self.manifest.doc["write_error"] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            status = "failed"
         for entry in running:
             entry["status"] = "interrupted" if status == "interrupted" else "partial"
             self._summarize(entry["cell"], entry["status"], until_ns=stopped_ns)

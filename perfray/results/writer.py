@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -50,14 +51,30 @@ def prepare_run_dir(results_dir: Path, run_id: str) -> Path:
 
 
 class RequestWriter:
-    """One open Parquet writer per (cell, actor); each drained batch becomes part of a row group."""
+    """One open Parquet writer per (cell, actor); each drained batch becomes part of a row group.
+
+    Encoding runs on one background thread (pyarrow releases the GIL), so the driver gathers the next batches
+    while the last ones are written; one thread keeps each file's batches in order. ``close_cell``/``close``
+    wait for everything queued and raise the first write error, if any."""
 
     def __init__(self, run_dir: Path) -> None:
         self.root = Path(run_dir) / "requests"
         self._open: dict[tuple[int, int], pq.ParquetWriter] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="perfray-parquet")
+        self._pending: list[Future] = []
         self.rows_written = 0
 
     def write(self, cell: int, actor: int, batch: pa.RecordBatch) -> None:
+        self.rows_written += batch.num_rows
+        self._pending.append(self._pool.submit(self._write, cell, actor, batch))
+        self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def _write(self, cell: int, actor: int, batch: pa.RecordBatch) -> None:
         key = (cell, actor)
         writer = self._open.get(key)
         if writer is None:
@@ -67,16 +84,21 @@ class RequestWriter:
             writer = pq.ParquetWriter(path, REQUEST_SCHEMA, **PARQUET_OPTIONS)
             self._open[key] = writer
         writer.write_batch(batch)
-        self.rows_written += batch.num_rows
 
     def close_cell(self, cell: int) -> None:
-        for key in [k for k in self._open if k[0] == cell]:
-            self._open.pop(key).close()
+        self._pool.submit(self._close_files, cell).result()
+        self._wait()
 
     def close(self) -> None:
-        for writer in self._open.values():
-            writer.close()
-        self._open.clear()
+        try:
+            self._pool.submit(self._close_files, None).result()
+            self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def _close_files(self, cell: int | None) -> None:
+        for key in [k for k in self._open if cell is None or k[0] == cell]:
+            self._open.pop(key).close()
 
 
 def _free_name(folder: Path, stem: str) -> Path:
