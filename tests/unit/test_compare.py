@@ -20,7 +20,7 @@ def test_twice_as_fast_candidate_has_speedup_2_with_a_tight_ci(runs):
     path, rows = compare(base, cand, "p99_ms", min_speedup=1.5)
     for r in rows:
         assert r["point"] == pytest.approx(2.0, rel=1e-5)
-        assert 1.8 < r["low"] <= 2.0 <= r["high"] < 2.2
+        assert r["low"] > 1.8 and r["low"] <= 2.0 <= r["high"] < 2.2
         assert r["verdict"] == "meets"
     text = path.read_text()
     assert "| 0 | 1 | 1,000 |" in text and "meets" in text and "Regressions (candidate significantly worse): none" in text
