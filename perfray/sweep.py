@@ -73,6 +73,7 @@ class SweepDriver:
                    for i, c in enumerate(self.cells)],
         )
         self.summary: list[dict] = []
+        self.phase_summary: list[dict] = []
         self.scaling_keys: list[tuple] = []
         self.microbench_rows: list[dict] = []
         self._datasets: dict[str, _DatasetState] = {}
@@ -141,6 +142,8 @@ class SweepDriver:
         add_scaling(self.summary, self.scaling_keys)
         if self.summary:
             write_table(self.run_dir / "summary.parquet", pa.Table.from_pylist(self.summary))
+        if self.phase_summary:
+            write_table(self.run_dir / "phases.parquet", pa.Table.from_pylist(self.phase_summary))
         if self.microbench_rows:
             write_table(self.run_dir / "microbench.parquet",
                         pa.Table.from_pylist(self.microbench_rows, schema=MICROBENCH_SCHEMA))
@@ -237,24 +240,29 @@ class SweepDriver:
         self.progress.note(f"  [red]{role} actor {index} failed in cell {cell}: {type(err).__name__}[/red]")
 
     def _summarize(self, index: int, status: str, until_ns: int | None = None) -> None:
-        """Summary row of a cell from its Parquet rows; ``until_ns`` cuts the measured window short
-        (an interrupted cell is measured over the time it ran)."""
+        """Summary rows of a cell (all measured phases) and of each phase, from its Parquet rows;
+        ``until_ns`` cuts windows short (an interrupted cell is measured over the time it ran)."""
         cell = self.cells[index]
+        rows = read_cell(self.run_dir, index)
         start_ns = self.manifest.doc["cells"][index].get("start_unix_ns", 0)
         until_ns = until_ns or 2**62
+        labels = _labels(cell, self._gpu_described)
         measured_s, window_end, offset_ns = 0.0, start_ns, 0
-        for p in cell.load.phase_plan():
+        for p, (rate_lo, rate_hi) in ((p, phase_rates(p, cell.offered_qps)) for p in cell.load.phase_plan()):
             lo = start_ns + offset_ns
             offset_ns += int(p.duration_s * 1e9)
             hi = min(start_ns + offset_ns, until_ns)
+            ran_s = max(hi - lo, 0) / 1e9
             if p.measured and hi > lo:
-                measured_s += (hi - lo) / 1e9
+                measured_s += ran_s
                 window_end = hi
+            phase_meta = {"cell": index, "status": status, "target_qps": (rate_lo + rate_hi) / 2,
+                          "measured_phases": [p.name], "measured_s": ran_s, "window_end_ns": hi, "labels": labels}
+            self.phase_summary.append({"phase": p.name, "measured": p.measured, **summarize_cell(rows, phase_meta)})
         meta = {"cell": index, "status": status, "target_qps": cell.offered_qps,
                 "measured_phases": [p.name for p in cell.load.phase_plan() if p.measured],
-                "measured_s": measured_s, "window_end_ns": window_end,
-                "labels": _labels(cell, self._gpu_described)}
-        self.summary.append(summarize_cell(read_cell(self.run_dir, index), meta))
+                "measured_s": measured_s, "window_end_ns": window_end, "labels": labels}
+        self.summary.append(summarize_cell(rows, meta))
         key = cell.model_dump(mode="json")
         key["search"].pop("n_gpus")
         self.scaling_keys.append(json.dumps(key, sort_keys=True))

@@ -95,11 +95,27 @@ def render(run: Run, figure_paths: list[Path]) -> str:
             f"{_fmt(r['p99_ms'])} | {_fmt(r['p999_ms'])} | {_fmt(r['max_ms'])} | {r['error_rate']:.2%} | "
             f"{r['drop_rate']:.2%} | {_fmt(r['recall_mean'], 4)} | {_fmt(r['schedule_lag_p99_ms'])} | "
             f"{_fmt(r.get('scaling_efficiency'))} | {r.get('status')} |")
+    lines += phase_section(run)
     lines += scaling_section(run)
     lines += ["", "Latency is measured from each request's intended send time (open loop); percentiles are exact, "
               "over the raw rows of measured phases (ok and timeout rows).", "", "## Figures", ""]
     lines += [f"![{p.stem}]({p.name})" for p in figure_paths]
     return "\n".join(lines) + "\n"
+
+
+def phase_section(run: Run) -> list[str]:
+    """Per-phase figures for cells whose schedule is more than warm-up + sustained (bursts, ramps, ...)."""
+    cells = {r["cell"] for r in run.phases or [] if r["phase"] not in ("warmup", "sustained")}
+    if not cells:
+        return []
+    lines = ["", "## Phases", "", "| cell | phase | measured | offered QPS | achieved QPS | p50 ms | p99 ms | max ms | "
+             "errors | drops |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in run.phases:
+        if r["cell"] in cells:
+            lines.append(f"| {r['cell']} | {r['phase']} | {'yes' if r['measured'] else 'no'} | "
+                         f"{_fmt(r['offered_qps'])} | {_fmt(r['achieved_qps'])} | {_fmt(r['p50_ms'])} | "
+                         f"{_fmt(r['p99_ms'])} | {_fmt(r['max_ms'])} | {r['error_rate']:.2%} | {r['drop_rate']:.2%} |")
+    return lines
 
 
 def scaling_section(run: Run) -> list[str]:

@@ -23,6 +23,7 @@ class Run:
     manifest: dict
     summary: list[dict]
     rows: pa.Table
+    phases: list[dict] | None = None
 
     def cell_rows(self, cell: int, measured_only: bool = False) -> pa.Table:
         rows = self.rows.filter(pc.equal(self.rows["cell"], cell))
@@ -67,4 +68,6 @@ def open_run(path: Path) -> Run:
 
     rows = (pa.concat_tables([pq.read_table(f, schema=REQUEST_SCHEMA) for f in files])
             if files else REQUEST_SCHEMA.empty_table())
-    return Run(path, manifest, summary, rows)
+    phases_path = path / "phases.parquet"
+    phases = pq.read_table(phases_path).to_pylist() if phases_path.is_file() else []
+    return Run(path, manifest, summary, rows, phases)

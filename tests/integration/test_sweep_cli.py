@@ -114,3 +114,20 @@ def test_hdf5_dataset_sharded_faiss_sweep_is_exact(tmp_path):
     assert set(rows["endpoint"]) == {-1}  # every batch went to all shards
     assert set(rows["op"].astype(str)) == {"knn_k10_q1", "knn_k50_q1", "knn_k10_q8"}
     assert rows.loc[rows["status"] == "ok", "recall"].min() == 1.0
+
+
+def test_phases_are_summarized_one_by_one_and_reported(tmp_path):
+    phases = ("load.phases=[{name: warmup, duration_s: 0.5, measured: false}, {name: steady, duration_s: 1.5},"
+              " {name: burst, duration_s: 1.0, qps: 1500}, {name: recovery, duration_s: 1.5}]")
+    out = sweep_cli("--results-dir", str(tmp_path), "--run-id", "ph", "--set", "sweep={}", "--set", phases,
+                    "--set", "target_qps=300", "--set", "arrival=constant", "--set", "microbench.enabled=false",
+                    "--set", "targets=[{metric: recall_mean, min: 0.999}]")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {r["phase"]: r for r in pq.read_table(tmp_path / "ph" / "phases.parquet").to_pylist()}
+    assert set(rows) == {"warmup", "steady", "burst", "recovery"} and rows["warmup"]["measured"] is False
+    assert [rows[p]["requests"] for p in ("warmup", "steady", "burst", "recovery")] == [150, 450, 1500, 450]
+    assert rows["burst"]["target_qps"] == 1500 and rows["burst"]["offered_qps"] == pytest.approx(1500)
+    (cell,) = pq.read_table(tmp_path / "ph" / "summary.parquet").to_pylist()
+    assert cell["requests"] == 450 + 1500 + 450  # every measured phase, not the warm-up
+    report = (tmp_path / "ph" / "report.md").read_text()
+    assert "## Phases" in report and "| 0 | burst | yes | 1,500 |" in report
