@@ -181,6 +181,7 @@ class SweepDriver:
         self.manifest.write()
         label = _label(cell, group)
         self.progress.cell_started(index, len(self.cells), label, sum(p.duration_s for p in phases))
+        counters_before = self._gpu_counters(group)
         refs = {i: loaders[i].run_cell.remote(plans[i], ds.pool_ref, group.handles, cell.search.topology)
                 for i in range(len(loaders))}
         if self.hooks.on_cell_start:
@@ -198,6 +199,7 @@ class SweepDriver:
                 except _ray().exceptions.RayActorError as err:
                     self._actor_failed("load", i, index, err, live)
         self._drain(index, live)
+        entry["gpu_usage"] = _usage(counters_before, self._gpu_counters(group))
         self._check_gpu_group(index)
         self.writer.close_cell(index)
         entry.update(status="complete", actor_stats=stats, timings={
@@ -246,7 +248,7 @@ class SweepDriver:
         rows = read_cell(self.run_dir, index)
         start_ns = self.manifest.doc["cells"][index].get("start_unix_ns", 0)
         until_ns = until_ns or 2**62
-        labels = _labels(cell, self._gpu_described)
+        labels = {**_labels(cell, self._gpu_described), **_usage_means(self.manifest.doc["cells"][index])}
         measured_s, window_end, offset_ns = 0.0, start_ns, 0
         for p, (rate_lo, rate_hi) in ((p, phase_rates(p, cell.offered_qps)) for p in cell.load.phase_plan()):
             lo = start_ns + offset_ns
@@ -321,6 +323,16 @@ class SweepDriver:
         self._group = _GpuGroup(key, handles, described)
         return self._group
 
+    def _gpu_counters(self, group: _GpuGroup) -> list[dict | None]:
+        ray = _ray()
+        out = []
+        for handle in group.handles:
+            try:
+                out.append(ray.get(handle.counters.remote(), timeout=30))
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                out.append(None)
+        return out
+
     def _check_gpu_group(self, cell: int) -> None:
         ray = _ray()
         for i, handle in enumerate(self._group.handles):
@@ -374,6 +386,27 @@ def _labels(cell: Workload, described: list[dict]) -> dict:
         "batch_max": cell.load.batch_max, "batch_window_ms": cell.load.batch_window_ms,
         "dataset": json.dumps(cell.dataset.model_dump(mode="json"), sort_keys=True),
     }
+
+
+def _usage(before: list, after: list) -> list[dict]:
+    """Per GPU actor over a cell: share of wall time spent searching, and NVML utilisation if sampled."""
+    usage = []
+    for b, a in zip(before, after, strict=True):
+        if b is None or a is None:
+            usage.append({"busy": None, "nvml_util_percent": None})
+            continue
+        samples = a["util_samples"] - b["util_samples"]
+        usage.append({"busy": (a["busy_ns"] - b["busy_ns"]) / max(a["t_ns"] - b["t_ns"], 1),
+                      "nvml_util_percent": (a["util_sum"] - b["util_sum"]) / samples if samples else None})
+    return usage
+
+
+def _usage_means(entry: dict) -> dict:
+    usage = entry.get("gpu_usage") or []
+    busy = [u["busy"] for u in usage if u["busy"] is not None]
+    util = [u["nvml_util_percent"] for u in usage if u["nvml_util_percent"] is not None]
+    return {"gpu_busy_mean": sum(busy) / len(busy) if busy else float("nan"),
+            "gpu_util_mean": sum(util) / len(util) if util else float("nan")}
 
 
 def _label(cell: Workload, group: _GpuGroup) -> str:

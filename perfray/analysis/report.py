@@ -75,14 +75,18 @@ def render(run: Run, figure_paths: list[Path]) -> str:
     else:
         lines += ["No targets configured."]
     lines += ["", "## Service-level objectives (goal / stretch)", "",
-              "| cell | " + " | ".join(f"{title}: goal | stretch" for _, title, *_ in SLOS) + " |",
-              "|---|" + "---|---|" * len(SLOS)]
+              "| cell | " + " | ".join(f"{title}: goal | stretch" for _, title, *_ in SLOS)
+              + " | GPU search busy | GPU util (NVML) |",
+              "|---|" + "---|---|" * len(SLOS) + "---|---|"]
     for row in run.summary:
         cells = []
         for metric, _, goal, stretch, higher in SLOS:
             value = row.get(metric)
             cells.append(f"{'✓' if _meets(value, goal, higher) else '✗'} {_fmt(value)}")
             cells.append("✓" if _meets(value, stretch, higher) else "✗")
+        busy, util = row.get("gpu_busy_mean"), row.get("gpu_util_mean")
+        cells.append("–" if busy is None or math.isnan(busy) else f"{busy:.0%}")
+        cells.append("–" if util is None or math.isnan(util) else f"{util:.0f}%")
         lines.append(f"| {row['cell']} | " + " | ".join(cells) + " |")
     lines += ["", "## Cells", "",
               "| cell | GPUs | topology | backend | target QPS | achieved QPS | p50 ms | p99 ms | p99.9 ms | "

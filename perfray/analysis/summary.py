@@ -14,6 +14,7 @@ SUMMARY_METRICS = (
     "p50_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms", "service_p50_ms", "service_p99_ms",
     "schedule_lag_p99_ms", "achieved_qps", "offered_qps", "qps_ratio", "error_rate", "timeout_rate",
     "drop_rate", "recall_mean", "recall_min", "batch_size_mean", "scaling_qps_ratio", "scaling_efficiency",
+    "gpu_busy_mean", "gpu_util_mean",
 )
 
 

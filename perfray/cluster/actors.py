@@ -63,6 +63,12 @@ class GpuSearchActorBody(GpuSearchWorker):
         finally:
             self._busy_ns += time.perf_counter_ns() - started
 
+    def counters(self) -> dict:
+        """Running totals the driver differences over a cell: busy time and NVML utilisation samples."""
+        sampler = getattr(self, "_sampler", None)
+        return {"busy_ns": self._busy_ns, "t_ns": time.perf_counter_ns(),
+                "util_sum": sampler.util_sum if sampler else 0.0, "util_samples": sampler.util_samples if sampler else 0}
+
     def start_metrics(self, run_id: str, nvml: bool) -> bool:
         info = self.describe()
         self._sampler = GpuSampler(RaySink(), run_id, self.gpu_index, info["device"] or "", lambda: self._busy_ns)

@@ -18,6 +18,8 @@ class GpuSampler:
         self.tags = {"run": run, "gpu": str(gpu), "device": device}
         self._stop = threading.Event()
         self._nvml = None
+        self.util_sum = 0.0  # running totals, so a caller can average NVML utilisation over any window
+        self.util_samples = 0
 
     def start(self, nvml: bool) -> bool:
         """Start sampling; returns False when NVML was wanted but is not available (busy ratio still runs)."""
@@ -44,8 +46,10 @@ class GpuSampler:
             if self._nvml is not None:
                 import pynvml
 
-                self.sink.set("perfray_gpu_utilization_percent",
-                              pynvml.nvmlDeviceGetUtilizationRates(self._nvml).gpu, self.tags)
+                util = pynvml.nvmlDeviceGetUtilizationRates(self._nvml).gpu
+                self.util_sum += util
+                self.util_samples += 1
+                self.sink.set("perfray_gpu_utilization_percent", util, self.tags)
                 self.sink.set("perfray_gpu_memory_used_bytes", pynvml.nvmlDeviceGetMemoryInfo(self._nvml).used,
                               self.tags)
 

@@ -44,10 +44,13 @@ def test_default_sweep_writes_rows_manifest_summary_and_microbench(tmp_path):
         assert s["simulated"] is True and s["recall_mean"] == 1.0
         assert s["p50_ms"] <= s["p99_ms"] <= s["max_ms"]
         assert s["requests"] == s["ok"] + s["error"] + s["timeout"] + s["dropped"]
+        assert 0 < s["gpu_busy_mean"] <= 1 and np.isnan(s["gpu_util_mean"])  # simulated: no NVML
+        assert len(doc["cells"][s["cell"]]["gpu_usage"]) == s["n_gpus"]
     assert {s["n_gpus"] for s in summary} == {1, 2}
     assert all(s["scaling_efficiency"] > 0 for s in summary)
     assert doc["rows_written"] == rows.num_rows
     report = (run / "report.md").read_text()
+    assert "GPU search busy" in report
     assert "Simulated GPUs" in report and "## Targets" in report and "| 3 | recall_mean | >= 0.999 | 1 | ✓" in report
     for figure in ("latency_histogram", "latency_percentiles", "over_time", "latency_by_operation",
                    "schedule_lag", "scaling"):
