@@ -199,8 +199,9 @@ class SweepDriver:
                 except _ray().exceptions.RayActorError as err:
                     self._actor_failed("load", i, index, err, live)
         self._drain(index, live)
-        entry["gpu_usage"] = _usage(counters_before, self._gpu_counters(group))
-        self._check_gpu_group(index)
+        counters_after = self._gpu_counters(group)
+        entry["gpu_usage"] = _usage(counters_before, counters_after)
+        self._check_gpu_group(index, counters_after)
         self.writer.close_cell(index)
         entry.update(status="complete", actor_stats=stats, timings={
             "gpu_actors_ready_s": round(gpu_ready_s, 3), "load_actors_ready_s": round(load_ready_s, 3),
@@ -323,24 +324,25 @@ class SweepDriver:
         self._group = _GpuGroup(key, handles, described)
         return self._group
 
-    def _gpu_counters(self, group: _GpuGroup) -> list[dict | None]:
+    def _gpu_counters(self, group: _GpuGroup) -> list[dict | Exception]:
+        """Every GPU actor's running counters, asked in parallel; a dead or hung actor gives its error."""
         ray = _ray()
-        out = []
-        for handle in group.handles:
+        refs = [handle.counters.remote() for handle in group.handles]
+        out: list[dict | Exception] = []
+        deadline = time.monotonic() + 30
+        for ref in refs:
             try:
-                out.append(ray.get(handle.counters.remote(), timeout=30))
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                out.append(None)
+                out.append(ray.get(ref, timeout=max(0.1, deadline - time.monotonic())))
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
+                out.append(err)
         return out
 
-    def _check_gpu_group(self, cell: int) -> None:
-        ray = _ray()
-        for i, handle in enumerate(self._group.handles):
-            try:
-                ray.get(handle.ping.remote(), timeout=30)
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
-                self._actor_failed("gpu", i, cell, err, None)
-                self._group = None  # rebuilt for the next cell
+    def _check_gpu_group(self, cell: int, counters: list[dict | Exception]) -> None:
+        """Record the first GPU actor that did not answer; the group is rebuilt for the next cell."""
+        for i, answer in enumerate(counters):
+            if isinstance(answer, Exception):
+                self._actor_failed("gpu", i, cell, answer, None)
+                self._group = None
                 return
 
     def _microbench(self, cell: Workload, ds: _DatasetState, group: _GpuGroup) -> None:
@@ -392,7 +394,7 @@ def _usage(before: list, after: list) -> list[dict]:
     """Per GPU actor over a cell: share of wall time spent searching, and NVML utilisation if sampled."""
     usage = []
     for b, a in zip(before, after, strict=True):
-        if b is None or a is None:
+        if isinstance(b, Exception) or isinstance(a, Exception):
             usage.append({"busy": None, "nvml_util_percent": None})
             continue
         samples = a["util_samples"] - b["util_samples"]
