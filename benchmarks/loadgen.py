@@ -26,7 +26,7 @@ LAG_P99_LIMIT_MS = 1.0
 
 
 class Noop:
-    def submit(self, queries, k):
+    def submit(self, queries, k, rows=None):
         return _none()
 
 

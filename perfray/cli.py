@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write RUN_DIR/report.md and figures; exit 1 if a target failed")
     report.add_argument("run_dir", type=Path)
     report.add_argument("--debug", action="store_true", help="show tracebacks")
+    load = sub.add_parser("load", help="create the catalogue in every store the config's cells use (idempotent)")
+    load.add_argument("--config", type=Path, default=None, help="YAML config (e.g. configs/phases/3-full-stack.yaml)")
+    load.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    load.add_argument("--results-dir", type=Path, default=Path("results"),
+                      help="where an embedded Milvus Lite server keeps its log")
+    load.add_argument("--debug", action="store_true", help="show tracebacks")
     comp = sub.add_parser("compare", help="candidate vs baseline run: speedups with 95%% CIs -> comparison.md")
     comp.add_argument("baseline", type=Path)
     comp.add_argument("candidate", type=Path)
@@ -69,18 +75,56 @@ def run_report_command(args) -> int:
     return 1 if failed else 0
 
 
+def run_load_command(args) -> int:
+    from perfray.config import load_config
+    from perfray.data import load_dataset
+    from perfray.progress import Progress
+    from perfray.sut.session import SystemSession
+
+    config = load_config(args.config, args.overrides)
+    progress = Progress(enabled=True)
+    session = SystemSession(config.stores, Path(args.results_dir) / ".stores")
+    try:
+        session.check(config.cells())
+        done: set[str] = set()
+        for cell in config.cells():
+            if session.needed([cell]) == [] or cell.system in done:
+                continue
+            done.add(cell.system)
+            dataset = load_dataset(cell.dataset)
+            catalogue = session.catalogue(cell, dataset)
+            with progress.counter(f"{cell.system}: catalogue {catalogue.fingerprint[:8]}",
+                                  total=catalogue.n_items * len(session.stores_of(cell))) as advance:
+                plan, info = session.plan(cell, catalogue, advance)
+            for store, detail in (info.items() if "store" not in info else [(info["store"], info)]):
+                state = "loaded" if detail.get("loaded") else "already there"
+                progress.note(f"{plan.label}: {store}: {detail.get('items', 0):,} items {state}")
+        if not done:
+            progress.note("perfray: the config's cells use no database system; nothing to load")
+    finally:
+        session.close()
+    return 0
+
+
 def run_sweep_command(args) -> int:
     from perfray.config import load_config
     from perfray.progress import Progress
     from perfray.results.writer import prepare_run_dir
+    from perfray.sut.session import SystemSession
     from perfray.sweep import SweepDriver
 
     config = load_config(args.config, args.overrides)
     run_id = args.run_id or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    systems = SystemSession(config.stores, Path(args.results_dir) / ".stores")
+    try:
+        systems.check(config.cells())  # a store that is down stops the run before anything is written
+    except BaseException:
+        systems.close()
+        raise
     run_dir = prepare_run_dir(args.results_dir, run_id)
     progress = Progress(enabled=not args.quiet)
     progress.note(f"perfray: run {run_id} -> {run_dir}")
-    driver = SweepDriver(config, run_dir, run_id, progress=progress, argv=sys.argv)
+    driver = SweepDriver(config, run_dir, run_id, progress=progress, argv=sys.argv, systems=systems)
     code = driver.run()
     if not args.no_report and driver.summary:
         from perfray.analysis.report import write_report
@@ -114,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_report_command(args)
         if args.command == "compare":
             return run_compare_command(args)
+        if args.command == "load":
+            return run_load_command(args)
         raise UsageError(f"unknown command {args.command!r}")
     except PerfrayError as err:
         if debug:

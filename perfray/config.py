@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from perfray.errors import UsageError
+from perfray.systems_config import CatalogueSpec, HybridSpec, StoresSpec
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
 
@@ -93,6 +94,7 @@ class LoadSpec(Strict):
     max_in_flight: int = Field(2048, ge=1)
     timeout_ms: float = Field(2_000.0, gt=0)
     op_mix: Literal["simple", "mixed", "complex"] = "simple"
+    concurrency: int = Field(8, ge=1, le=1024, description="client threads per load actor (database systems)")
     seed: int = 0
 
     def phase_plan(self) -> tuple[Phase, ...]:
@@ -107,11 +109,23 @@ class LoadSpec(Strict):
 
 
 class Workload(Strict):
-    """Everything one cell needs: what data, how it is searched, how load is offered."""
+    """Everything one cell needs: what data, which system serves it, how it is searched, how load is offered."""
 
+    system: str = Field("gpu_search", description="system under test (perfray.sut): gpu_search, milvus, …")
     dataset: Dataset = Field(default_factory=SyntheticDataset)
+    catalogue: CatalogueSpec = Field(default_factory=CatalogueSpec)
+    hybrid: HybridSpec = Field(default_factory=HybridSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     load: LoadSpec = Field(default_factory=LoadSpec)
+
+    @field_validator("system")
+    @classmethod
+    def _known_system(cls, value: str) -> str:
+        from perfray.sut import SYSTEMS
+
+        if value not in SYSTEMS.names():
+            raise ValueError(f"unknown system {value!r}; known: {', '.join(SYSTEMS.names())}")
+        return value
 
     @property
     def offered_qps(self) -> float:
@@ -120,12 +134,14 @@ class Workload(Strict):
 
 
 class TargetSpec(Strict):
-    """A threshold on a summary column, checked for every cell."""
+    """A threshold on a summary column, checked for every cell (or those whose summary labels match
+    ``where``, e.g. ``{system_name: hybrid}``)."""
 
     metric: str
     max: float | None = None
     min: float | None = None
     must_pass: bool = True
+    where: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _one_bound(self) -> TargetSpec:
@@ -172,6 +188,8 @@ class SweepConfig(Strict):
     microbench: MicrobenchSpec = Field(default_factory=MicrobenchSpec)
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    stores: StoresSpec = Field(default_factory=StoresSpec)
+    baseline_system: str | None = Field(None, description="add speedups of every cell vs this system's cell")
     cache_dir: Path | None = Field(None, description="ground-truth cache; default RESULTS_DIR/.cache")
 
     @model_validator(mode="after")
@@ -197,8 +215,9 @@ class SweepConfig(Strict):
 
 def _leaf_paths() -> dict[str, list[str]]:
     leaves: dict[str, list[str]] = {}
+    leaves["system"] = ["system"]
     for section, model in (("dataset", SyntheticDataset), ("dataset", FileDataset), ("search", SearchSpec),
-                           ("load", LoadSpec)):
+                           ("load", LoadSpec), ("catalogue", CatalogueSpec), ("hybrid", HybridSpec)):
         for name in model.model_fields:
             paths = leaves.setdefault(name, [])
             if f"{section}.{name}" not in paths:
@@ -208,7 +227,7 @@ def _leaf_paths() -> dict[str, list[str]]:
 
 def resolve_path(key: str) -> tuple[str, ...]:
     """``load.target_qps`` or a unique leaf (``target_qps``) → path inside a Workload."""
-    if key == "dataset" or key.startswith(("dataset.", "search.", "load.")):
+    if key in ("dataset", "system") or key.startswith(("dataset.", "search.", "load.", "catalogue.", "hybrid.")):
         return tuple(key.split("."))
     paths = _leaf_paths().get(key, [])
     if len(paths) == 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pyarrow.compute as pc
@@ -42,6 +43,20 @@ class Progress:
 
     def note(self, text: str) -> None:
         self._say(text)
+
+    @contextmanager
+    def counter(self, description: str, total: int):
+        """A progress bar; yields ``advance(n)``."""
+        if not self.enabled:
+            yield lambda n: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
+        from rich.progress import Progress as Bar
+
+        with Bar("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                 console=self.console) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n: bar.advance(task, n)
 
     def _line(self) -> str:
         elapsed = time.monotonic() - self.started

@@ -8,6 +8,7 @@ from perfray import SCHEMA_VERSION
 
 STATUSES = ("pending", "ok", "error", "timeout", "dropped")
 STATUS_CODE = {name: i for i, name in enumerate(STATUSES)}
+STAGES = ("vector_ns", "graph_ns", "policy_ns")
 
 _dict = pa.dictionary(pa.int16(), pa.string())
 
@@ -33,6 +34,11 @@ REQUEST_SCHEMA = pa.schema(
         pa.field("batch_queries", pa.int32()),  # query vectors in the micro-batch
         pa.field("endpoint", pa.int16()),  # GPU actor that answered; -1 = every shard
         pa.field("recall", pa.float32()),  # mean recall@k over the request's queries
+        # Per-stage spans of a multi-store request (null where the system has no such stage); v2+.
+        pa.field("vector_ns", pa.int64()),
+        pa.field("graph_ns", pa.int64()),
+        pa.field("policy_ns", pa.int64()),
+        pa.field("cache_hit", pa.bool_()),
     ],
     metadata={b"perfray.schema_version": str(SCHEMA_VERSION).encode()},
 )

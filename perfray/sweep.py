@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from perfray.analysis.summary import add_scaling, check_targets, summarize_cell
+from perfray.analysis.summary import add_baseline, add_scaling, check_targets, recovery_s, summarize_cell
 from perfray.cluster import actors, runtime
 from perfray.config import SweepConfig, Workload, phase_rates
 from perfray.data import load_dataset
@@ -28,6 +28,7 @@ from perfray.progress import Progress
 from perfray.results.manifest import Manifest
 from perfray.results.writer import RequestWriter, read_cell, write_table
 from perfray.schema import MICROBENCH_SCHEMA
+from perfray.sut.session import SystemPlan, SystemSession, make_system
 
 # Time between choosing a cell's start and its first request: actors must receive the plan first.
 START_LEAD_NS = 700_000_000
@@ -59,7 +60,8 @@ class SweepDriver:
     """Runs one sweep; ``run()`` returns the exit code and always leaves results and manifest on disk."""
 
     def __init__(self, config: SweepConfig, run_dir: Path, run_id: str, progress: Progress | None = None,
-                 hooks: Hooks | None = None, argv: list[str] | None = None) -> None:
+                 hooks: Hooks | None = None, argv: list[str] | None = None,
+                 systems: SystemSession | None = None) -> None:
         self.config, self.run_dir, self.run_id = config, Path(run_dir), run_id
         self.progress = progress or Progress(enabled=False)
         self.hooks = hooks or Hooks()
@@ -75,6 +77,7 @@ class SweepDriver:
         self.summary: list[dict] = []
         self.phase_summary: list[dict] = []
         self.scaling_keys: list[tuple] = []
+        self.baseline_keys: list[str] = []
         self.microbench_rows: list[dict] = []
         self._datasets: dict[str, _DatasetState] = {}
         self._group: _GpuGroup | None = None
@@ -86,13 +89,19 @@ class SweepDriver:
         self._live: set[int] = set()
         self._devices: dict[str, int] = {}  # device model -> most actors seen on it at once
         self._drain_s, self._drains = 0.0, 0
+        self._systems_checked = systems is not None
+        self.systems = systems or SystemSession(config.stores, self.run_dir.parent / ".stores")
+        self._catalogue_refs: dict[str, object] = {}
 
     # ----------------------------------------------------------------------------------------- run
     def run(self) -> int:
         self.manifest.write()
         status, code = "failed", EXIT_OK  # anything that escapes below leaves the run marked failed
         try:
-            gpus = max(c.search.n_gpus for c in self.cells)
+            if not self._systems_checked:
+                self.systems.check(self.cells)
+            gpus = max(c.search.n_gpus for c in self.cells if self._needs_gpu_actors(c)) if any(
+                self._needs_gpu_actors(c) for c in self.cells) else 0
             cpus = max(c.load.actors for c in self.cells) * self.config.cluster.load_actor_cpus
             self._ray = runtime.connect(self.config.cluster, gpus, cpus, self.config.metrics)
             self.manifest.update(status="running", ray={
@@ -118,6 +127,7 @@ class SweepDriver:
         finally:
             self._finish(status)
             runtime.shutdown(self._ray)
+            self.systems.close()
         verdicts = self.manifest.doc.get("verdicts", [])
         if code == EXIT_OK and any(v["must_pass"] and not v["passed"] for v in verdicts):
             code = EXIT_TARGET_FAILED
@@ -140,6 +150,7 @@ class SweepDriver:
             entry["status"] = "interrupted" if status == "interrupted" else "partial"
             self._summarize(entry["cell"], entry["status"], until_ns=stopped_ns)
         add_scaling(self.summary, self.scaling_keys)
+        add_baseline(self.summary, self.baseline_keys, self.config.baseline_system)
         if self.summary:
             write_table(self.run_dir / "summary.parquet", pa.Table.from_pylist(self.summary))
         if self.phase_summary:
@@ -155,15 +166,21 @@ class SweepDriver:
                              rows_written=self.writer.rows_written)
 
     # ---------------------------------------------------------------------------------------- cell
+    def _needs_gpu_actors(self, cell: Workload) -> bool:
+        return bool(make_system(cell.system, cell, self.config.stores).needs_gpu_actors)
+
     def _run_cell(self, index: int, cell: Workload) -> None:
         ds = self._dataset(cell)
+        entry = self.manifest.doc["cells"][index]
+        system, catalogue_ref = self._system(cell, ds, entry)
         started = time.perf_counter()
-        group = self._gpu_group(cell, ds)
+        group = self._gpu_group(cell, ds) if self._needs_gpu_actors(cell) else _GpuGroup(None, [], [])
         gpu_ready_s = time.perf_counter() - started
-        self._microbench(cell, ds, group)
+        if group.handles:
+            self._microbench(cell, ds, group)
         started = time.perf_counter()
         loaders = self._load_actors(cell.load.actors)
-        self._prime(loaders, group, ds, cell.search.k)
+        self._prime(loaders, group, ds, cell.search.k, system, catalogue_ref)
         load_ready_s = time.perf_counter() - started
         self._drain_s, self._drains = 0.0, 0
         phases = [PhaseRates(p.name, p.duration_s, *phase_rates(p, cell.offered_qps), p.measured)
@@ -176,13 +193,13 @@ class SweepDriver:
                           max_in_flight=cell.load.max_in_flight, timeout_ns=int(cell.load.timeout_ms * 1e6),
                           extra={"target_qps": cell.offered_qps})
                  for i in range(len(loaders))]
-        entry = self.manifest.doc["cells"][index]
         entry.update(status="running", start_unix_ns=start_ns)
         self.manifest.write()
-        label = _label(cell, group)
+        label = _label(cell, group, system)
         self.progress.cell_started(index, len(self.cells), label, sum(p.duration_s for p in phases))
         counters_before = self._gpu_counters(group)
-        refs = {i: loaders[i].run_cell.remote(plans[i], ds.pool_ref, group.handles, cell.search.topology)
+        refs = {i: loaders[i].run_cell.remote(plans[i], ds.pool_ref, group.handles, cell.search.topology,
+                                              system, catalogue_ref)
                 for i in range(len(loaders))}
         if self.hooks.on_cell_start:
             self.hooks.on_cell_start(index, list(loaders), list(group.handles))
@@ -249,8 +266,12 @@ class SweepDriver:
         rows = read_cell(self.run_dir, index)
         start_ns = self.manifest.doc["cells"][index].get("start_unix_ns", 0)
         until_ns = until_ns or 2**62
-        labels = {**_labels(cell, self._gpu_described), **_usage_means(self.manifest.doc["cells"][index])}
+        entry = self.manifest.doc["cells"][index]
+        labels = {**_labels(cell, self._gpu_described if self._needs_gpu_actors(cell) else []),
+                  "system": (entry.get("system") or {}).get("label", cell.system), "system_name": cell.system,
+                  **_usage_means(entry)}
         measured_s, window_end, offset_ns = 0.0, start_ns, 0
+        before: list[dict] = []  # this cell's earlier phase rows
         for p, (rate_lo, rate_hi) in ((p, phase_rates(p, cell.offered_qps)) for p in cell.load.phase_plan()):
             lo = start_ns + offset_ns
             offset_ns += int(p.duration_s * 1e9)
@@ -259,15 +280,21 @@ class SweepDriver:
             if p.measured and hi > lo:
                 measured_s += ran_s
                 window_end = hi
-            phase_meta = {"cell": index, "status": status, "target_qps": (rate_lo + rate_hi) / 2,
+            phase_meta = {"cell": index, "status": status, "start_ns": start_ns, "target_qps": (rate_lo + rate_hi) / 2,
                           "measured_phases": [p.name], "measured_s": ran_s, "window_end_ns": hi, "labels": labels}
-            self.phase_summary.append({"phase": p.name, "measured": p.measured, **summarize_cell(rows, phase_meta)})
-        meta = {"cell": index, "status": status, "target_qps": cell.offered_qps,
+            row = {"phase": p.name, "measured": p.measured, **summarize_cell(rows, phase_meta)}
+            row["recovery_s"] = _recovery(rows, row, before, lo, hi)
+            before.append(row)
+            self.phase_summary.append(row)
+        meta = {"cell": index, "status": status, "start_ns": start_ns, "target_qps": cell.offered_qps,
                 "measured_phases": [p.name for p in cell.load.phase_plan() if p.measured],
                 "measured_s": measured_s, "window_end_ns": window_end, "labels": labels}
         self.summary.append(summarize_cell(rows, meta))
         key = cell.model_dump(mode="json")
+        system = key.pop("system")
+        self.baseline_keys.append(json.dumps(key, sort_keys=True))
         key["search"].pop("n_gpus")
+        key["system"] = system
         self.scaling_keys.append(json.dumps(key, sort_keys=True))
 
     # ------------------------------------------------------------------------------------- actors
@@ -358,11 +385,38 @@ class SweepDriver:
             for row in per_actor:
                 self.microbench_rows.append({**row, "dataset": ds.dataset.name})
 
-    def _prime(self, loaders: list, group: _GpuGroup, ds: _DatasetState, k: int) -> None:
-        """A few searches from every load actor to every GPU actor (ms), so cells don't measure cold paths."""
+    def _prime(self, loaders: list, group: _GpuGroup, ds: _DatasetState, k: int, system: SystemPlan | None,
+               catalogue_ref) -> None:
+        """A few requests from every load actor to every GPU actor or store, so cells don't measure cold
+        paths (and every actor's clients are connected before the clock starts)."""
         queries = ds.dataset.queries[:8]
-        _ray().get([a.prime.remote(group.handles, queries, min(k, ds.dataset.n)) for a in loaders],
-                   timeout=self.config.cluster.actor_start_timeout_s)
+        k = min(k, ds.dataset.n)
+        if system is None:
+            refs = [a.prime.remote(group.handles, queries, k) for a in loaders]
+        else:
+            refs = [a.prime_system.remote(system, catalogue_ref, group.handles, queries, k) for a in loaders]
+        try:
+            _ray().get(refs, timeout=self.config.cluster.actor_start_timeout_s)
+        except _ray().exceptions.RayTaskError as err:
+            cause = err.cause if isinstance(err.cause, Exception) else None
+            if isinstance(cause, UnavailableError):
+                raise UnavailableError(str(cause)) from None
+            raise
+
+    def _system(self, cell: Workload, ds: _DatasetState, entry: dict) -> tuple[SystemPlan | None, object]:
+        """For a database system: the catalogue (in the object store) loaded into its stores, and its plan."""
+        if make_system(cell.system, cell, self.config.stores).micro_batched:
+            return None, None
+        catalogue = self.systems.catalogue(cell, ds.dataset)
+        if catalogue.fingerprint not in self._catalogue_refs:
+            self._catalogue_refs[catalogue.fingerprint] = _ray().put(catalogue)
+        started = time.perf_counter()
+        plan, info = self.systems.plan(cell, catalogue)
+        if info:
+            self.progress.note(f"catalogue {catalogue.fingerprint[:8]} loaded into {plan.label} "
+                               f"in {time.perf_counter() - started:.1f} s")
+        entry["system"] = {"name": plan.name, "label": plan.label, "catalogue": catalogue.fingerprint, "load": info}
+        return plan, self._catalogue_refs[catalogue.fingerprint]
 
     def _load_actors(self, count: int) -> list:
         for i in range(count):
@@ -370,6 +424,17 @@ class SweepDriver:
                 self._load[i] = actors.start_load_actor(self.run_id, i, self.config.cluster.load_actor_cpus,
                                                         self.config.metrics.enabled)
         return [self._load[i] for i in range(count)]
+
+
+def _recovery(rows: pa.Table, row: dict, before: list[dict], lo_ns: int, hi_ns: int) -> float:
+    """After a phase with a higher rate (a burst): seconds into this phase until latency is back to the
+    level of the last earlier phase at or below this rate (NaN when no burst came before)."""
+    if not before or not before[-1]["target_qps"] > row["target_qps"]:
+        return float("nan")
+    steady = [r for r in before[:-1] if r["target_qps"] <= row["target_qps"] * 1.001 and r["measured"]]
+    if not steady:
+        return float("nan")
+    return recovery_s(rows, lo_ns, hi_ns, steady[-1]["p99_ms"])
 
 
 def _ray():
@@ -383,7 +448,8 @@ def _labels(cell: Workload, described: list[dict]) -> dict:
         "n_gpus": cell.search.n_gpus, "k": cell.search.k, "topology": cell.search.topology,
         "backend": (described[0]["backend"] if described else cell.search.backend),
         "simulated": bool(described and any(d["simulated"] for d in described)),
-        "load_actors": cell.load.actors, "arrival": cell.load.arrival, "op_mix": cell.load.op_mix,
+        "load_actors": cell.load.actors, "concurrency": cell.load.concurrency, "arrival": cell.load.arrival,
+        "op_mix": cell.load.op_mix, "hops": cell.hybrid.hops, "cache": cell.hybrid.cache,
         "scale_with_gpus": cell.load.scale_with_gpus,
         "batch_max": cell.load.batch_max, "batch_window_ms": cell.load.batch_window_ms,
         "dataset": json.dumps(cell.dataset.model_dump(mode="json"), sort_keys=True),
@@ -411,7 +477,10 @@ def _usage_means(entry: dict) -> dict:
             "gpu_util_mean": sum(util) / len(util) if util else float("nan")}
 
 
-def _label(cell: Workload, group: _GpuGroup) -> str:
+def _label(cell: Workload, group: _GpuGroup, system: SystemPlan | None) -> str:
+    if system is not None:
+        return (f"{system.label} k={cell.search.k} | {cell.offered_qps:,.0f} QPS {cell.load.arrival} "
+                f"x{cell.load.actors} actors x{cell.load.concurrency} clients")
     sim = " (simulated GPUs)" if any(d["simulated"] for d in group.described) else ""
     return (f"{cell.search.n_gpus} GPU{sim} {cell.search.topology} {group.described[0]['backend']} "
             f"k={cell.search.k} | {cell.offered_qps:,.0f} QPS {cell.load.arrival} x{cell.load.actors} "

@@ -35,7 +35,7 @@ def run_plan(plan: CellPlan, target, pool: QueryPool | None = None) -> tuple[pa.
 
 
 class NoopTarget:
-    def submit(self, queries, k):
+    def submit(self, queries, k, rows=None):
         return _done(None)
 
 
@@ -50,7 +50,7 @@ class ServiceTimeTarget:
         self.service_ns = int(service_ms * 1e6)
         self.clock = Clock()
 
-    def submit(self, queries, k):
+    def submit(self, queries, k, rows=None):
         return self._reply(self.clock.now_ns() + self.service_ns)
 
     async def _reply(self, due_ns):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from perfray.analysis.runs import Run
-from perfray.analysis.summary import scaling_curves
+from perfray.analysis.summary import STAGES, scaling_curves
 
 MAX_CELLS_PER_FIGURE = 8
 
@@ -196,4 +196,29 @@ def scaling(run: Run, out: Path) -> Path | None:
     return _save(fig, out, "scaling.png")
 
 
-ALL = (latency_histogram, percentile_spectrum, over_time, by_operation, schedule_lag, scaling)
+def stage_breakdown(run: Run, out: Path) -> Path | None:
+    """Where a multi-store request's time goes: per cell, the p50 and p99 of each stage's span beside the
+    request's own latency (cache hits, which skip the stages, are counted apart)."""
+    rows = [r for r in _cells(run) if any(np.isfinite(r.get(f"{s}_p50_ms") or np.nan) for s in STAGES)]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, (ax50, ax99) = plt.subplots(1, 2, figsize=(13, 0.6 * len(rows) + 2.5), sharey=True)
+    labels = [f"c{r['cell']}: {r.get('system', '')}"[:60] for r in rows]
+    y = np.arange(len(rows))
+    for ax, q in ((ax50, "p50"), (ax99, "p99")):
+        left = np.zeros(len(rows))
+        for stage, color in zip(STAGES, ("tab:blue", "tab:orange", "tab:green"), strict=True):
+            width = np.nan_to_num([r.get(f"{stage}_{q}_ms", np.nan) for r in rows])
+            ax.barh(y, width, left=left, color=color, label=f"{stage} {q}")
+            left += width
+        ax.scatter([r[f"{q}_ms"] for r in rows], y, color="black", marker="|", s=300, zorder=3,
+                   label=f"request latency {q}")
+        ax.set(xlabel="ms", title=f"Stage spans ({q}, stacked) vs request latency")
+        ax.axvline(10, color="red", ls="--", lw=1)
+        ax.legend(fontsize=7, loc="lower right")
+    ax50.set_yticks(y, labels, fontsize=7)
+    return _save(fig, out, "stage_breakdown.png")
+
+
+ALL = (latency_histogram, percentile_spectrum, over_time, by_operation, schedule_lag, scaling, stage_breakdown)

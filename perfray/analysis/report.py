@@ -89,22 +89,59 @@ def render(run: Run, figure_paths: list[Path]) -> str:
         cells.append("–" if util is None or math.isnan(util) else f"{util:.0f}%")
         lines.append(f"| {row['cell']} | " + " | ".join(cells) + " |")
     lines += ["", "## Cells", "",
-              "| cell | GPUs | topology | backend | target QPS | achieved QPS | p50 ms | p99 ms | p99.9 ms | "
+              "| cell | GPUs | topology | system / backend | target QPS | achieved QPS | p50 ms | p99 ms | p99.9 ms | "
               "max ms | errors | drops | recall | lag p99 ms | scaling eff. | status |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in run.summary:
         lines.append(
             f"| {r['cell']} | {r['n_gpus']}{' (sim)' if r.get('simulated') else ''} | {r.get('topology')} | "
-            f"{r.get('backend')} | {_fmt(r['target_qps'])} | {_fmt(r['achieved_qps'])} | {_fmt(r['p50_ms'])} | "
+            f"{_system_or_backend(r)} | {_fmt(r['target_qps'])} | {_fmt(r['achieved_qps'])} | {_fmt(r['p50_ms'])} | "
             f"{_fmt(r['p99_ms'])} | {_fmt(r['p999_ms'])} | {_fmt(r['max_ms'])} | {r['error_rate']:.2%} | "
             f"{r['drop_rate']:.2%} | {_fmt(r['recall_mean'], 4)} | {_fmt(r['schedule_lag_p99_ms'])} | "
             f"{_fmt(r.get('scaling_efficiency'))} | {r.get('status')} |")
     lines += phase_section(run)
+    lines += systems_section(run)
     lines += scaling_section(run)
     lines += ["", "Latency is measured from each request's intended send time (open loop); percentiles are exact, "
               "over the raw rows of measured phases (ok and timeout rows).", "", "## Figures", ""]
     lines += [f"![{p.stem}]({p.name})" for p in figure_paths]
     return "\n".join(lines) + "\n"
+
+
+def _system_or_backend(row: dict) -> str:
+    if row.get("system_name", "gpu_search") == "gpu_search":
+        return str(row.get("backend"))
+    return str(row.get("system"))
+
+
+def systems_section(run: Run) -> list[str]:
+    """Cells that ran a database system: its name, the p50/p99 of each stage, the cache, errors (when they
+    began and ended: a store that died and came back), and speedups vs the configured baseline."""
+    rows = [r for r in run.summary if r.get("system_name", "gpu_search") != "gpu_search"]
+    if not rows:
+        return []
+    lines = ["", "## Systems and stages", "",
+             "| cell | system | vector p50/p99 ms | graph p50/p99 ms | policy p50/p99 ms | cache hits | "
+             "errors (first–last, s) | speedup p50 / p99 vs baseline |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        stages = [f"{_fmt(r.get(f'{s}_p50_ms'))} / {_fmt(r.get(f'{s}_p99_ms'))}" for s in ("vector", "graph", "policy")]
+        errors = f"{r['error_rate']:.2%}"
+        if _finite(r.get("first_error_s")):
+            errors += f" ({r['first_error_s']:.1f}–{r['last_error_s']:.1f})"
+        speedup = "–"
+        if _finite(r.get("speedup_p99_vs_baseline")):
+            speedup = (f"{r['speedup_p50_vs_baseline']:.2f}x / {r['speedup_p99_vs_baseline']:.2f}x "
+                       f"(vs {r.get('baseline')})")
+        cache = f"{r['cache_hit_rate']:.0%}" if _finite(r.get("cache_hit_rate")) else "–"
+        lines.append(f"| {r['cell']} | {r.get('system')} | " + " | ".join(stages) + f" | {cache} | {errors} | {speedup} |")
+    if any("Milvus Lite" in str(r.get("system")) for r in rows):
+        lines += ["", "Milvus Lite (embedded) runs in one Python process: its figures show correctness and "
+                      "perfray's overhead, not a Milvus server's performance."]
+    return lines
+
+
+def _finite(value) -> bool:
+    return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def phase_section(run: Run) -> list[str]:
@@ -113,12 +150,13 @@ def phase_section(run: Run) -> list[str]:
     if not cells:
         return []
     lines = ["", "## Phases", "", "| cell | phase | measured | offered QPS | achieved QPS | p50 ms | p99 ms | max ms | "
-             "errors | drops |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "errors | drops | recovery s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in run.phases:
         if r["cell"] in cells:
             lines.append(f"| {r['cell']} | {r['phase']} | {'yes' if r['measured'] else 'no'} | "
                          f"{_fmt(r['offered_qps'])} | {_fmt(r['achieved_qps'])} | {_fmt(r['p50_ms'])} | "
-                         f"{_fmt(r['p99_ms'])} | {_fmt(r['max_ms'])} | {r['error_rate']:.2%} | {r['drop_rate']:.2%} |")
+                         f"{_fmt(r['p99_ms'])} | {_fmt(r['max_ms'])} | {r['error_rate']:.2%} | {r['drop_rate']:.2%} | "
+                         f"{_fmt(r.get('recovery_s'))} |")
     return lines
 
 

@@ -15,7 +15,11 @@ SUMMARY_METRICS = (
     "schedule_lag_p99_ms", "achieved_qps", "offered_qps", "qps_ratio", "error_rate", "timeout_rate",
     "drop_rate", "recall_mean", "recall_min", "batch_size_mean", "scaling_qps_ratio", "scaling_efficiency",
     "gpu_busy_mean", "gpu_util_mean",
+    "vector_p50_ms", "vector_p99_ms", "graph_p50_ms", "graph_p99_ms", "policy_p50_ms", "policy_p99_ms",
+    "cache_hit_rate", "first_error_s", "last_error_s",
+    "speedup_p50_vs_baseline", "speedup_p99_vs_baseline", "qps_ratio_vs_baseline",
 )
+STAGES = ("vector", "graph", "policy")
 
 
 def _ms(values: np.ndarray, q: float) -> float:
@@ -45,7 +49,7 @@ def summarize_cell(rows: pa.Table, meta: dict) -> dict:
     p50, p95, p99, p999 = (np.percentile(latency, [50, 95, 99, 99.9]) / 1e6 if latency.size
                            else [float("nan")] * 4)
     target = meta["target_qps"]
-    return {
+    row = {
         **meta["labels"],
         "cell": meta["cell"],
         "status": meta.get("status", "complete"),
@@ -71,7 +75,64 @@ def summarize_cell(rows: pa.Table, meta: dict) -> dict:
         "recall_mean": float(recall.mean()) if recall.size else float("nan"),
         "recall_min": float(recall.min()) if recall.size else float("nan"),
         "batch_size_mean": float(batch.mean()) if batch.size else float("nan"),
+        **_stages(measured, status),
+        **_error_window(measured, status, meta.get("start_ns")),
     }
+    return row
+
+
+def _stages(measured: pa.Table, status: np.ndarray) -> dict:
+    """Per-stage span percentiles over ok rows, and the cache hit rate (NaN where a system has neither)."""
+    out = {}
+    ok = status == "ok"
+    for stage in STAGES:
+        column = f"{stage}_ns"
+        values = measured[column] if column in measured.column_names else None
+        spans = np.empty(0)
+        if values is not None and values.null_count < len(values):
+            spans = values.to_numpy(zero_copy_only=False).astype(np.float64)[ok]
+            spans = spans[~np.isnan(spans)]
+        out[f"{stage}_p50_ms"], out[f"{stage}_p99_ms"] = _ms(spans, 50), _ms(spans, 99)
+    hit = measured["cache_hit"] if "cache_hit" in measured.column_names else None
+    looked = 0 if hit is None else len(hit) - hit.null_count
+    out["cache_hit_rate"] = (pc.sum(hit).as_py() or 0) / looked if looked else float("nan")
+    return out
+
+
+def _error_window(measured: pa.Table, status: np.ndarray, start_ns: int | None) -> dict:
+    """When (s after the cell's start, by intended time) the first and the last error or timeout were due:
+    a store that died and came back shows as errors between the two, and ok rows after the last."""
+    failed = (status == "error") | (status == "timeout")
+    if not failed.any() or not start_ns:
+        return {"first_error_s": float("nan"), "last_error_s": float("nan")}
+    intended = measured["intended_ns"].to_numpy(zero_copy_only=False)[failed]
+    return {"first_error_s": (int(intended.min()) - start_ns) / 1e9, "last_error_s": (int(intended.max()) - start_ns) / 1e9}
+
+
+def recovery_s(rows: pa.Table, lo_ns: int, hi_ns: int, steady_p99_ms: float, bucket_s: float = 1.0) -> float:
+    """Seconds from ``lo_ns`` until every later ``bucket_s`` window (by intended time) has no errors and a
+    p99 within 1.5x (at least +1 ms) of ``steady_p99_ms``; NaN if that never happens before ``hi_ns``."""
+    if not np.isfinite(steady_p99_ms) or hi_ns <= lo_ns:
+        return float("nan")
+    intended = rows["intended_ns"].to_numpy(zero_copy_only=False)
+    inside = (intended >= lo_ns) & (intended < hi_ns)
+    status = pc.cast(rows["status"], pa.string()).to_numpy(zero_copy_only=False)[inside]
+    latency = rows["latency_ns"].to_numpy(zero_copy_only=False)[inside].astype(np.float64) / 1e6
+    bucket = ((intended[inside] - lo_ns) // int(bucket_s * 1e9)).astype(np.int64)
+    limit = max(steady_p99_ms * 1.5, steady_p99_ms + 1.0)
+    n_buckets = int(np.ceil((hi_ns - lo_ns) / (bucket_s * 1e9)))
+    bad = np.zeros(n_buckets, dtype=bool)
+    for b in range(n_buckets):
+        here = bucket == b
+        if not here.any():
+            continue
+        failed = np.isin(status[here], ("error", "timeout", "dropped")).any()
+        timed = latency[here][status[here] == "ok"]
+        bad[b] = failed or (timed.size > 0 and np.percentile(timed, 99) > limit)
+    if not bad.any():
+        return 0.0
+    last_bad = int(np.flatnonzero(bad)[-1])
+    return float("nan") if last_bad == n_buckets - 1 else (last_bad + 1) * bucket_s
 
 
 def add_scaling(summary: list[dict], scaling_keys: list[tuple]) -> None:
@@ -90,6 +151,26 @@ def add_scaling(summary: list[dict], scaling_keys: list[tuple]) -> None:
         else:
             row["scaling_qps_ratio"] = float("nan")
             row["scaling_efficiency"] = float("nan")
+
+
+def add_baseline(summary: list[dict], keys: list[str], baseline: str | None) -> None:
+    """Speedups of every cell vs the cell running ``baseline`` with the same other settings
+    (``keys[i]``: cell i's workload without ``system``). >1 means faster than the baseline."""
+    nan = float("nan")
+    base = {key: row for row, key in zip(summary, keys, strict=True) if baseline and row.get("system_name") == baseline}
+    for row, key in zip(summary, keys, strict=True):
+        ref = base.get(key)
+        if ref is None:
+            row.update(speedup_p50_vs_baseline=nan, speedup_p99_vs_baseline=nan, qps_ratio_vs_baseline=nan,
+                       baseline=None)
+            continue
+        row.update(baseline=ref.get("system"), speedup_p50_vs_baseline=_ratio(ref["p50_ms"], row["p50_ms"]),
+                   speedup_p99_vs_baseline=_ratio(ref["p99_ms"], row["p99_ms"]),
+                   qps_ratio_vs_baseline=_ratio(row["achieved_qps"], ref["achieved_qps"]))
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and b > 0 and not np.isnan(b) else float("nan")
 
 
 def scaling_curves(summary: list[dict]) -> list[list[dict]]:
@@ -111,6 +192,8 @@ def check_targets(summary: list[dict], targets) -> list[dict]:
     verdicts = []
     for target in targets:
         for row in summary:
+            if target.where and any(row.get(k) != v for k, v in target.where.items()):
+                continue
             value = row.get(target.metric, float("nan"))
             value = float("nan") if value is None else float(value)
             if target.max is not None:

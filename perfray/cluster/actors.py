@@ -7,7 +7,7 @@ import os
 import time
 
 from perfray.load.generator import LoadGenerator
-from perfray.load.targets import RayEndpoint, make_router
+from perfray.load.targets import RayEndpoint, SystemEndpoint, make_router
 from perfray.metrics.nvml import GpuSampler
 from perfray.metrics.recorder import MetricsRecorder
 from perfray.metrics.sinks import NullSink, RaySink, warn
@@ -21,13 +21,50 @@ class LoadActorBody:
         self.generator = LoadGenerator(actor)
         self.metrics = MetricsRecorder(RaySink() if metrics else NullSink(), run_id, actor)
         self.cell = -1
+        self.system, self._system_key, self._endpoint = None, None, None
 
-    async def run_cell(self, plan, pool, gpu_handles: list, topology: str) -> dict:
-        router = make_router(topology, [RayEndpoint(h) for h in gpu_handles])
+    async def run_cell(self, plan, pool, gpu_handles: list, topology: str, system=None, catalogue=None) -> dict:
+        """Run this actor's share of a cell against the GPU actors or, given a SystemPlan, a database system."""
+        if system is None:
+            target = make_router(topology, [RayEndpoint(h) for h in gpu_handles])
+        else:
+            target = self._system_endpoint(system, catalogue, gpu_handles)
         self.cell = plan.cell
         if self.metrics is not None:
             self.metrics.cell_started(plan.cell, plan.extra.get("target_qps", 0.0) / plan.n_actors)
-        return await self.generator.run_cell(plan, pool, router)
+        return await self.generator.run_cell(plan, pool, target)
+
+    def _system_endpoint(self, plan, catalogue, gpu_handles: list) -> SystemEndpoint:
+        """This actor's own client of the system, kept across cells while the plan stays the same."""
+        if plan.key != self._system_key:
+            self.close_system()
+            from perfray.config import Workload
+            from perfray.sut.session import make_system
+            from perfray.systems_config import StoresSpec
+
+            workload = Workload.model_validate(plan.workload)
+            system = make_system(plan.name, workload, StoresSpec.model_validate(plan.stores))
+            system.connect()
+            system.prepare(catalogue, gpu_handles)
+            self.system, self._system_key = system, plan.key
+            self._endpoint = SystemEndpoint(system, workload.load.concurrency)
+        return self._endpoint
+
+    def close_system(self) -> None:
+        if self._endpoint is not None:
+            self._endpoint.close()
+        if self.system is not None:
+            self.system.close()
+        self.system, self._system_key, self._endpoint = None, None, None
+
+    async def prime_system(self, plan, catalogue, gpu_handles: list, queries, k: int, rounds: int = 3) -> int:
+        """Connect and send a few requests (connections, prepared statements, caches) before a cell."""
+        endpoint = self._system_endpoint(plan, catalogue, gpu_handles)
+        import numpy as np
+
+        for i in range(rounds):
+            await endpoint.submit(queries[i % len(queries)][None, :], k, np.array([i]))
+        return rounds
 
     async def prime(self, gpu_handles: list, queries, k: int, rounds: int = 3) -> int:
         """Warm the path to every GPU actor (connections, first-call costs) before load is measured."""
@@ -42,6 +79,8 @@ class LoadActorBody:
         if self.metrics is not None:
             try:
                 self.metrics.rows(batch, self.cell, self.generator.in_flight)
+                if self.system is not None:
+                    self.metrics.pools(self.system.pool_stats())
             except Exception as err:  # live metrics never cost a recorded row
                 warn(f"live metrics stopped on load actor {self.generator.actor}: {type(err).__name__}: {err}")
                 self.metrics = None

@@ -119,7 +119,7 @@ class LoadGenerator:
             rec.sent(a, b, sent, batch_id, q_index.size)
             lateness_ns.append(sent - due)
             try:
-                reply = target.submit(queries, k_max)  # the request leaves now; the reply is awaited below
+                reply = target.submit(queries, k_max, q_index)  # leaves now; the reply is awaited below
             except Exception as exc:
                 rec.finish(a, b, "error", done_ns=self.clock.now_ns(), error=type(exc).__name__)
                 continue
@@ -149,9 +149,12 @@ class LoadGenerator:
             if result is None:
                 rec.finish(a, b, "ok", done_ns=done)
             else:
-                ids, _dists, endpoint = result
-                rec.finish(a, b, "ok", done_ns=done, endpoint=endpoint,
-                           recall=_request_recall(rec, a, b, ids, q_index, pool))
+                ids, _dists, endpoint, *extra = result  # a multi-store system adds its stage spans
+                stages = dict(extra[0]) if extra and extra[0] else None
+                if stages and "done_ns" in stages:  # stamped where the reply arrived (a client thread)
+                    done = min(done, stages.pop("done_ns"))
+                recall = None if ids is None else _request_recall(rec, a, b, ids, q_index, pool)
+                rec.finish(a, b, "ok", done_ns=done, endpoint=endpoint, recall=recall, stages=stages)
         finally:
             in_flight["requests"] -= b - a
 

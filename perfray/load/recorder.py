@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from perfray.schema import REQUEST_SCHEMA, STATUS_CODE, STATUSES
+from perfray.schema import REQUEST_SCHEMA, STAGES, STATUS_CODE, STATUSES
 
 NULL_NS = 0
 
@@ -31,6 +31,8 @@ class Recorder:
         self.batch_queries = np.zeros(n, dtype=np.int32)
         self.endpoint = np.full(n, -1, dtype=np.int16)
         self.recall = np.full(n, np.nan, dtype=np.float32)
+        self.stage_ns = {name: np.full(n, -1, dtype=np.int64) for name in STAGES}
+        self.cache_hit = np.full(n, -1, dtype=np.int8)
         self.error_names: list[str] = []
         self._final: list[tuple[int, int]] = []
         self.counts = dict.fromkeys(STATUSES[1:], 0)
@@ -53,8 +55,9 @@ class Recorder:
         self.batch_queries[a:b] = n_queries
 
     def finish(self, a: int, b: int, status: str, done_ns: int = NULL_NS, endpoint: int = -1,
-               recall: np.ndarray | None = None, error: str | None = None) -> None:
-        """Give rows ``[a, b)`` their final status; from here on they are drained."""
+               recall: np.ndarray | None = None, error: str | None = None, stages: dict | None = None) -> None:
+        """Give rows ``[a, b)`` their final status; from here on they are drained. ``stages`` holds the
+        call's per-stage spans (``vector_ns`` …) and ``cache_hit``, when the system reports them."""
         self.status[a:b] = STATUS_CODE[status]
         self.done_ns[a:b] = done_ns
         self.endpoint[a:b] = endpoint
@@ -64,6 +67,12 @@ class Recorder:
             if error not in self.error_names:
                 self.error_names.append(error)
             self.error[a:b] = self.error_names.index(error)
+        if stages:
+            for name, value in stages.items():
+                if name == "cache_hit":
+                    self.cache_hit[a:b] = int(value)
+                elif value is not None:
+                    self.stage_ns[name][a:b] = value
         self.counts[status] += b - a
         self._final.append((a, b))
 
@@ -120,5 +129,7 @@ class Recorder:
             pa.array(self.batch_queries[idx], mask=no_sent),
             pa.array(self.endpoint[idx], mask=no_sent),
             pa.array(recall, mask=np.isnan(recall)),
+            *(pa.array(self.stage_ns[name][idx], mask=self.stage_ns[name][idx] < 0) for name in STAGES),
+            pa.array(self.cache_hit[idx] == 1, mask=self.cache_hit[idx] < 0),
         ]
         return pa.RecordBatch.from_arrays(columns, schema=REQUEST_SCHEMA)

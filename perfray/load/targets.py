@@ -1,6 +1,6 @@
 """Where a load generator sends micro-batches: search endpoints behind a replicated or sharded router.
 
-``submit(queries, k)`` sends at once and returns an awaitable reply, so the generator's ``sent_ns`` is the
+``submit(queries, k, rows)`` (``rows``: the queries' pool rows) sends at once and returns an awaitable reply, so the generator's ``sent_ns`` is the
 moment the request left, not when some task got scheduled. An endpoint says which of its exceptions mean it
 is gone for good (``fatal_errors``), so routers never look at what kind of endpoint they hold.
 """
@@ -11,6 +11,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from perfray.backends.base import merge_topk
+from perfray.timing import Clock
 
 
 class ThreadEndpoint:
@@ -22,11 +23,45 @@ class ThreadEndpoint:
         self.worker = worker
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="perfray-search")
 
-    def submit(self, queries, k):
+    def submit(self, queries, k, rows=None):
         return asyncio.get_running_loop().run_in_executor(self._pool, self.worker.search, queries, k)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+
+
+class SystemEndpoint:
+    """A database system's client in this load actor: each batch runs on one of ``concurrency`` client
+    threads (the client's connection pool is the system's concern). Replies carry the stage spans and
+    ``done_ns``, stamped by the client thread when the call returned: handing the reply back to the event
+    loop (a wake-up, and the GIL) is perfray's time, not the system's."""
+
+    fatal_errors: tuple[type[BaseException], ...] = ()
+
+    def __init__(self, system, concurrency: int) -> None:
+        self.system = system
+        self.clock = Clock()
+        self._async = bool(getattr(system, "async_native", False))
+        self._pool = None if self._async else ThreadPoolExecutor(max_workers=concurrency,
+                                                                  thread_name_prefix="perfray-client")
+
+    def submit(self, queries, k, rows=None):
+        if self._async:  # the request is started now, on this loop
+            return asyncio.ensure_future(self._call_async(queries, k, rows))
+        return asyncio.get_running_loop().run_in_executor(self._pool, self._call, queries, k, rows)
+
+    async def _call_async(self, queries, k, rows):
+        answer = await self.system.execute_async(queries, k, rows)
+        return answer.ids, None, 0, answer.stages
+
+    def _call(self, queries, k, rows):
+        answer = self.system.execute(queries, k, rows)
+        done_ns = self.clock.now_ns()
+        return answer.ids, None, 0, {**(answer.stages or {}), "done_ns": done_ns}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
 
 class RayEndpoint:
@@ -38,7 +73,7 @@ class RayEndpoint:
         self.handle = handle
         self.fatal_errors = (RayActorError,)
 
-    def submit(self, queries, k):
+    def submit(self, queries, k, rows=None):
         return self.handle.search.remote(queries, k)
 
 
@@ -55,13 +90,13 @@ class ReplicatedRouter:
         self.dead: set[int] = set()
         self._next = 0
 
-    def submit(self, queries, k):
+    def submit(self, queries, k, rows=None):
         live = [i for i in range(len(self.endpoints)) if i not in self.dead]
         if not live:
             raise NoLiveEndpoint("every search replica has died")
         self._next = (self._next + 1) % len(self.endpoints)
         pick = min(live, key=lambda i: (self.in_flight[i], (i - self._next) % len(self.endpoints)))
-        reply = self.endpoints[pick].submit(queries, k)
+        reply = self.endpoints[pick].submit(queries, k, rows)
         self.in_flight[pick] += 1
         return self._reply(pick, reply)
 
@@ -83,8 +118,8 @@ class ShardedRouter:
     def __init__(self, endpoints: list) -> None:
         self.endpoints = list(endpoints)
 
-    def submit(self, queries, k):
-        return self._merge([endpoint.submit(queries, k) for endpoint in self.endpoints], k)
+    def submit(self, queries, k, rows=None):
+        return self._merge([endpoint.submit(queries, k, rows) for endpoint in self.endpoints], k)
 
     async def _merge(self, replies: list, k: int):
         parts = await asyncio.gather(*replies)

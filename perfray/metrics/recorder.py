@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def _codes(batch: pa.RecordBatch, name: str) -> tuple[np.ndarray, list[str]]:
@@ -58,3 +59,16 @@ class MetricsRecorder:
         _, first = np.unique(batch_ids, return_index=True)
         self.sink.observe("perfray_batch_size", sizes[first], cell_tags)
         self.sink.set("perfray_achieved_qps", float((status == "ok").sum()) / elapsed, actor_tags)
+        if "cache_hit" in batch.schema.names:
+            hit = batch.column("cache_hit")
+            if hit.null_count < batch.num_rows:  # null: the system has no cache
+                self.sink.inc("perfray_cache_lookups", batch.num_rows - hit.null_count, cell_tags)
+                self.sink.inc("perfray_cache_hits", int(pc.sum(hit).as_py() or 0), cell_tags)
+
+    def pools(self, stats: dict[str, dict[str, int]]) -> None:
+        """Connection-pool gauges of this actor's clients, per store and state."""
+        for store, states in stats.items():
+            for state in ("active", "idle"):
+                if state in states:
+                    self.sink.set("perfray_pool_connections", states[state],
+                                  {"run": self.run, "actor": str(self.actor), "store": store, "state": state})

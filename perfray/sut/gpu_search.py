@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from perfray.backends import create_backend
+from perfray.sut.base import SystemUnderTest
 
 
 class GpuSearchWorker:
@@ -85,3 +86,38 @@ def shard_bounds(n: int, shard: int, n_shards: int) -> tuple[int, int]:
     if not 0 <= shard < n_shards:
         raise ValueError(f"shard {shard} is outside 0..{n_shards - 1}")
     return n * shard // n_shards, n * (shard + 1) // n_shards
+
+
+class GpuActorsVector:
+    """The vector stage of a multi-store pipeline: the sweep's GPU search actors (a blocking call per
+    request, round-robin over replicas or merged over shards), or, without Ray, a worker in this process."""
+
+    def __init__(self, handles: list | None, base: np.ndarray, topology: str = "replicated") -> None:
+        self.handles, self.topology = list(handles or []), topology
+        self._next = 0
+        self.local = None
+        if not self.handles:
+            self.local = GpuSearchWorker("auto")
+            self.local.build(base)
+
+    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
+        if self.local is not None:
+            return self.local.search(queries, k)[0]
+        import ray
+
+        from perfray.backends.base import merge_topk
+
+        if self.topology == "sharded":
+            parts = ray.get([h.search.remote(queries, k) for h in self.handles])
+            return merge_topk(parts, k)[0]
+        self._next = (self._next + 1) % len(self.handles)
+        return ray.get(self.handles[self._next].search.remote(queries, k))[0]
+
+
+class GpuSearchSystem(SystemUnderTest):
+    """Micro-batched search on the GPU actors: load actors route batches to them (no client of their own)."""
+
+    name = "gpu_search"
+    supported_ops = frozenset({"knn"})
+    needs_gpu_actors = True
+    micro_batched = True

@@ -41,7 +41,7 @@ class StallingServer:
         self.stall_at_ns = stall_at_ns
         self.stalled_window = None
 
-    def submit(self, queries, k):
+    def submit(self, queries, k, rows=None):
         return self._serve()
 
     async def _serve(self):
@@ -90,7 +90,7 @@ def test_timeouts_and_errors_become_rows_with_their_class():
     assert np.median(table["latency_ns"].to_numpy() / 1e6) == pytest.approx(20, abs=5)
 
     class Broken:
-        def submit(self, queries, k):
+        def submit(self, queries, k, rows=None):
             return self._fail()
 
         async def _fail(self):

@@ -1,0 +1,98 @@
+"""The system-under-test protocol, and what every system shares.
+
+A system's constructor does no I/O; ``connect()`` opens clients (one line naming the store and URI if it
+cannot), ``load(catalogue)`` writes the catalogue idempotently, ``prepare(catalogue)`` attaches to it for
+serving, ``execute(queries, k, rows)`` answers one request (reading every result to the end) and
+``close()`` lets go. Shared code reads the class flags, never a system's name.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from perfray.errors import UnavailableError
+
+
+@dataclass
+class Answer:
+    """One request's result. ``ids``: the vector stage's top-k per query (recall is computed on them);
+    ``items``: what the user would get, per query; ``stages``: span ns per stage and ``cache_hit``."""
+
+    ids: np.ndarray | None = None
+    items: list[np.ndarray] | None = None
+    stages: dict | None = None
+
+
+class SystemUnderTest:
+    """Base class of every system: flags plus do-nothing defaults."""
+
+    name: ClassVar[str]
+    stores: ClassVar[tuple[str, ...]] = ()  # stores it connects to (keys of ``StoresSpec``)
+    thread_safe: ClassVar[bool] = True  # one instance may serve many client threads
+    supported_ops: ClassVar[frozenset[str]] = frozenset()
+    needs_gpu_actors: ClassVar[bool] = False
+    micro_batched: ClassVar[bool] = False  # True: load actors send micro-batches to GPU actors themselves
+    async_native: ClassVar[bool] = False  # True: ``execute_async`` runs on the load actor's event loop
+
+    def __init__(self, workload, stores) -> None:
+        self.workload, self.stores_spec = workload, stores
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return True
+
+    def label(self) -> str:
+        """How reports name it (e.g. "Milvus Lite (embedded)")."""
+        return self.name
+
+    def connect(self) -> None: ...
+
+    def load(self, catalogue, progress=None) -> dict:
+        return {}
+
+    def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
+        self.catalogue = catalogue
+
+    def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
+        raise NotImplementedError
+
+    def pool_stats(self) -> dict[str, dict[str, int]]:
+        """Connection-pool gauges per store: {store: {"active": n, "idle": n}}."""
+        return {}
+
+    def close(self) -> None: ...
+
+
+def unavailable(store: str, uri: str, err: BaseException) -> UnavailableError:
+    """The one-line error for a store that cannot be reached."""
+    detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    return UnavailableError(f"{store} at {uri} is not reachable ({detail}); start it or fix stores.{store}")
+
+
+@contextmanager
+def span(stages: dict, name: str):
+    """Time a block into ``stages[name]`` (ns)."""
+    started = time.perf_counter_ns()
+    try:
+        yield
+    finally:
+        stages[name] = time.perf_counter_ns() - started
+
+
+def seed_items(catalogue, rows: np.ndarray, count: int) -> np.ndarray:
+    """Items a graph or policy request starts from when no vector stage chose them: fixed per query row."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return (rows[:, None] * 104_729 + np.arange(count) * 7_919) % catalogue.n_items
+
+
+def env_secret(name: str) -> str | None:
+    """A credential from the environment (never from config, never written anywhere)."""
+    import os
+
+    value = os.environ.get(name)
+    return value or None

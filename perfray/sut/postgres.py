@@ -1,0 +1,150 @@
+"""PostgreSQL, the policy store (psycopg 3 + psycopg_pool): items with scores, per-user genre policies, and
+the query that ranks a user's candidate items under their policies."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from perfray.sut.base import Answer, SystemUnderTest, env_secret, seed_items, span, unavailable
+
+RANK_SQL = """
+SELECT i.id FROM perfray_items i
+JOIN perfray_policies p ON p.user_id = %(user)s AND p.genre = i.genre
+WHERE i.id = ANY(%(ids)s) AND p.weight > 0
+ORDER BY i.popularity * p.weight DESC, i.id
+LIMIT %(k)s
+"""
+
+SCHEMA_SQL = """
+DROP TABLE IF EXISTS perfray_items, perfray_policies, perfray_meta;
+CREATE TABLE perfray_meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE perfray_items (id bigint PRIMARY KEY, genre int NOT NULL, popularity real NOT NULL);
+CREATE TABLE perfray_policies (user_id int NOT NULL, genre int NOT NULL, weight real NOT NULL,
+                               PRIMARY KEY (user_id, genre));
+"""
+
+
+class PostgresStore:
+    """A connection pool on the policy database."""
+
+    def __init__(self, spec, pool_max: int) -> None:
+        self.spec, self.pool_max = spec, pool_max
+        self.pool = None
+
+    @property
+    def uri(self) -> str:
+        return self.spec.uri
+
+    def connect(self) -> None:
+        import psycopg
+        from psycopg_pool import ConnectionPool, PoolTimeout
+
+        s = self.spec
+        kwargs = {"host": s.host, "port": s.port, "dbname": s.dbname, "connect_timeout": max(1, round(s.connect_timeout_s)),
+                  "autocommit": True}
+        if s.user:
+            kwargs["user"] = s.user
+        password = env_secret(s.password_env)
+        if password:
+            kwargs["password"] = password
+        self.pool = ConnectionPool(kwargs=kwargs, min_size=min(s.pool_min, self.pool_max), max_size=self.pool_max,
+                                   timeout=s.connect_timeout_s, reconnect_timeout=3600, open=False,
+                                   name="perfray-postgres")
+        try:
+            self.pool.open(wait=True, timeout=s.connect_timeout_s)
+            with self.pool.connection() as conn:
+                conn.execute("SELECT 1").fetchall()
+        except (PoolTimeout, psycopg.Error) as err:
+            self.close()
+            raise unavailable("postgres", self.uri, err) from None
+
+    def fingerprint(self) -> str | None:
+        with self.pool.connection() as conn:
+            exists = conn.execute("SELECT to_regclass('perfray_meta')").fetchone()[0]
+            if exists is None:
+                return None
+            row = conn.execute("SELECT value FROM perfray_meta WHERE key = 'catalogue'").fetchone()
+            return row[0] if row else None
+
+    def load(self, catalogue, progress=None) -> dict:
+        """Write items and policies in one transaction (a failed load leaves the old catalogue whole)."""
+        if self.fingerprint() == catalogue.fingerprint:
+            if progress is not None:
+                progress(catalogue.n_items)
+            return {"store": "postgres", "loaded": False, "items": catalogue.n_items}
+        users, genres = np.nonzero(np.ones_like(catalogue.policy_weight, dtype=bool))
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute(SCHEMA_SQL)
+            with conn.cursor() as cur:
+                with cur.copy("COPY perfray_items (id, genre, popularity) FROM STDIN") as copy:
+                    for row in zip(range(catalogue.n_items), catalogue.item_genre.tolist(),
+                                   catalogue.item_popularity.tolist(), strict=True):
+                        copy.write_row(row)
+                with cur.copy("COPY perfray_policies (user_id, genre, weight) FROM STDIN") as copy:
+                    for row in zip(users.tolist(), genres.tolist(),
+                                   catalogue.policy_weight[users, genres].tolist(), strict=True):
+                        copy.write_row(row)
+                cur.execute("INSERT INTO perfray_meta VALUES ('catalogue', %s)", (catalogue.fingerprint,))
+            conn.execute("ANALYZE perfray_items")
+            conn.execute("ANALYZE perfray_policies")
+        if progress is not None:
+            progress(catalogue.n_items)
+        return {"store": "postgres", "loaded": True, "items": catalogue.n_items, "policies": int(users.size)}
+
+    def rank(self, user: int, candidates: np.ndarray, k: int) -> np.ndarray:
+        """The user's top-k of ``candidates`` under their policies (the cursor is read to the end)."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(RANK_SQL, {"user": int(user), "ids": [int(c) for c in candidates], "k": int(k)},
+                                prepare=True).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def stats(self) -> dict[str, int]:
+        if self.pool is None:
+            return {}
+        s = self.pool.get_stats()
+        size, idle = s.get("pool_size", 0), s.get("pool_available", 0)
+        return {"active": size - idle, "idle": idle, "waiting": s.get("requests_waiting", 0)}
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+
+class PostgresSystem(SystemUnderTest):
+    """Policy ranking alone: each request ranks ``hybrid.candidates`` catalogue items for the query's user."""
+
+    name = "postgres"
+    stores = ("postgres",)
+    supported_ops = frozenset({"rank"})
+
+    @classmethod
+    def is_available(cls) -> bool:
+        try:
+            import psycopg_pool  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def connect(self) -> None:
+        pool_max = self.stores_spec.postgres.pool_max or self.workload.load.concurrency
+        self.store = PostgresStore(self.stores_spec.postgres, pool_max)
+        self.store.connect()
+
+    def load(self, catalogue, progress=None) -> dict:
+        return self.store.load(catalogue, progress)
+
+    def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
+        stages: dict = {}
+        candidates = seed_items(self.catalogue, rows, self.workload.hybrid.candidates)
+        users = self.catalogue.user_of(rows)
+        with span(stages, "policy_ns"):
+            items = [self.store.rank(u, c, k) for u, c in zip(users, candidates, strict=True)]
+        return Answer(items=items, stages=stages)
+
+    def pool_stats(self) -> dict[str, dict[str, int]]:
+        return {"postgres": self.store.stats()}
+
+    def close(self) -> None:
+        if hasattr(self, "store"):
+            self.store.close()

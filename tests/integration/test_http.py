@@ -1,0 +1,80 @@
+"""A deployed service over HTTP, driven like the stores: a real aiohttp server on loopback answers exact
+kNN on the catalogue's vectors; perfray's rows carry its answers' recall and its stalls as queueing."""
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from support import sweep_cli
+
+from perfray.services.process import free_port, wait_for_port
+
+
+@pytest.fixture
+def knn_service():
+    """POST {"vector", "k"} -> {"ids": exact top-k}; the dataset is the sweep's (same seed)."""
+    from aiohttp import web
+
+    from perfray.config import SyntheticDataset
+    from perfray.data import load_dataset
+
+    base = load_dataset(SyntheticDataset(n=2000, dim=16, n_queries=50, clusters=32, seed=7)).base
+    norms = (base * base).sum(1)
+    port = free_port()
+    state = {"stall_until": 0.0, "requests": 0}
+
+    async def search(request):
+        body = await request.json()
+        state["requests"] += 1
+        while time.monotonic() < state["stall_until"]:
+            await asyncio.sleep(0.005)
+        q = np.asarray(body["vector"], dtype=np.float32)
+        d = norms - 2 * base @ q
+        ids = np.lexsort((np.arange(d.size), d))[: body["k"]]
+        return web.json_response({"ids": ids.tolist()})
+
+    async def head(request):
+        return web.Response()
+
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_post("/search", search)
+    app.router.add_route("HEAD", "/search", head)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    wait_for_port(port, 10, "test service")
+    yield f"http://127.0.0.1:{port}/search", state
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+def test_http_service_rows_have_recall_and_stalls_show_as_queueing(tmp_path, knn_service):
+    url, state = knn_service
+
+    def stall():  # once load is flowing, hold every answer for 300 ms
+        deadline = time.monotonic() + 120
+        while state["requests"] < 60 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        state["stall_until"] = time.monotonic() + 0.3
+
+    threading.Thread(target=stall, daemon=True).start()
+    out = sweep_cli("--config", "configs/smoke.yaml", "--results-dir", str(tmp_path), "--run-id", "http",
+                    "--set", "system=http", "--set", f"stores.http.url={url}", "--set", "dataset.n=2000",
+                    "--set", "dataset.dim=16", "--set", "dataset.n_queries=50", "--set", "load.target_qps=100",
+                    "--set", "load.duration_s=3", "--set", "load.warmup_s=0.5", "--set", "batch_window_ms=0",
+                    "--set", "batch_max=1", "--set", "microbench.enabled=false", "--set", "sweep={}",
+                    "--set", "targets=[{metric: recall_mean, min: 0.999}]", timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = pq.read_table(tmp_path / "http" / "requests").to_pandas()
+    assert (rows.status == "ok").all() and (rows.recall == 1.0).all()
+    # open loop: requests due during the stall were still sent on time and waited
+    assert rows.schedule_lag_ns.quantile(0.99) < 50e6
+    assert rows.latency_ns.max() > 250e6 and (rows.latency_ns > 100e6).sum() >= 10
+    summary = pq.read_table(tmp_path / "http" / "summary.parquet").to_pylist()[0]
+    assert summary["system"] == f"HTTP {url}"

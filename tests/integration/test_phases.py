@@ -1,0 +1,82 @@
+"""The test plan's phases, run as a user runs them (CLI, embedded Ray) against the real servers, scaled down."""
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from support import manifest, sweep_cli
+
+SMALL = ["--set", "dataset.n=3000", "--set", "dataset.dim=16", "--set", "dataset.clusters=16",
+         "--set", "dataset.n_queries=40", "--set", "load.duration_s=3", "--set", "load.warmup_s=1",
+         "--set", "load.target_qps=40", "--set", "load.actors=1", "--set", "load.concurrency=4",
+         "--set", "search.n_gpus=1", "--set", "microbench.enabled=false"]
+
+
+def _run(tmp_path, config, run_id, store_args, *extra):
+    out = sweep_cli("--config", f"configs/phases/{config}", "--results-dir", str(tmp_path), "--run-id", run_id,
+                    *SMALL, *store_args, *extra, timeout=400)
+    return out, tmp_path / run_id
+
+
+def test_phase2_vector_then_graph(tmp_path, store_args):
+    out, run = _run(tmp_path, "2-hybrid-vector-graph.yaml", "p2", store_args, "--set", "hybrid.hops=2",
+                    "--set", "targets=[{metric: recall_mean, min: 0.999}, {metric: error_rate, max: 0.01}]")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = pq.read_table(run / "requests")
+    assert rows.num_rows > 100 and pc.all(pc.equal(pc.cast(rows["status"], "string"), "ok")).as_py()
+    for stage in ("vector_ns", "graph_ns"):
+        assert rows[stage].null_count == 0 and pc.min(rows[stage]).as_py() > 0
+    assert rows["policy_ns"].null_count == rows.num_rows  # phase 2 has no policy stage
+    # stages happen inside the request: their sum is at most its service time
+    inside = pc.less_equal(pc.add(rows["vector_ns"], rows["graph_ns"]), rows["service_ns"])
+    assert pc.all(inside).as_py()
+    assert pc.min(rows["recall"]).as_py() == 1.0
+    summary = pq.read_table(run / "summary.parquet").to_pylist()[0]
+    assert summary["system"] == "hybrid: GPU search → Neo4j" and summary["hops"] == 2
+    assert 0 < summary["vector_p50_ms"] < summary["p99_ms"] and summary["graph_p50_ms"] > 0
+    assert summary["policy_p50_ms"] != summary["policy_p50_ms"]  # NaN: no such stage
+    assert manifest(run)["cells"][0]["system"]["label"] == summary["system"]
+
+
+def test_phase3_full_stack_with_and_without_cache(tmp_path, store_args):
+    out, run = _run(tmp_path, "3-full-stack.yaml", "p3", store_args, "--set", "dataset.n_queries=10",
+                    "--set", "targets=[{metric: error_rate, max: 0.01}]")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = {r["cell"]: r for r in pq.read_table(run / "summary.parquet").to_pylist()}
+    plain, cached = summary[0], summary[1]
+    assert plain["cache"] is False and cached["cache"] is True
+    assert plain["policy_p50_ms"] > 0 and plain["graph_p50_ms"] > 0 and plain["recall_mean"] == 1.0
+    assert plain["cache_hit_rate"] != plain["cache_hit_rate"]  # NaN: no cache in that cell
+    # 10 distinct queries: after each has been seen once (priming included), every request is a hit
+    assert cached["cache_hit_rate"] > 0.9 and cached["recall_mean"] == 1.0
+    rows = pq.read_table(run / "requests/cell-0001").to_pandas()
+    hits = rows[rows.cache_hit == True]  # noqa: E712
+    assert hits.vector_ns.isna().all() and hits.graph_ns.isna().all()
+    assert cached["p50_ms"] < plain["p50_ms"]
+    report = (run / "report.md").read_text()
+    assert "## Systems and stages" in report and "stage_breakdown.png" in report
+    assert (run / "stage_breakdown.png").stat().st_size > 1000
+
+
+def test_phase6_hybrid_vs_neo4j_only(tmp_path, store_args):
+    out, run = _run(tmp_path, "6-neo4j-baseline.yaml", "p6", store_args, "--set", "load.target_qps=20",
+                    "--set", "targets=[{metric: error_rate, max: 0.01}]")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = {r["system_name"]: r for r in pq.read_table(run / "summary.parquet").to_pylist()}
+    hybrid, neo = summary["hybrid"], summary["neo4j_baseline"]
+    assert neo["system"] == "Neo4j only (vector index + graph + policy)" and hybrid["baseline"] == neo["system"]
+    assert abs(hybrid["speedup_p99_vs_baseline"] - neo["p99_ms"] / hybrid["p99_ms"]) < 1e-9
+    assert abs(hybrid["speedup_p50_vs_baseline"] - neo["p50_ms"] / hybrid["p50_ms"]) < 1e-9
+    assert hybrid["qps_ratio_vs_baseline"] > 0
+    assert neo["speedup_p99_vs_baseline"] == 1.0
+    assert hybrid["recall_mean"] == 1.0 and 0.3 < neo["recall_mean"] <= 1.0  # HNSW: measured, not assumed
+    assert "speedup" in (run / "report.md").read_text()
+
+
+def test_phase1_on_milvus_lite_is_labelled_embedded(tmp_path, store_args):
+    out, run = _run(tmp_path, "1-vector-isolation.yaml", "p1m", store_args, "--set", "system=milvus",
+                    "--set", "load.target_qps=5", "--set", "batch_window_ms=0", "--set", "batch_max=1",
+                    "--set", "targets=[{metric: recall_mean, min: 0.999}]")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = pq.read_table(run / "summary.parquet").to_pylist()[0]
+    assert summary["system"] == "Milvus Lite (embedded)" and summary["recall_mean"] == 1.0
+    assert summary["ok"] > 5 and summary["vector_p50_ms"] > 0
+    assert "Milvus Lite (embedded)" in (run / "report.md").read_text()

@@ -1,0 +1,131 @@
+"""Each store's client against a real server: answers equal the catalogue's reference, loads are
+idempotent, and a store that is not there is one line naming it."""
+
+import numpy as np
+import pytest
+
+from perfray.config import Workload
+from perfray.data import load_dataset
+from perfray.data.catalogue import build_catalogue, expand, rank
+from perfray.data.groundtruth import ground_truth
+from perfray.errors import UnavailableError
+from perfray.sut.base import seed_items
+from perfray.sut.session import make_system
+from perfray.systems_config import StoresSpec
+
+WORKLOAD = Workload.model_validate({"system": "hybrid", "dataset": {"kind": "synthetic", "n": 3000, "dim": 16,
+                                                                    "n_queries": 100, "seed": 7}})
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    return build_catalogue(load_dataset(WORKLOAD.dataset), WORKLOAD.catalogue)
+
+
+def _system(name, stores, catalogue, workload=WORKLOAD):
+    system = make_system(name, workload.model_copy(update={"system": name}), stores)
+    system.connect()
+    system.load(catalogue)
+    system.prepare(catalogue)
+    return system
+
+
+def test_postgres_ranks_like_the_reference_and_loads_once(stores_spec, catalogue):
+    system = _system("postgres", stores_spec, catalogue)
+    try:
+        assert system.load(catalogue)["loaded"] is False  # same fingerprint: nothing rewritten
+        rows = np.arange(30)
+        for row, candidates in zip(rows, seed_items(catalogue, rows, 40), strict=True):
+            user = int(catalogue.user_of(np.array([row]))[0])
+            got = system.store.rank(user, candidates, 10)
+            assert got.tolist() == rank(catalogue, user, candidates, 10).tolist()
+        answer = system.execute(catalogue.dataset.queries[:1], 10, np.array([0]))
+        assert answer.stages["policy_ns"] > 0 and len(answer.items[0]) <= 10
+        assert set(system.pool_stats()["postgres"]) >= {"active", "idle"}
+    finally:
+        system.close()
+
+
+@pytest.mark.parametrize("hops", [1, 2, 3])
+def test_neo4j_expands_like_the_reference(stores_spec, catalogue, hops):
+    system = _system("neo4j", stores_spec, catalogue)
+    try:
+        for seeds in seed_items(catalogue, np.arange(10), 3):
+            got = system.store.expand(seeds, hops, 100_000)
+            assert got.tolist() == expand(catalogue, seeds, hops).tolist()
+        limited = system.store.expand(seed_items(catalogue, np.array([1]), 3)[0], 3, 5)
+        assert limited.tolist() == expand(catalogue, seed_items(catalogue, np.array([1]), 3)[0], 3)[:5].tolist()
+    finally:
+        system.close()
+
+
+def _reference(catalogue, row, candidates, spec, k=10):
+    """The hybrid steps on the catalogue in memory: candidates + expansion of the best seeds, ranked."""
+    near = np.union1d(candidates, expand(catalogue, candidates[: spec.seeds], spec.hops)[: spec.expand_limit])
+    return rank(catalogue, int(catalogue.user_of(np.array([row]))[0]), near, k).tolist()
+
+
+def test_hybrid_and_neo4j_baseline_follow_the_same_steps(stores_spec, catalogue, tmp_path):
+    hybrid = _system("hybrid", stores_spec, catalogue)
+    baseline = _system("neo4j_baseline", stores_spec, catalogue)
+    spec = WORKLOAD.hybrid
+    gt_ids, _ = ground_truth(catalogue.dataset, spec.candidates, tmp_path)
+    try:
+        overlap = []
+        for row in range(20):
+            q = catalogue.dataset.queries[row:row + 1]
+            h = hybrid.execute(q, 10, np.array([row]))
+            assert h.ids[0].tolist() == gt_ids[row, :10].tolist()  # exact vector stage
+            assert set(h.stages) == {"vector_ns", "graph_ns", "policy_ns"} and min(h.stages.values()) > 0
+            assert h.items[0].tolist() == _reference(catalogue, row, gt_ids[row, : spec.candidates], spec)
+            # Neo4j-only: its own (approximate, HNSW) vector hits, then the same expansion and ranking
+            user = int(catalogue.user_of(np.array([row]))[0])
+            hits, ranked = baseline.store.baseline(q[0], user, spec, 10)
+            assert ranked.tolist() == _reference(catalogue, row, hits, spec)
+            overlap.append(len(set(hits.tolist()) & set(gt_ids[row, : spec.candidates].tolist())) / spec.candidates)
+            b = baseline.execute(q, 10, np.array([row]))
+            assert b.ids[0].tolist() == hits[:10].tolist() and b.stages["vector_ns"] > 0
+        # HNSW recall@20 is well above chance here, and not perfect: the baseline's recall is measured, not assumed
+        assert 0.5 < float(np.mean(overlap)) <= 1.0
+    finally:
+        hybrid.close()
+        baseline.close()
+
+
+def test_hybrid_cache_answers_repeats_without_the_stores(stores_spec, catalogue):
+    workload = WORKLOAD.model_copy(update={"hybrid": WORKLOAD.hybrid.model_copy(update={"cache": True})})
+    system = _system("hybrid", stores_spec, catalogue, workload)
+    try:
+        q = catalogue.dataset.queries[5:6]
+        first, second = system.execute(q, 10, np.array([5])), system.execute(q, 10, np.array([5]))
+        assert first.stages["cache_hit"] is False and second.stages == {"cache_hit": True}
+        assert second.items[0].tolist() == first.items[0].tolist()
+        assert system.cache_stats() == {"hits": 1, "lookups": 2}
+    finally:
+        system.close()
+
+
+def test_milvus_lite_flat_search_is_exact(stores_spec, catalogue, tmp_path):
+    system = _system("milvus", stores_spec, catalogue)
+    gt_ids, _ = ground_truth(catalogue.dataset, 10, tmp_path)
+    try:
+        assert system.label() == "Milvus Lite (embedded)"
+        assert system.load(catalogue)["loaded"] is False
+        answer = system.execute(catalogue.dataset.queries[:8], 10, np.arange(8))
+        assert answer.ids.tolist() == gt_ids[:8, :10].tolist()
+    finally:
+        system.close()
+
+
+@pytest.mark.parametrize("name", ["postgres", "neo4j"])
+def test_a_store_that_is_down_is_one_line_naming_it(name):
+    from perfray.services.process import free_port
+
+    port = free_port()
+    stores = StoresSpec(postgres={"port": port, "connect_timeout_s": 1}, neo4j={"uri": f"bolt://127.0.0.1:{port}",
+                                                                               "connect_timeout_s": 1})
+    system = make_system(name, WORKLOAD.model_copy(update={"system": name}), stores)
+    with pytest.raises(UnavailableError) as err:
+        system.connect()
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{name} at ") and str(port) in message
