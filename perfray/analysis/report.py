@@ -14,6 +14,7 @@ from perfray.analysis.summary import check_targets, scaling_curves
 from perfray.config import TargetSpec
 
 # The seed's service-level objectives: (metric, bound, goal, stretch, higher is better).
+MIN_SPEEDUP = 1.5  # the seed's "hybrid vs Neo4j-only" goal (same default as perfray compare)
 SLOS = (
     ("p99_ms", "p99 latency (ms)", 10.0, 8.7, False),
     ("achieved_qps", "sustained QPS", 7_000.0, 10_000.0, True),
@@ -76,14 +77,17 @@ def render(run: Run, figure_paths: list[Path]) -> str:
         lines += ["No targets configured."]
     lines += ["", "## Service-level objectives (goal / stretch)", "",
               "| cell | " + " | ".join(f"{title}: goal | stretch" for _, title, *_ in SLOS)
-              + " | GPU search busy | GPU util (NVML) |",
-              "|---|" + "---|---|" * len(SLOS) + "---|---|"]
+              + f" | p99 speedup vs baseline (goal {MIN_SPEEDUP:g}x) | GPU search busy | GPU util (NVML) |",
+              "|---|" + "---|---|" * len(SLOS) + "---|---|---|"]
     for row in run.summary:
         cells = []
         for metric, _, goal, stretch, higher in SLOS:
             value = row.get(metric)
             cells.append(f"{'✓' if _meets(value, goal, higher) else '✗'} {_fmt(value)}")
             cells.append("✓" if _meets(value, stretch, higher) else "✗")
+        speedup = row.get("speedup_p99_vs_baseline")
+        cells.append(f"{'✓' if _meets(speedup, MIN_SPEEDUP, True) else '✗'} {_fmt(speedup)}x"
+                     if _finite(speedup) and row.get("system_name") != row.get("baseline_name") else "–")
         busy, util = row.get("gpu_busy_mean"), row.get("gpu_util_mean")
         cells.append("–" if busy is None or math.isnan(busy) else f"{busy:.0%}")
         cells.append("–" if util is None or math.isnan(util) else f"{util:.0f}%")

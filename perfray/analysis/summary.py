@@ -162,9 +162,9 @@ def add_baseline(summary: list[dict], keys: list[str], baseline: str | None) -> 
         ref = base.get(key)
         if ref is None:
             row.update(speedup_p50_vs_baseline=nan, speedup_p99_vs_baseline=nan, qps_ratio_vs_baseline=nan,
-                       baseline=None)
+                       baseline=None, baseline_name=None)
             continue
-        row.update(baseline=ref.get("system"), speedup_p50_vs_baseline=_ratio(ref["p50_ms"], row["p50_ms"]),
+        row.update(baseline=ref.get("system"), baseline_name=baseline, speedup_p50_vs_baseline=_ratio(ref["p50_ms"], row["p50_ms"]),
                    speedup_p99_vs_baseline=_ratio(ref["p99_ms"], row["p99_ms"]),
                    qps_ratio_vs_baseline=_ratio(row["achieved_qps"], ref["achieved_qps"]))
 

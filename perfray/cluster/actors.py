@@ -32,7 +32,12 @@ class LoadActorBody:
         self.cell = plan.cell
         if self.metrics is not None:
             self.metrics.cell_started(plan.cell, plan.extra.get("target_qps", 0.0) / plan.n_actors)
-        return await self.generator.run_cell(plan, pool, target)
+        stats = await self.generator.run_cell(plan, pool, target)
+        if self.system is not None:  # client pools at the end of the cell, for the manifest
+            stats["pools"] = self.system.pool_stats()
+            cache = getattr(self.system, "cache_stats", None)
+            stats["cache"] = cache() if cache else None
+        return stats
 
     def _system_endpoint(self, plan, catalogue, gpu_handles: list) -> SystemEndpoint:
         """This actor's own client of the system, kept across cells while the plan stays the same."""

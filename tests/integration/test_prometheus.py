@@ -117,5 +117,6 @@ def test_cache_and_pool_panels_have_data_for_a_hybrid_run(prometheus, tmp_path, 
         assert any(has_data(base, t["expr"].replace("$run", "promhy"), start, end) for t in panels[title]["targets"]), title
     assert has_data(base, 'ray_perfray_pool_connections{run="promhy",store="postgres",state="idle"}', start, end)
     hit_rate = 'sum(ray_perfray_cache_hits_total{run="promhy"}) / sum(ray_perfray_cache_lookups_total{run="promhy"})'
-    answer = get(f"{base}/api/v1/query?{urllib.parse.urlencode({'query': hit_rate, 'time': end})}")
-    assert float(answer["data"]["result"][0]["value"][1]) > 0.8  # 20 distinct queries, ~360 requests
+    query = urllib.parse.urlencode({"query": hit_rate, "start": start, "end": end, "step": "1"})
+    series = get(f"{base}/api/v1/query_range?{query}")["data"]["result"]  # instant queries after the run see
+    assert float(series[0]["values"][-1][1]) > 0.8  # staleness markers; 20 distinct queries, ~360 requests
