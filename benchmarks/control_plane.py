@@ -27,6 +27,7 @@ def main() -> None:
                "--set", "dataset={kind: synthetic, n: 2000, dim: 16, n_queries: 200}",
                "--set", f"load.actors={args.load_actors}", "--set", "target_qps=200", "--set", "duration_s=2",
                "--set", "warmup_s=0.5", "--set", "microbench.enabled=false", "--set", "targets=[]",
+               "--set", "search.backend=numpy",
                "--set", "cluster.load_actor_cpus=0.1"]
         subprocess.run(cmd, check=False, timeout=1800)
         doc = json.loads((Path(tmp) / "cp" / "manifest.json").read_text())

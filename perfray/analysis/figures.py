@@ -206,15 +206,21 @@ def stage_breakdown(run: Run, out: Path) -> Path | None:
     fig, (ax50, ax99) = plt.subplots(1, 2, figsize=(13, 0.6 * len(rows) + 2.5), sharey=True)
     labels = [f"c{r['cell']}: {r.get('system', '')}"[:60] for r in rows]
     y = np.arange(len(rows))
-    for ax, q in ((ax50, "p50"), (ax99, "p99")):
-        left = np.zeros(len(rows))
-        for stage, color in zip(STAGES, ("tab:blue", "tab:orange", "tab:green"), strict=True):
-            width = np.nan_to_num([r.get(f"{stage}_{q}_ms", np.nan) for r in rows])
-            ax.barh(y, width, left=left, color=color, label=f"{stage} {q}")
-            left += width
+    colors = ("tab:blue", "tab:orange", "tab:green")
+    # p50: stacked (medians of sequential stages roughly add up); p99: side by side (tails do not add).
+    left = np.zeros(len(rows))
+    for stage, color in zip(STAGES, colors, strict=True):
+        width = np.nan_to_num([r.get(f"{stage}_p50_ms", np.nan) for r in rows])
+        ax50.barh(y, width, left=left, color=color, label=f"{stage} p50")
+        left += width
+    height = 0.8 / len(STAGES)
+    for i, (stage, color) in enumerate(zip(STAGES, colors, strict=True)):
+        width = np.nan_to_num([r.get(f"{stage}_p99_ms", np.nan) for r in rows])
+        ax99.barh(y - 0.4 + height * (i + 0.5), width, height=height, color=color, label=f"{stage} p99")
+    for ax, q, how in ((ax50, "p50", "stacked"), (ax99, "p99", "per stage")):
         ax.scatter([r[f"{q}_ms"] for r in rows], y, color="black", marker="|", s=300, zorder=3,
                    label=f"request latency {q}")
-        ax.set(xlabel="ms", title=f"Stage spans ({q}, stacked) vs request latency")
+        ax.set(xlabel="ms", title=f"Stage spans, {q} ({how}) vs request latency")
         ax.axvline(10, color="red", ls="--", lw=1)
         ax.legend(fontsize=7, loc="lower right")
     ax50.set_yticks(y, labels, fontsize=7)

@@ -151,8 +151,9 @@ class LoadGenerator:
             else:
                 ids, _dists, endpoint, *extra = result  # a multi-store system adds its stage spans
                 stages = dict(extra[0]) if extra and extra[0] else None
-                if stages and "done_ns" in stages:  # stamped where the reply arrived (a client thread)
+                if stages and "done_ns" in stages:  # stamped by the client thread around its call
                     done = min(done, stages.pop("done_ns"))
+                    rec.started(a, b, stages.pop("sent_ns"))
                 recall = None if ids is None else _request_recall(rec, a, b, ids, q_index, pool)
                 rec.finish(a, b, "ok", done_ns=done, endpoint=endpoint, recall=recall, stages=stages)
         finally:

@@ -54,6 +54,10 @@ class Recorder:
         self.batch_size[a:b] = b - a
         self.batch_queries[a:b] = n_queries
 
+    def started(self, a: int, b: int, sent_ns: int) -> None:
+        """When the system's client actually began the call (after perfray's hand-off to a client thread)."""
+        self.sent_ns[a:b] = np.maximum(self.sent_ns[a:b], sent_ns)
+
     def finish(self, a: int, b: int, status: str, done_ns: int = NULL_NS, endpoint: int = -1,
                recall: np.ndarray | None = None, error: str | None = None, stages: dict | None = None) -> None:
         """Give rows ``[a, b)`` their final status; from here on they are drained. ``stages`` holds the

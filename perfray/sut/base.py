@@ -38,13 +38,17 @@ class SystemUnderTest:
     needs_gpu_actors: ClassVar[bool] = False
     micro_batched: ClassVar[bool] = False  # True: load actors send micro-batches to GPU actors themselves
     async_native: ClassVar[bool] = False  # True: ``execute_async`` runs on the load actor's event loop
+    requires: ClassVar[tuple[str, ...]] = ()  # client modules (pip extras) it imports
 
     def __init__(self, workload, stores) -> None:
         self.workload, self.stores_spec = workload, stores
 
     @classmethod
     def is_available(cls) -> bool:
-        return True
+        """Whether its client libraries are installed (``requires``)."""
+        import importlib.util
+
+        return all(importlib.util.find_spec(module) is not None for module in cls.requires)
 
     def label(self) -> str:
         """How reports name it (e.g. "Milvus Lite (embedded)")."""
@@ -66,6 +70,32 @@ class SystemUnderTest:
         return {}
 
     def close(self) -> None: ...
+
+
+class StoreSystem(SystemUnderTest):
+    """A system served by one store client: ``make_store()`` builds it; loading, pool gauges and closing
+    go to that client."""
+
+    store = None
+
+    def make_store(self):
+        raise NotImplementedError  # each single-store system says which client it uses
+
+    def connect(self) -> None:
+        self.store = self.make_store()
+        self.store.connect()
+
+    def load(self, catalogue, progress=None) -> dict:
+        return self.store.load(catalogue, progress)
+
+    def pool_stats(self) -> dict[str, dict[str, int]]:
+        stats = getattr(self.store, "stats", None)
+        return {self.stores[0]: stats()} if stats else {}
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
 
 def unavailable(store: str, uri: str, err: BaseException) -> UnavailableError:

@@ -13,14 +13,7 @@ class HttpSystem(SystemUnderTest):
     stores = ("http",)
     supported_ops = frozenset({"knn", "hybrid"})
     async_native = True  # ``execute_async`` on the actor's loop; SystemEndpoint uses it instead of threads
-
-    @classmethod
-    def is_available(cls) -> bool:
-        try:
-            import aiohttp  # noqa: F401
-        except ImportError:
-            return False
-        return True
+    requires = ("aiohttp",)
 
     def label(self) -> str:
         return f"HTTP {self.stores_spec.http.url}"

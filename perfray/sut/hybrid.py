@@ -45,9 +45,10 @@ class HybridSystem(SystemUnderTest):
     name = "hybrid"
     supported_ops = frozenset({"hybrid"})
 
-    def __init__(self, workload, stores, milvus_uri: str | None = None) -> None:
+    requires = ("neo4j", "psycopg_pool")
+
+    def __init__(self, workload, stores) -> None:
         super().__init__(workload, stores)
-        self.milvus_uri = milvus_uri
         self.spec = workload.hybrid
         self.cache = ResultCache(self.spec.cache_entries) if self.spec.cache else None
 
@@ -60,15 +61,6 @@ class HybridSystem(SystemUnderTest):
     def needs_gpu_actors(self) -> bool:  # type: ignore[override]
         return self.spec.vector == "gpu_search"
 
-    @classmethod
-    def is_available(cls) -> bool:
-        try:
-            import neo4j  # noqa: F401
-            import psycopg_pool  # noqa: F401
-        except ImportError:
-            return False
-        return True
-
     def label(self) -> str:
         vector = "Milvus Lite (embedded)" if self.spec.vector == "milvus" and self.stores_spec.milvus.embedded else (
             "Milvus" if self.spec.vector == "milvus" else "GPU search")
@@ -80,7 +72,7 @@ class HybridSystem(SystemUnderTest):
         self.postgres = PostgresStore(self.stores_spec.postgres, self.stores_spec.postgres.pool_max or concurrency) \
             if self.spec.policy else None
         self.neo4j = Neo4jStore(self.stores_spec.neo4j, concurrency)
-        self.milvus = MilvusStore(self.stores_spec.milvus, self.milvus_uri) if self.spec.vector == "milvus" else None
+        self.milvus = MilvusStore(self.stores_spec.milvus) if self.spec.vector == "milvus" else None
         for store in (self.milvus, self.neo4j, self.postgres):
             if store is not None:
                 store.connect()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from perfray.sut.base import Answer, SystemUnderTest, env_secret, span, unavailable
+from perfray.sut.base import Answer, StoreSystem, env_secret, span, unavailable
 
 INSERT_BATCH = 5_000
 
@@ -13,10 +13,13 @@ INSERT_BATCH = 5_000
 class MilvusStore:
     """One MilvusClient on one collection of item vectors (id = catalogue item id)."""
 
-    def __init__(self, spec, uri: str | None = None) -> None:
+    def __init__(self, spec) -> None:
         self.spec = spec
-        self.uri = uri or spec.uri  # the driver may serve an embedded file from one process
         self.client = None
+
+    @property
+    def uri(self) -> str:
+        return self.spec.uri
 
     def connect(self) -> None:
         from pymilvus import MilvusClient
@@ -101,41 +104,22 @@ class MilvusStore:
             self.client = None
 
 
-class MilvusSystem(SystemUnderTest):
+class MilvusSystem(StoreSystem):
     """Vector search in Milvus; recall against exact ground truth."""
 
     name = "milvus"
     stores = ("milvus",)
     supported_ops = frozenset({"knn"})
-
-    def __init__(self, workload, stores, uri: str | None = None) -> None:
-        super().__init__(workload, stores)
-        self.uri = uri
-
-    @classmethod
-    def is_available(cls) -> bool:
-        try:
-            import pymilvus  # noqa: F401
-        except ImportError:
-            return False
-        return True
+    requires = ("pymilvus",)
 
     def label(self) -> str:
         return "Milvus Lite (embedded)" if self.stores_spec.milvus.embedded else "Milvus server"
 
-    def connect(self) -> None:
-        self.store = MilvusStore(self.stores_spec.milvus, self.uri)
-        self.store.connect()
-
-    def load(self, catalogue, progress=None) -> dict:
-        return self.store.load(catalogue, progress)
+    def make_store(self) -> MilvusStore:
+        return MilvusStore(self.stores_spec.milvus)
 
     def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
         stages: dict = {}
         with span(stages, "vector_ns"):
             ids = self.store.search(queries, k)
         return Answer(ids=ids, stages=stages)
-
-    def close(self) -> None:
-        if hasattr(self, "store"):
-            self.store.close()

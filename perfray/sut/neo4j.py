@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from perfray.sut.base import Answer, SystemUnderTest, env_secret, seed_items, span, unavailable
+from perfray.sut.base import Answer, StoreSystem, env_secret, seed_items, span, unavailable
 
 VECTOR_INDEX = "perfray_item_embedding"
 BATCH = 2_000
@@ -167,30 +167,12 @@ def _rows(catalogue, step: str) -> list:
     return [[int(u), int(g), float(c.policy_weight[u, g])] for u, g in zip(users, genres, strict=True)]
 
 
-class _Neo4jBase(SystemUnderTest):
+class _Neo4jBase(StoreSystem):
     stores = ("neo4j",)
+    requires = ("neo4j",)
 
-    @classmethod
-    def is_available(cls) -> bool:
-        try:
-            import neo4j  # noqa: F401
-        except ImportError:
-            return False
-        return True
-
-    def connect(self) -> None:
-        self.store = Neo4jStore(self.stores_spec.neo4j, self.workload.load.concurrency)
-        self.store.connect()
-
-    def load(self, catalogue, progress=None) -> dict:
-        return self.store.load(catalogue, progress)
-
-    def pool_stats(self) -> dict[str, dict[str, int]]:
-        return {"neo4j": self.store.stats()}
-
-    def close(self) -> None:
-        if hasattr(self, "store"):
-            self.store.close()
+    def make_store(self) -> Neo4jStore:
+        return Neo4jStore(self.stores_spec.neo4j, self.workload.load.concurrency)
 
 
 class Neo4jSystem(_Neo4jBase):

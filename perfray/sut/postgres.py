@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from perfray.sut.base import Answer, SystemUnderTest, env_secret, seed_items, span, unavailable
+from perfray.sut.base import Answer, StoreSystem, env_secret, seed_items, span, unavailable
 
 RANK_SQL = """
 SELECT i.id FROM perfray_items i
@@ -111,28 +111,16 @@ class PostgresStore:
             self.pool = None
 
 
-class PostgresSystem(SystemUnderTest):
+class PostgresSystem(StoreSystem):
     """Policy ranking alone: each request ranks ``hybrid.candidates`` catalogue items for the query's user."""
 
     name = "postgres"
     stores = ("postgres",)
     supported_ops = frozenset({"rank"})
+    requires = ("psycopg", "psycopg_pool")
 
-    @classmethod
-    def is_available(cls) -> bool:
-        try:
-            import psycopg_pool  # noqa: F401
-        except ImportError:
-            return False
-        return True
-
-    def connect(self) -> None:
-        pool_max = self.stores_spec.postgres.pool_max or self.workload.load.concurrency
-        self.store = PostgresStore(self.stores_spec.postgres, pool_max)
-        self.store.connect()
-
-    def load(self, catalogue, progress=None) -> dict:
-        return self.store.load(catalogue, progress)
+    def make_store(self) -> PostgresStore:
+        return PostgresStore(self.stores_spec.postgres, self.stores_spec.postgres.pool_max or self.workload.load.concurrency)
 
     def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
         stages: dict = {}
@@ -141,10 +129,3 @@ class PostgresSystem(SystemUnderTest):
         with span(stages, "policy_ns"):
             items = [self.store.rank(u, c, k) for u, c in zip(users, candidates, strict=True)]
         return Answer(items=items, stages=stages)
-
-    def pool_stats(self) -> dict[str, dict[str, int]]:
-        return {"postgres": self.store.stats()}
-
-    def close(self) -> None:
-        if hasattr(self, "store"):
-            self.store.close()
