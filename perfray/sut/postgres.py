@@ -15,9 +15,11 @@ ORDER BY i.popularity * p.weight DESC, i.id
 LIMIT %(k)s
 """
 
+META_SQL = "CREATE TABLE IF NOT EXISTS perfray_meta (key text PRIMARY KEY, value text NOT NULL)"
+
 SCHEMA_SQL = """
-DROP TABLE IF EXISTS perfray_items, perfray_policies, perfray_meta;
-CREATE TABLE perfray_meta (key text PRIMARY KEY, value text NOT NULL);
+DELETE FROM perfray_meta WHERE key = 'catalogue';
+DROP TABLE IF EXISTS perfray_items, perfray_policies;
 CREATE TABLE perfray_items (id bigint PRIMARY KEY, genre int NOT NULL, popularity real NOT NULL);
 CREATE TABLE perfray_policies (user_id int NOT NULL, genre int NOT NULL, weight real NOT NULL,
                                PRIMARY KEY (user_id, genre));
@@ -26,6 +28,9 @@ CREATE TABLE perfray_policies (user_id int NOT NULL, genre int NOT NULL, weight 
 
 class PostgresStore:
     """A connection pool on the policy database."""
+
+    store = "postgres"  # the name errors and gauges use
+    meta_key = "catalogue"  # what this store's fingerprint row is called in perfray_meta
 
     def __init__(self, spec, pool_max: int) -> None:
         self.spec, self.pool_max = spec, pool_max
@@ -49,21 +54,24 @@ class PostgresStore:
             kwargs["password"] = password
         self.pool = ConnectionPool(kwargs=kwargs, min_size=min(s.pool_min, self.pool_max), max_size=self.pool_max,
                                    timeout=s.connect_timeout_s, reconnect_timeout=3600, open=False,
-                                   name="perfray-postgres")
+                                   name=f"perfray-{self.store}", configure=self.configure)
         try:
             self.pool.open(wait=True, timeout=s.connect_timeout_s)
             with self.pool.connection() as conn:
                 conn.execute("SELECT 1").fetchall()
         except (PoolTimeout, psycopg.Error) as err:
             self.close()
-            raise unavailable("postgres", self.uri, err) from None
+            raise unavailable(self.store, self.uri, err) from None
+
+    def configure(self, conn) -> None:
+        """Session settings for every new pooled connection (none here)."""
 
     def fingerprint(self) -> str | None:
         with self.pool.connection() as conn:
             exists = conn.execute("SELECT to_regclass('perfray_meta')").fetchone()[0]
             if exists is None:
                 return None
-            row = conn.execute("SELECT value FROM perfray_meta WHERE key = 'catalogue'").fetchone()
+            row = conn.execute("SELECT value FROM perfray_meta WHERE key = %s", (self.meta_key,)).fetchone()
             return row[0] if row else None
 
     def load(self, catalogue, progress=None) -> dict:
@@ -74,6 +82,7 @@ class PostgresStore:
             return {"store": "postgres", "loaded": False, "items": catalogue.n_items}
         users, genres = np.nonzero(np.ones_like(catalogue.policy_weight, dtype=bool))
         with self.pool.connection() as conn, conn.transaction():
+            conn.execute(META_SQL)
             conn.execute(SCHEMA_SQL)
             with conn.cursor() as cur:
                 with cur.copy("COPY perfray_items (id, genre, popularity) FROM STDIN") as copy:

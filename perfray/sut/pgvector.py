@@ -1,0 +1,88 @@
+"""pgvector, the fourth vector store: item vectors in PostgreSQL, searched exactly (no index) or through
+an HNSW / IVFFlat index, over the same connection pool code as the policy store."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from perfray.sut.base import Answer, StoreSystem, span
+from perfray.sut.postgres import META_SQL, PostgresStore
+
+SEARCH_SQL = "SELECT id FROM perfray_vectors ORDER BY embedding <-> %s::vector LIMIT %s"
+
+
+def _vector_text(vector: np.ndarray) -> str:
+    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+
+
+class PgvectorStore(PostgresStore):
+    store = "pgvector"
+    meta_key = "vectors"
+
+    def configure(self, conn) -> None:
+        for name, value in self.spec.search_params.items():  # e.g. hnsw.ef_search, ivfflat.probes
+            conn.execute(f"SET {_setting(name)} = {int(value)}")
+
+    def load(self, catalogue, progress=None) -> dict:
+        """Vectors into ``perfray_vectors`` and the configured index, in one transaction."""
+        if self.fingerprint() == catalogue.fingerprint:
+            if progress is not None:
+                progress(catalogue.n_items)
+            return {"store": self.store, "loaded": False, "items": catalogue.n_items}
+        spec, dim = self.spec, catalogue.dataset.dim
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            conn.execute(META_SQL)
+            conn.execute("DELETE FROM perfray_meta WHERE key = %s", (self.meta_key,))
+            conn.execute("DROP TABLE IF EXISTS perfray_vectors")
+            conn.execute(f"CREATE TABLE perfray_vectors (id bigint PRIMARY KEY, embedding vector({int(dim)}) NOT NULL)")
+            with conn.cursor() as cur, cur.copy("COPY perfray_vectors (id, embedding) FROM STDIN") as copy:
+                for i, vector in enumerate(catalogue.dataset.base):
+                    copy.write_row((i, _vector_text(vector)))
+            if spec.index != "none":
+                params = ", ".join(f"{_setting(k)} = {int(v)}" for k, v in spec.index_params.items())
+                conn.execute(f"CREATE INDEX ON perfray_vectors USING {spec.index} (embedding vector_l2_ops)"
+                             + (f" WITH ({params})" if params else ""))
+            conn.execute("ANALYZE perfray_vectors")
+            conn.execute("INSERT INTO perfray_meta VALUES (%s, %s)", (self.meta_key, catalogue.fingerprint))
+        if progress is not None:
+            progress(catalogue.n_items)
+        return {"store": self.store, "loaded": True, "items": catalogue.n_items, "index": spec.index}
+
+    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
+        ids = np.full((queries.shape[0], k), -1, dtype=np.int64)
+        with self.pool.connection() as conn:
+            for i, vector in enumerate(queries):
+                rows = conn.execute(SEARCH_SQL, (_vector_text(vector), int(k)), prepare=True).fetchall()
+                ids[i, : len(rows)] = [r[0] for r in rows]
+        return ids
+
+
+def _setting(name: str) -> str:
+    """A setting or index parameter name, checked (it is spliced into SQL)."""
+    if not all(part.isidentifier() for part in name.split(".")):
+        raise ValueError(f"not a PostgreSQL setting name: {name!r}")
+    return name
+
+
+class PgvectorSystem(StoreSystem):
+    """Vector search in PostgreSQL with pgvector; recall against exact ground truth."""
+
+    name = "pgvector"
+    stores = ("pgvector",)
+    supported_ops = frozenset({"knn"})
+    requires = ("psycopg", "psycopg_pool")
+
+    def label(self) -> str:
+        index = self.stores_spec.pgvector.index
+        return f"pgvector ({'exact scan' if index == 'none' else index})"
+
+    def make_store(self) -> PgvectorStore:
+        spec = self.stores_spec.pgvector
+        return PgvectorStore(spec, spec.pool_max or self.workload.load.concurrency)
+
+    def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
+        stages: dict = {}
+        with span(stages, "vector_ns"):
+            ids = self.store.search(queries, k)
+        return Answer(ids=ids, stages=stages)
