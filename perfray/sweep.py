@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from perfray.analysis.summary import add_baseline, add_scaling, check_targets, recovery_s, summarize_cell
+from perfray.analysis.cells import cell_labels, comparison_keys, gpu_usage, summarize_phases
+from perfray.analysis.summary import add_baseline, add_scaling, check_targets
 from perfray.cluster import actors, runtime
 from perfray.config import SweepConfig, Workload, phase_rates
 from perfray.data import load_dataset
@@ -217,7 +218,7 @@ class SweepDriver:
                     self._actor_failed("load", i, index, err, live)
         self._drain(index, live)
         counters_after = self._gpu_counters(group)
-        entry["gpu_usage"] = _usage(counters_before, counters_after)
+        entry["gpu_usage"] = gpu_usage(counters_before, counters_after)
         self._check_gpu_group(index, counters_after)
         self.writer.close_cell(index)
         entry.update(status="complete", actor_stats=stats, timings={
@@ -262,40 +263,15 @@ class SweepDriver:
     def _summarize(self, index: int, status: str, until_ns: int | None = None) -> None:
         """Summary rows of a cell (all measured phases) and of each phase, from its Parquet rows;
         ``until_ns`` cuts windows short (an interrupted cell is measured over the time it ran)."""
-        cell = self.cells[index]
-        rows = read_cell(self.run_dir, index)
-        start_ns = self.manifest.doc["cells"][index].get("start_unix_ns", 0)
-        until_ns = until_ns or 2**62
-        entry = self.manifest.doc["cells"][index]
-        labels = {**_labels(cell, self._gpu_described if self._needs_gpu_actors(cell) else []),
-                  "system": (entry.get("system") or {}).get("label", cell.system), "system_name": cell.system,
-                  **_usage_means(entry)}
-        measured_s, window_end, offset_ns = 0.0, start_ns, 0
-        before: list[dict] = []  # this cell's earlier phase rows
-        for p, (rate_lo, rate_hi) in ((p, phase_rates(p, cell.offered_qps)) for p in cell.load.phase_plan()):
-            lo = start_ns + offset_ns
-            offset_ns += int(p.duration_s * 1e9)
-            hi = min(start_ns + offset_ns, until_ns)
-            ran_s = max(hi - lo, 0) / 1e9
-            if p.measured and hi > lo:
-                measured_s += ran_s
-                window_end = hi
-            phase_meta = {"cell": index, "status": status, "start_ns": start_ns, "target_qps": (rate_lo + rate_hi) / 2,
-                          "measured_phases": [p.name], "measured_s": ran_s, "window_end_ns": hi, "labels": labels}
-            row = {"phase": p.name, "measured": p.measured, **summarize_cell(rows, phase_meta)}
-            row["recovery_s"] = _recovery(rows, row, before, lo, hi)
-            before.append(row)
-            self.phase_summary.append(row)
-        meta = {"cell": index, "status": status, "start_ns": start_ns, "target_qps": cell.offered_qps,
-                "measured_phases": [p.name for p in cell.load.phase_plan() if p.measured],
-                "measured_s": measured_s, "window_end_ns": window_end, "labels": labels}
-        self.summary.append(summarize_cell(rows, meta))
-        key = cell.model_dump(mode="json")
-        system = key.pop("system")
-        self.baseline_keys.append(json.dumps(key, sort_keys=True))
-        key["search"].pop("n_gpus")
-        key["system"] = system
-        self.scaling_keys.append(json.dumps(key, sort_keys=True))
+        cell, entry = self.cells[index], self.manifest.doc["cells"][index]
+        labels = cell_labels(cell, self._gpu_described if self._needs_gpu_actors(cell) else [], entry)
+        row, phase_rows = summarize_phases(read_cell(self.run_dir, index), cell, index, status,
+                                           entry.get("start_unix_ns", 0), until_ns or 2**62, labels)
+        self.summary.append(row)
+        self.phase_summary.extend(phase_rows)
+        baseline_key, scaling_key = comparison_keys(cell)
+        self.baseline_keys.append(baseline_key)
+        self.scaling_keys.append(scaling_key)
 
     # ------------------------------------------------------------------------------------- actors
     def _dataset(self, cell: Workload) -> _DatasetState:
@@ -426,55 +402,10 @@ class SweepDriver:
         return [self._load[i] for i in range(count)]
 
 
-def _recovery(rows: pa.Table, row: dict, before: list[dict], lo_ns: int, hi_ns: int) -> float:
-    """After a phase with a higher rate (a burst): seconds into this phase until latency is back to the
-    level of the last earlier phase at or below this rate (NaN when no burst came before)."""
-    if not before or not before[-1]["target_qps"] > row["target_qps"]:
-        return float("nan")
-    steady = [r for r in before[:-1] if r["target_qps"] <= row["target_qps"] * 1.001 and r["measured"]]
-    if not steady:
-        return float("nan")
-    return recovery_s(rows, lo_ns, hi_ns, steady[-1]["p99_ms"])
-
-
 def _ray():
     import ray
 
     return ray
-
-
-def _labels(cell: Workload, described: list[dict]) -> dict:
-    return {
-        "n_gpus": cell.search.n_gpus, "k": cell.search.k, "topology": cell.search.topology,
-        "backend": (described[0]["backend"] if described else cell.search.backend),
-        "simulated": bool(described and any(d["simulated"] for d in described)),
-        "load_actors": cell.load.actors, "concurrency": cell.load.concurrency, "arrival": cell.load.arrival,
-        "op_mix": cell.load.op_mix, "hops": cell.hybrid.hops, "cache": cell.hybrid.cache,
-        "scale_with_gpus": cell.load.scale_with_gpus,
-        "batch_max": cell.load.batch_max, "batch_window_ms": cell.load.batch_window_ms,
-        "dataset": json.dumps(cell.dataset.model_dump(mode="json"), sort_keys=True),
-    }
-
-
-def _usage(before: list, after: list) -> list[dict]:
-    """Per GPU actor over a cell: share of wall time spent searching, and NVML utilisation if sampled."""
-    usage = []
-    for b, a in zip(before, after, strict=True):
-        if isinstance(b, Exception) or isinstance(a, Exception):
-            usage.append({"busy": None, "nvml_util_percent": None})
-            continue
-        samples = a["util_samples"] - b["util_samples"]
-        usage.append({"busy": (a["busy_ns"] - b["busy_ns"]) / max(a["t_ns"] - b["t_ns"], 1),
-                      "nvml_util_percent": (a["util_sum"] - b["util_sum"]) / samples if samples else None})
-    return usage
-
-
-def _usage_means(entry: dict) -> dict:
-    usage = entry.get("gpu_usage") or []
-    busy = [u["busy"] for u in usage if u["busy"] is not None]
-    util = [u["nvml_util_percent"] for u in usage if u["nvml_util_percent"] is not None]
-    return {"gpu_busy_mean": sum(busy) / len(busy) if busy else float("nan"),
-            "gpu_util_mean": sum(util) / len(util) if util else float("nan")}
 
 
 def _label(cell: Workload, group: _GpuGroup, system: SystemPlan | None) -> str:

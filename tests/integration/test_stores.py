@@ -106,7 +106,10 @@ def test_hybrid_cache_answers_repeats_without_the_stores(stores_spec, catalogue)
 
 
 def test_milvus_lite_flat_search_is_exact(stores_spec, catalogue, tmp_path):
-    system = _system("milvus", stores_spec, catalogue)
+    # Its own file: this process keeps a Milvus Lite file open until it exits, and the sweeps' drivers
+    # (other processes) serve the session's file.
+    own = stores_spec.model_copy(update={"milvus": stores_spec.milvus.model_copy(update={"uri": str(tmp_path / "own.db")})})
+    system = _system("milvus", own, catalogue)
     gt_ids, _ = ground_truth(catalogue.dataset, 10, tmp_path)
     try:
         assert system.label() == "Milvus Lite (embedded)"
@@ -150,3 +153,24 @@ def test_a_store_that_is_down_is_one_line_naming_it(name):
         system.connect()
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"{name} at ") and str(port) in message
+
+
+def test_perfray_load_command_is_idempotent(store_args, tmp_path):
+    import subprocess
+    import sys
+
+    from support import REPO
+
+    def load(*extra):
+        return subprocess.run([sys.executable, "-m", "perfray", "load", "--config", "configs/phases/3-full-stack.yaml",
+                               "--results-dir", str(tmp_path), "--set", "dataset.n=1500", "--set", "dataset.dim=8",
+                               "--set", "catalogue.seed=11", *store_args, *extra], capture_output=True, text=True,
+                              timeout=300, cwd=REPO)
+
+    first, second = load(), load()
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + second.stderr[-2000:]
+    for store in ("neo4j", "postgres"):
+        assert f"{store}: 1,500 items loaded" in first.stderr
+        assert f"{store}: 1,500 items already there" in second.stderr
+    down = load("--set", "stores.neo4j.uri=bolt://127.0.0.1:9", "--set", "stores.neo4j.connect_timeout_s=1")
+    assert down.returncode == 3 and "perfray: error: neo4j at bolt://127.0.0.1:9 is not reachable" in down.stderr

@@ -1,0 +1,101 @@
+"""Per-cell summaries from a cell's rows: labels, the whole cell and each of its phases (with recovery after
+a burst), GPU usage from actor counters, and the keys that pair cells for scaling and baseline comparisons."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from perfray.analysis.summary import recovery_s, summarize_cell
+from perfray.config import Workload, phase_rates
+
+
+def summarize_phases(rows: pa.Table, cell: Workload, index: int, status: str, start_ns: int, until_ns: int,
+                     labels: dict) -> tuple[dict, list[dict]]:
+    """(the cell's summary row over its measured phases, one row per phase)."""
+    measured_s, window_end, offset_ns = 0.0, start_ns, 0
+    phase_rows: list[dict] = []
+    for p in cell.load.phase_plan():
+        rate_lo, rate_hi = phase_rates(p, cell.offered_qps)
+        lo = start_ns + offset_ns
+        offset_ns += int(p.duration_s * 1e9)
+        hi = min(start_ns + offset_ns, until_ns)
+        ran_s = max(hi - lo, 0) / 1e9
+        if p.measured and hi > lo:
+            measured_s += ran_s
+            window_end = hi
+        meta = {"cell": index, "status": status, "start_ns": start_ns, "target_qps": (rate_lo + rate_hi) / 2,
+                "measured_phases": [p.name], "measured_s": ran_s, "window_end_ns": hi, "labels": labels}
+        row = {"phase": p.name, "measured": p.measured, **summarize_cell(rows, meta)}
+        row["recovery_s"] = _recovery(rows, row, phase_rows, lo, hi)
+        phase_rows.append(row)
+    meta = {"cell": index, "status": status, "start_ns": start_ns, "target_qps": cell.offered_qps,
+            "measured_phases": [p.name for p in cell.load.phase_plan() if p.measured],
+            "measured_s": measured_s, "window_end_ns": window_end, "labels": labels}
+    return summarize_cell(rows, meta), phase_rows
+
+
+def _recovery(rows: pa.Table, row: dict, before: list[dict], lo_ns: int, hi_ns: int) -> float:
+    """After a phase with a higher rate (a burst): seconds into this phase until latency is back to the
+    level of the last earlier phase at or below this rate (NaN when no burst came before)."""
+    if not before or not before[-1]["target_qps"] > row["target_qps"]:
+        return float("nan")
+    steady = [r for r in before[:-1] if r["target_qps"] <= row["target_qps"] * 1.001 and r["measured"]]
+    if not steady:
+        return float("nan")
+    return recovery_s(rows, lo_ns, hi_ns, steady[-1]["p99_ms"])
+
+
+
+def comparison_keys(cell: Workload) -> tuple[str, str]:
+    """(the workload without ``system``: pairs a cell with its baseline-system twin; the workload without
+    ``n_gpus``: cells with equal keys form a scaling curve)."""
+    key = cell.model_dump(mode="json")
+    system = key.pop("system")
+    baseline = json.dumps(key, sort_keys=True)
+    key["search"].pop("n_gpus")
+    key["system"] = system
+    return baseline, json.dumps(key, sort_keys=True)
+
+
+def cell_labels(cell: Workload, described: list[dict], entry: dict) -> dict:
+    """Labels every summary row of the cell carries: settings, system, GPU usage means."""
+    return {**_labels(cell, described), "system": (entry.get("system") or {}).get("label", cell.system),
+            "system_name": cell.system, **_usage_means(entry)}
+
+
+def _labels(cell: Workload, described: list[dict]) -> dict:
+    return {
+        "n_gpus": cell.search.n_gpus, "k": cell.search.k, "topology": cell.search.topology,
+        "backend": (described[0]["backend"] if described else cell.search.backend),
+        "simulated": bool(described and any(d["simulated"] for d in described)),
+        "load_actors": cell.load.actors, "concurrency": cell.load.concurrency, "arrival": cell.load.arrival,
+        "op_mix": cell.load.op_mix, "hops": cell.hybrid.hops, "cache": cell.hybrid.cache,
+        "scale_with_gpus": cell.load.scale_with_gpus,
+        "batch_max": cell.load.batch_max, "batch_window_ms": cell.load.batch_window_ms,
+        "dataset": json.dumps(cell.dataset.model_dump(mode="json"), sort_keys=True),
+    }
+
+
+def gpu_usage(before: list, after: list) -> list[dict]:
+    """Per GPU actor over a cell: share of wall time spent searching, and NVML utilisation if sampled."""
+    usage = []
+    for b, a in zip(before, after, strict=True):
+        if isinstance(b, Exception) or isinstance(a, Exception):
+            usage.append({"busy": None, "nvml_util_percent": None})
+            continue
+        samples = a["util_samples"] - b["util_samples"]
+        usage.append({"busy": (a["busy_ns"] - b["busy_ns"]) / max(a["t_ns"] - b["t_ns"], 1),
+                      "nvml_util_percent": (a["util_sum"] - b["util_sum"]) / samples if samples else None})
+    return usage
+
+
+def _usage_means(entry: dict) -> dict:
+    usage = entry.get("gpu_usage") or []
+    busy = [u["busy"] for u in usage if u["busy"] is not None]
+    util = [u["nvml_util_percent"] for u in usage if u["nvml_util_percent"] is not None]
+    return {"gpu_busy_mean": sum(busy) / len(busy) if busy else float("nan"),
+            "gpu_util_mean": sum(util) / len(util) if util else float("nan")}
+
+
