@@ -37,6 +37,9 @@ class HybridSpec(_Strict):
     expand_limit: int = Field(200, ge=1, description="most graph neighbours taken into the ranking")
     cache: bool = False
     cache_entries: int = Field(10_000, ge=1)
+    vector_batch_window_ms: float = Field(0.0, ge=0, description="micro-batch the vector stage across client "
+                                          "threads (0: one vector call per request)")
+    vector_batch_max: int = Field(64, ge=1)
 
 
 class MilvusSpec(_Strict):

@@ -79,15 +79,17 @@ def _labels(cell: Workload, described: list[dict]) -> dict:
 
 
 def gpu_usage(before: list, after: list) -> list[dict]:
-    """Per GPU actor over a cell: share of wall time spent searching, and NVML utilisation if sampled."""
+    """Per GPU actor over a cell: share of wall time spent searching, NVML utilisation if sampled, and how
+    many search calls (and query rows) it answered."""
     usage = []
     for b, a in zip(before, after, strict=True):
         if isinstance(b, Exception) or isinstance(a, Exception):
-            usage.append({"busy": None, "nvml_util_percent": None})
+            usage.append({"busy": None, "nvml_util_percent": None, "calls": None, "rows": None})
             continue
         samples = a["util_samples"] - b["util_samples"]
         usage.append({"busy": (a["busy_ns"] - b["busy_ns"]) / max(a["t_ns"] - b["t_ns"], 1),
-                      "nvml_util_percent": (a["util_sum"] - b["util_sum"]) / samples if samples else None})
+                      "nvml_util_percent": (a["util_sum"] - b["util_sum"]) / samples if samples else None,
+                      "calls": a["calls"] - b["calls"], "rows": a["rows"] - b["rows"]})
     return usage
 
 

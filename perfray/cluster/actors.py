@@ -99,6 +99,8 @@ class GpuSearchActorBody(GpuSearchWorker):
     """A GpuSearchWorker that also reports how busy it is (and, on a real GPU, NVML figures)."""
 
     _busy_ns = 0
+    _calls = 0
+    _rows = 0
 
     def search(self, queries, k):
         started = time.perf_counter_ns()
@@ -106,11 +108,13 @@ class GpuSearchActorBody(GpuSearchWorker):
             return super().search(queries, k)
         finally:
             self._busy_ns += time.perf_counter_ns() - started
+            self._calls += 1
+            self._rows += len(queries)
 
     def counters(self) -> dict:
         """Running totals the driver differences over a cell: busy time and NVML utilisation samples."""
         sampler = getattr(self, "_sampler", None)
-        return {"busy_ns": self._busy_ns, "t_ns": time.perf_counter_ns(),
+        return {"busy_ns": self._busy_ns, "t_ns": time.perf_counter_ns(), "calls": self._calls, "rows": self._rows,
                 "util_sum": sampler.util_sum if sampler else 0.0, "util_samples": sampler.util_samples if sampler else 0}
 
     def start_metrics(self, run_id: str, nvml: bool) -> bool:

@@ -9,6 +9,7 @@ from collections import OrderedDict
 import numpy as np
 
 from perfray.sut.base import Answer, SystemUnderTest, span
+from perfray.sut.batching import MicroBatcher
 from perfray.sut.gpu_search import GpuActorsVector
 from perfray.sut.milvus import MilvusStore
 from perfray.sut.neo4j import Neo4jStore
@@ -89,6 +90,9 @@ class HybridSystem(SystemUnderTest):
         super().prepare(catalogue)
         self.vector = self.milvus if self.milvus is not None else GpuActorsVector(
             gpu_handles, catalogue.dataset.base, self.workload.search.topology)
+        if self.spec.vector_batch_window_ms > 0:
+            self.vector = MicroBatcher(self.vector.search, self.spec.vector_batch_window_ms / 1e3,
+                                       self.spec.vector_batch_max)
 
     def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
         users = self.catalogue.user_of(rows)
@@ -127,6 +131,8 @@ class HybridSystem(SystemUnderTest):
         return None if self.cache is None else {"hits": self.cache.hits, "lookups": self.cache.lookups}
 
     def close(self) -> None:
+        if isinstance(getattr(self, "vector", None), MicroBatcher):
+            self.vector.close()
         for name in ("milvus", "neo4j", "postgres"):
             store = getattr(self, name, None)
             if store is not None:

@@ -154,3 +154,48 @@ def test_systems_declare_their_stores_and_construct_without_io():
     server = StoresSpec(milvus={"uri": "http://milvus:19530"})
     assert make_system("milvus", WORKLOAD, server).label() == "Milvus server"
     assert make_system("gpu_search", WORKLOAD, stores).micro_batched
+
+
+def test_micro_batcher_answers_each_thread_with_fewer_calls():
+    import threading
+
+    from perfray.sut.batching import MicroBatcher
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((300, 8)).astype(np.float32)
+
+    def exact(queries, k):
+        d = ((queries[:, None, :] - base[None]) ** 2).sum(-1)
+        return np.argsort(d, axis=1, kind="stable")[:, :k]
+
+    batcher = MicroBatcher(exact, window_s=0.005, batch_max=32)
+    queries = rng.standard_normal((160, 8)).astype(np.float32)
+    got = [None] * 160
+    barrier = threading.Barrier(8)
+
+    def client(t):
+        barrier.wait()
+        for i in range(t, 160, 8):
+            got[i] = batcher.search(queries[i:i + 1], 5 if i % 2 else 10)
+
+    threads = [threading.Thread(target=client, args=(t,)) for t in range(8)]
+    [t.start() for t in threads]
+    [t.join(30) for t in threads]
+    batcher.close()
+    for i in range(160):
+        assert got[i].tolist() == exact(queries[i:i + 1], 5 if i % 2 else 10).tolist()
+    assert batcher.rows == 160 and batcher.calls < 100  # 8 concurrent clients share calls
+
+
+def test_micro_batcher_passes_errors_to_every_waiting_request():
+    from perfray.sut.batching import MicroBatcher
+
+    def broken(queries, k):
+        raise ConnectionError("actor gone")
+
+    batcher = MicroBatcher(broken, window_s=0.001, batch_max=4)
+    with pytest.raises(ConnectionError, match="actor gone"):
+        batcher.search(np.zeros((1, 4), np.float32), 3)
+    batcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.search(np.zeros((1, 4), np.float32), 3)
