@@ -118,6 +118,16 @@ def test_milvus_lite_flat_search_is_exact(stores_spec, catalogue, tmp_path):
         assert answer.ids.tolist() == gt_ids[:8, :10].tolist()
     finally:
         system.close()
+    hnsw = own.model_copy(update={"milvus": own.milvus.model_copy(update={
+        "uri": str(tmp_path / "hnsw.db"), "index_type": "HNSW", "index_params": {"M": 4, "efConstruction": 8},
+        "search_params": {"ef": 10}})})
+    system = _system("milvus", hnsw, catalogue)
+    try:
+        ids = system.execute(catalogue.dataset.queries[:50], 10, np.arange(50)).ids
+        overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), gt_ids[:50, :10].tolist(), strict=True)])
+        assert 0.3 < overlap <= 1.0 and (ids >= 0).all()  # the index from config, its recall measured
+    finally:
+        system.close()
 
 
 def test_pgvector_exact_scan_is_exact_and_hnsw_recall_is_measured(stores_spec, catalogue, tmp_path):
