@@ -143,7 +143,12 @@ def run_sweep_command(args) -> int:
     progress.note(f"perfray: {status}; {driver.writer.rows_written:,} request rows; {must - len(failed)}/{must} "
                   f"must-pass checks passed, {advisory_failed} advisory checks missed -> {run_dir}")
     for v in failed:
-        progress.note(f"  [red]FAIL[/red] cell {v['cell']}: {v['metric']} = {v['value']:.4g} (want {v['bound']})")
+        line = f"FAIL cell {v['cell']}: {v['metric']} = {v['value']:.4g} (want {v['bound']})"
+        # the result, not progress: printed under --quiet too, like a failing test's name
+        if progress.enabled:
+            progress.note(f"  [red]{line}[/red]")
+        else:
+            print(f"perfray: {line}", file=sys.stderr)
     if status == "interrupted":
         print(f"perfray: interrupted; results so far were written to {run_dir}", file=sys.stderr)
     return code

@@ -96,3 +96,34 @@ def test_hybrid_vector_stage_micro_batches_across_clients(tmp_path, store_args):
     requests = pq.read_table(run / "requests").num_rows
     assert usage["rows"] >= requests - 5  # every request's query reached the GPU actor (a few in flight at the edges)
     assert usage["calls"] < 0.8 * usage["rows"]  # in shared calls
+
+
+def test_phase4_sustained_short_run_checks_the_7k_target(tmp_path, store_args):
+    """The 10-minute phase, made short with --set duration_s: it runs, and on this box the 7,000 QPS
+    must-pass target fails the run like a failing test (exit 1) while the error-rate target passes."""
+    out, run = _run(tmp_path, "4-sustained.yaml", "p4", store_args, "--set", "duration_s=3", "--set", "warmup_s=1",
+                    "--set", "load.concurrency=8")
+    assert out.returncode == 1, out.stderr[-3000:]
+    verdicts = {(v["metric"], v["bound"]): v for v in manifest(run)["verdicts"]}
+    assert verdicts[("achieved_qps", ">= 7000")]["passed"] is False
+    assert verdicts[("achieved_qps", ">= 7000")]["must_pass"] is True
+    assert verdicts[("error_rate", "<= 0.01")]["passed"] is True
+    assert "FAIL" in out.stderr and "achieved_qps" in out.stderr
+    rows = pq.read_table(run / "requests")
+    phases = set(pc.unique(pc.cast(rows["phase"], "string")).to_pylist())
+    assert phases == {"warmup", "sustained"} and 100 < rows.num_rows < 250  # 40 QPS for 1 + 3 s
+
+
+def test_phase7_production_readiness_with_short_phases(tmp_path, store_args):
+    short = ("load.phases=[{name: warmup, duration_s: 1, measured: false}, {name: sustained, duration_s: 3},"
+             " {name: stretch, duration_s: 1, rate: 1.428571}, {name: burst, duration_s: 1, rate: 2.142857},"
+             " {name: recovery, duration_s: 3}]")
+    out, run = _run(tmp_path, "7-production-readiness.yaml", "p7", store_args, "--set", short)
+    assert out.returncode in (0, 1), out.stderr[-3000:]
+    phases = {r["phase"]: r for r in pq.read_table(run / "phases.parquet").to_pylist()}
+    assert list(phases) == ["warmup", "sustained", "stretch", "burst", "recovery"]
+    assert phases["burst"]["offered_qps"] > 1.5 * phases["sustained"]["offered_qps"]
+    assert phases["recovery"]["recovery_s"] == phases["recovery"]["recovery_s"]  # computed (not NaN)
+    metrics = {v["metric"] for v in manifest(run)["verdicts"]}
+    assert metrics == {"p99_ms", "qps_ratio", "error_rate", "recall_mean"}
+    assert "recovery s" in (run / "report.md").read_text()
