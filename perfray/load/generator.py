@@ -151,7 +151,7 @@ class LoadGenerator:
             else:
                 ids, _dists, endpoint, *extra = result  # a multi-store system adds its stage spans
                 stages = dict(extra[0]) if extra and extra[0] else None
-                if stages and "done_ns" in stages:  # stamped by the client thread around its call
+                if stages and "done_ns" in stages:  # stamped by the client around the real call
                     done = min(done, stages.pop("done_ns"))
                     rec.started(a, b, stages.pop("sent_ns"))
                 recall = None if ids is None else _request_recall(rec, a, b, ids, q_index, pool)

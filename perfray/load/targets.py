@@ -52,14 +52,19 @@ class SystemEndpoint:
         return asyncio.get_running_loop().run_in_executor(self._pool, self._call, queries, k, rows)
 
     async def _call_async(self, queries, k, rows):
+        sent_ns = self.clock.now_ns()  # the task runs: later than submit() when the loop is saturated
         answer = await self.system.execute_async(queries, k, rows)
-        return answer.ids, None, 0, answer.stages
+        return self._reply(answer, sent_ns, self.clock.now_ns())
 
     def _call(self, queries, k, rows):
         sent_ns = self.clock.now_ns()
         answer = self.system.execute(queries, k, rows)
-        done_ns = self.clock.now_ns()
-        return answer.ids, None, 0, {**(answer.stages or {}), "sent_ns": sent_ns, "done_ns": done_ns}
+        return self._reply(answer, sent_ns, self.clock.now_ns())
+
+    @staticmethod
+    def _reply(answer, sent_ns: int, done_ns: int):
+        stamps = {"sent_ns": answer.sent_ns or sent_ns, "done_ns": answer.done_ns or done_ns}
+        return answer.ids, None, 0, {**(answer.stages or {}), **stamps}
 
     def close(self) -> None:
         if self._pool is not None:

@@ -21,11 +21,15 @@ from perfray.errors import UnavailableError
 @dataclass
 class Answer:
     """One request's result. ``ids``: the vector stage's top-k per query (recall is computed on them);
-    ``items``: what the user would get, per query; ``stages``: span ns per stage and ``cache_hit``."""
+    ``items``: what the user would get, per query; ``stages``: span ns per stage and ``cache_hit``;
+    ``sent_ns``/``done_ns``: when the request really left and came back, for a system that waits for a
+    free connection itself (that wait is client-side queueing, not service)."""
 
     ids: np.ndarray | None = None
     items: list[np.ndarray] | None = None
     stages: dict | None = None
+    sent_ns: int | None = None
+    done_ns: int | None = None
 
 
 class SystemUnderTest:

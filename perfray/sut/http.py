@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from perfray.sut.base import Answer, SystemUnderTest, env_secret, unavailable
+from perfray.timing import Clock
 
 
 class HttpSystem(SystemUnderTest):
@@ -34,6 +35,8 @@ class HttpSystem(SystemUnderTest):
     def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
         super().prepare(catalogue)
         self._session = None
+        self._free = None  # one slot per connection: a request waiting for one has not been sent yet
+        self.clock = Clock()
 
     async def _client(self):
         if self._session is None:
@@ -48,21 +51,28 @@ class HttpSystem(SystemUnderTest):
         return self._session
 
     async def execute_async(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
+        import asyncio
+
         spec = self.stores_spec.http
         session = await self._client()
+        if self._free is None:
+            self._free = asyncio.Semaphore(self.workload.load.concurrency)
         users = self.catalogue.user_of(rows) if getattr(self, "catalogue", None) is not None else rows
         ids = np.full((queries.shape[0], k), -1, dtype=np.int64)
         found_ids = False
-        for i, (vector, user) in enumerate(zip(queries, users, strict=True)):
-            body = {"vector": vector.tolist(), "k": int(k), "user": int(user)}
-            async with session.request(spec.method, spec.url, json=body) as reply:
-                reply.raise_for_status()
-                data = await reply.json()  # the whole body is read before the request counts as done
-            if spec.ids_field and isinstance(data, dict) and isinstance(data.get(spec.ids_field), list):
-                got = data[spec.ids_field][:k]
-                ids[i, : len(got)] = got
-                found_ids = True
-        return Answer(ids=ids if found_ids else None)
+        async with self._free:
+            sent_ns = self.clock.now_ns()
+            for i, (vector, user) in enumerate(zip(queries, users, strict=True)):
+                body = {"vector": vector.tolist(), "k": int(k), "user": int(user)}
+                async with session.request(spec.method, spec.url, json=body) as reply:
+                    reply.raise_for_status()
+                    data = await reply.json()  # the whole body is read before the request counts as done
+                if spec.ids_field and isinstance(data, dict) and isinstance(data.get(spec.ids_field), list):
+                    got = data[spec.ids_field][:k]
+                    ids[i, : len(got)] = got
+                    found_ids = True
+            done_ns = self.clock.now_ns()
+        return Answer(ids=ids if found_ids else None, sent_ns=sent_ns, done_ns=done_ns)
 
     def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
         import asyncio

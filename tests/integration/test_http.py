@@ -69,6 +69,7 @@ def test_http_service_rows_have_recall_and_stalls_show_as_queueing(tmp_path, knn
                     "--set", "dataset.dim=16", "--set", "dataset.n_queries=50", "--set", "load.target_qps=100",
                     "--set", "load.duration_s=3", "--set", "load.warmup_s=0.5", "--set", "batch_window_ms=0",
                     "--set", "batch_max=1", "--set", "microbench.enabled=false", "--set", "sweep={}",
+                    "--set", "load.concurrency=64",
                     "--set", "targets=[{metric: recall_mean, min: 0.999}]", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = pq.read_table(tmp_path / "http" / "requests").to_pandas()
