@@ -39,8 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     load = sub.add_parser("load", help="create the catalogue in every store the config's cells use (idempotent)")
     load.add_argument("--config", type=Path, default=None, help="YAML config (e.g. configs/phases/3-full-stack.yaml)")
     load.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    load.add_argument("--results-dir", type=Path, default=Path("results"),
-                      help="where an embedded Milvus Lite server keeps its log")
     load.add_argument("--debug", action="store_true", help="show tracebacks")
     services = sub.add_parser("services", help="run local PostgreSQL + Neo4j (+ pgvector) for the phase configs")
     services.add_argument("--dir", type=Path, default=Path("results/.services"), help="where their data lives")
@@ -87,7 +85,7 @@ def run_load_command(args) -> int:
 
     config = load_config(args.config, args.overrides)
     progress = Progress(enabled=True)
-    session = SystemSession(config.stores, Path(args.results_dir) / ".stores")
+    session = SystemSession(config.stores)
     try:
         session.check(config.cells())
         done: set[str] = set()
@@ -119,7 +117,7 @@ def run_sweep_command(args) -> int:
 
     config = load_config(args.config, args.overrides)
     run_id = args.run_id or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-    systems = SystemSession(config.stores, Path(args.results_dir) / ".stores")
+    systems = SystemSession(config.stores)
     try:
         systems.check(config.cells())  # a store that is down stops the run before anything is written
     except BaseException:

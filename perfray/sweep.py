@@ -91,7 +91,7 @@ class SweepDriver:
         self._devices: dict[str, int] = {}  # device model -> most actors seen on it at once
         self._drain_s, self._drains = 0.0, 0
         self._systems_checked = systems is not None
-        self.systems = systems or SystemSession(config.stores, self.run_dir.parent / ".stores")
+        self.systems = systems or SystemSession(config.stores)
         self._catalogue_refs: dict[str, object] = {}
 
     # ----------------------------------------------------------------------------------------- run

@@ -30,9 +30,8 @@ class SystemSession:
     """Stores used by a sweep's cells: ``check()`` connects to each once; ``plan(cell, catalogue)`` loads
     (idempotently) and returns the SystemPlan for load actors; ``close()`` stops what it started."""
 
-    def __init__(self, stores, state_dir: Path) -> None:
+    def __init__(self, stores) -> None:
         self.stores = stores
-        self.state_dir = Path(state_dir)
         self._milvus_server = None
         self._loaded: set[tuple[str, str]] = set()
         self._catalogues: dict[str, Catalogue] = {}

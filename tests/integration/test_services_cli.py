@@ -30,7 +30,7 @@ def test_services_serve_a_load_and_stop_on_ctrl_c(tmp_path):
         ports += [int(a.rsplit(":", 1)[1]) for a in args if a.startswith("stores.neo4j.uri=")]
         assert len(ports) == 2 and all(port_open(p) for p in ports)
         load = subprocess.run([sys.executable, "-m", "perfray", "load", "--config", "configs/phases/3-full-stack.yaml",
-                               "--results-dir", str(tmp_path), "--set", "dataset.n=1000", "--set", "dataset.dim=8",
+                               "--set", "dataset.n=1000", "--set", "dataset.dim=8",
                                *args], capture_output=True, text=True, timeout=300, cwd=REPO)
         assert load.returncode == 0, load.stderr[-2000:]
         assert "postgres: 1,000 items loaded" in load.stderr and "neo4j: 1,000 items loaded" in load.stderr

@@ -165,7 +165,7 @@ def test_a_store_that_is_down_is_one_line_naming_it(name):
     assert "\n" not in message and message.startswith(f"{name} at ") and str(port) in message
 
 
-def test_perfray_load_command_is_idempotent(store_args, tmp_path):
+def test_perfray_load_command_is_idempotent(store_args):
     import subprocess
     import sys
 
@@ -173,7 +173,7 @@ def test_perfray_load_command_is_idempotent(store_args, tmp_path):
 
     def load(*extra):
         return subprocess.run([sys.executable, "-m", "perfray", "load", "--config", "configs/phases/3-full-stack.yaml",
-                               "--results-dir", str(tmp_path), "--set", "dataset.n=1500", "--set", "dataset.dim=8",
+                               "--set", "dataset.n=1500", "--set", "dataset.dim=8",
                                "--set", "catalogue.seed=11", *store_args, *extra], capture_output=True, text=True,
                               timeout=300, cwd=REPO)
 
