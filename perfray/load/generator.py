@@ -150,7 +150,7 @@ class LoadGenerator:
                 rec.finish(a, b, "ok", done_ns=done)
             else:
                 ids, _dists, endpoint, *extra = result  # a multi-store system adds its stage spans
-                stages = dict(extra[0]) if extra and extra[0] else None
+                stages = extra[0] if extra else None  # this reply's own dict: popping is safe
                 if stages and "done_ns" in stages:  # stamped by the client around the real call
                     done = min(done, stages.pop("done_ns"))
                     rec.started(a, b, stages.pop("sent_ns"))

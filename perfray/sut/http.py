@@ -3,6 +3,8 @@ the stores themselves. Requests run on the load actor's event loop (no client th
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
 from perfray.sut.base import Answer, SystemUnderTest, env_secret, unavailable
@@ -30,7 +32,6 @@ class HttpSystem(SystemUnderTest):
             socket.create_connection((url.hostname, port), timeout=self.stores_spec.http.connect_timeout_s).close()
         except OSError as err:
             raise unavailable("http", self.stores_spec.http.url, err) from None
-        self._session = None
 
     def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
         super().prepare(catalogue)
@@ -51,8 +52,6 @@ class HttpSystem(SystemUnderTest):
         return self._session
 
     async def execute_async(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
-        import asyncio
-
         spec = self.stores_spec.http
         session = await self._client()
         if self._free is None:
@@ -75,15 +74,11 @@ class HttpSystem(SystemUnderTest):
         return Answer(ids=ids if found_ids else None, sent_ns=sent_ns, done_ns=done_ns)
 
     def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
-        import asyncio
-
         return asyncio.run(self.execute_async(queries, k, rows))
 
     def close(self) -> None:
         session, self._session = getattr(self, "_session", None), None
         if session is not None and not session.closed:
-            import asyncio
-
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
