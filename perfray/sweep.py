@@ -370,7 +370,7 @@ class SweepDriver:
         if system is None:
             refs = [a.prime.remote(group.handles, queries, k) for a in loaders]
         else:
-            refs = [a.prime_system.remote(system, catalogue_ref, group.handles, queries, k) for a in loaders]
+            refs = [a.prime_system.remote(system, catalogue_ref, group.handles, ds.pool_ref, k) for a in loaders]
         try:
             _ray().get(refs, timeout=self.config.cluster.actor_start_timeout_s)
         except _ray().exceptions.RayTaskError as err:

@@ -7,6 +7,7 @@ process (no NTP steps), and values from different processes/hosts line up as wel
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,6 +30,11 @@ class Clock:
     def now_ns(self) -> int:
         """Current time as Unix-epoch ns on this process's monotonic timeline."""
         return time.perf_counter_ns() + self._offset_ns
+
+    @property
+    def offset_ns(self) -> int:
+        """Unix-epoch ns minus ``time.perf_counter_ns()``: stamps are ``perf_counter_ns() + offset_ns``."""
+        return self._offset_ns
 
     async def wait_until(self, due_ns: int) -> int:
         """Return at (or just after) ``due_ns`` without blocking the event loop; returns the wake-up stamp."""
@@ -53,3 +59,10 @@ class Clock:
         if remaining > 0:
             time.sleep(remaining / 1e9)
         return self.now_ns()
+
+
+@functools.cache
+def process_clock() -> Clock:
+    """The one clock of this process: stamps taken by the generator, its targets and the systems' clients
+    all share one anchor, so a wall-clock step between their construction cannot bias a latency."""
+    return Clock()

@@ -34,6 +34,7 @@ class LoadActorBody:
             self.metrics.cell_started(plan.cell, plan.extra.get("target_qps", 0.0) / plan.n_actors)
         stats = await self.generator.run_cell(plan, pool, target)
         if self.system is not None:  # client pools at the end of the cell, for the manifest
+            stats["client_path"] = self._endpoint.mode
             stats["pools"] = self.system.pool_stats()
             cache = getattr(self.system, "cache_stats", None)
             stats["cache"] = cache() if cache else None
@@ -62,13 +63,16 @@ class LoadActorBody:
             self.system.close()
         self.system, self._system_key, self._endpoint = None, None, None
 
-    async def prime_system(self, plan, catalogue, gpu_handles: list, queries, k: int, rounds: int = 3) -> int:
-        """Connect and send a few requests (connections, prepared statements, caches) before a cell."""
+    async def prime_system(self, plan, catalogue, gpu_handles: list, pool, k: int, rounds: int = 3) -> int:
+        """Connect, let the client prepare the query pool's requests, and send a few (connections, prepared
+        statements, caches) before a cell."""
         endpoint = self._system_endpoint(plan, catalogue, gpu_handles)
         import numpy as np
 
+        queries = pool.queries
+        await endpoint.warm(queries, k)
         for i in range(rounds):
-            await endpoint.submit(queries[i % len(queries)][None, :], k, np.array([i]))
+            await endpoint.call(queries[i % len(queries)][None, :], k, np.array([i % len(queries)]))
         return rounds
 
     async def prime(self, gpu_handles: list, queries, k: int, rounds: int = 3) -> int:
@@ -80,7 +84,7 @@ class LoadActorBody:
 
     async def drain(self):
         """Finished rows as an Arrow record batch (Ray ships its buffers without pickling the values)."""
-        batch = self.generator.drain()
+        batch = await self.generator.drain_async()
         if self.metrics is not None:
             try:
                 self.metrics.rows(batch, self.cell, self.generator.in_flight)

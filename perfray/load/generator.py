@@ -2,21 +2,26 @@
 
 Latency is measured from the *intended* send time, so a stalled target shows up as queueing delay in every
 request that was due during the stall (no coordinated omission). Overflow beyond ``max_in_flight`` becomes
-``dropped`` rows; nothing scheduled is ever skipped.
+``dropped`` rows; nothing scheduled is ever skipped. The sending itself (pacing, replies, timeouts) is
+callback-driven, in ``perfray.load.sending``: no task, future or timer per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from perfray.data.groundtruth import recall as recall_of
+from perfray.load.pacer import Pacer
 from perfray.load.profiles import OpSpec, assign_ops
 from perfray.load.recorder import Recorder
 from perfray.load.schedules import PhaseRates, arrival_offsets_ns
-from perfray.timing import Clock
+from perfray.load.sending import CellSender, callback_target
+from perfray.timing import Clock, process_clock
+
+SCORE_SLICE = 256  # replies scored per loop turn while draining (~0.3 ms)
 
 
 @dataclass(frozen=True)
@@ -66,20 +71,30 @@ class LoadGenerator:
 
     def __init__(self, actor: int = 0, clock: Clock | None = None) -> None:
         self.actor = actor
-        self.clock = clock or Clock()
+        self.clock = clock or process_clock()
         self.recorder: Recorder | None = None
+        self._sender: CellSender | None = None
         self._batch_seq = 0
-        self._in_flight = {"requests": 0}
         Recorder.warm_up()
 
     @property
     def in_flight(self) -> int:
         """Requests sent and not yet answered."""
-        return self._in_flight["requests"]
+        return self._sender.in_flight if self._sender is not None else 0
 
     def drain(self):
         """Finished rows since the last call, as an Arrow record batch (or None)."""
         return self.recorder.drain() if self.recorder is not None else None
+
+    async def drain_async(self):
+        """``drain`` for a generator that is sending: replies are scored in slices with the loop's turn in
+        between, so a drain never holds the pacer up for long."""
+        rec = self.recorder
+        if rec is None:
+            return None
+        while rec.score(SCORE_SLICE):
+            await asyncio.sleep(0)
+        return rec.drain()
 
     async def run_cell(self, plan: CellPlan, pool: QueryPool, target) -> dict:
         """Send this actor's share of the cell to ``target``; returns once every row is final."""
@@ -88,95 +103,24 @@ class LoadGenerator:
         op_q = np.array([o.n_queries for o in plan.ops], dtype=np.int32)
         rec = Recorder(plan.cell, plan.actor, seq, intended, phase, op, op_k, op_q,
                        [p.name for p in plan.phases], [o.name for o in plan.ops])
+        rec.score_against(pool.gt_ids, pool.gt_dists)
         self.recorder = rec
-        nq = rec.n_queries
-        cum_queries = np.cumsum(nq, dtype=np.int64)
-        n = len(rec)
-        in_flight = self._in_flight = {"requests": 0}
-        tasks: set[asyncio.Task] = set()
-        lateness_ns: list[int] = []  # sent - batch due: the generator's own lateness, per batch
-        i = 0
-        while i < n:
-            a = i
-            before = cum_queries[a] - nq[a]
-            by_size = max(a + 1, int(np.searchsorted(cum_queries, before + plan.batch_max, side="right")))
-            by_window = int(np.searchsorted(intended, intended[a] + plan.batch_window_ns, side="right"))
-            b = min(n, by_size, by_window)
-            due = int(intended[b - 1]) if b == by_size and by_size <= by_window else int(
-                intended[a] + plan.batch_window_ns)
-            # Prepare the batch before its due time, so waking up is followed only by stamp-and-send.
-            q_index = _query_rows(qstart[a:b], nq[a:b], pool.queries.shape[0])
-            queries = pool.queries[q_index]
-            k_max = int(rec.k[a:b].max())
-            await self.clock.wait_until(due)
-            i = b
-            if in_flight["requests"] + (b - a) > plan.max_in_flight:
-                rec.finish(a, b, "dropped")
-                continue
-            sent = self.clock.now_ns()
-            batch_id = self._batch_seq
-            self._batch_seq += 1
-            rec.sent(a, b, sent, batch_id, q_index.size)
-            lateness_ns.append(sent - due)
-            try:
-                reply = target.submit(queries, k_max, q_index)  # leaves now; the reply is awaited below
-            except Exception as exc:
-                rec.finish(a, b, "error", done_ns=self.clock.now_ns(), error=type(exc).__name__)
-                continue
-            in_flight["requests"] += b - a
-            task = asyncio.ensure_future(self._complete(rec, a, b, reply, q_index, pool, plan.timeout_ns,
-                                                        in_flight))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.gather(*list(tasks))
-        late = np.asarray(lateness_ns or [0], dtype=np.int64)
-        return {"actor": plan.actor, "cell": plan.cell, "requests": n, **rec.counts, "batches": len(lateness_ns),
-                "generator_lateness_p99_ns": int(np.percentile(late, 99)), "generator_lateness_max_ns": int(late.max())}
-
-    async def _complete(self, rec: Recorder, a: int, b: int, reply, q_index: np.ndarray, pool: QueryPool,
-                        timeout_ns: int, in_flight: dict) -> None:
+        loop = asyncio.get_running_loop()
+        pacer = Pacer(loop)
+        sender = self._sender = CellSender(rec, qstart, pool, callback_target(target, self.clock), pacer, self.clock,
+                                           plan, first_batch_id=self._batch_seq)
+        # A full collection walks every object of the process (a Ray worker holds millions): tens of ms in
+        # which nothing is sent or stamped. Objects older than the cell are frozen out of the collector's walks.
+        gc.collect()
+        gc.freeze()
         try:
-            # asyncio.timeout (not wait_for) adds no extra task per batch.
-            async with asyncio.timeout(timeout_ns / 1e9):
-                result = await reply
-        except TimeoutError:
-            rec.finish(a, b, "timeout", done_ns=self.clock.now_ns())
-        except Exception as exc:  # every failure becomes error rows with the error class
-            rec.finish(a, b, "error", done_ns=self.clock.now_ns(), error=type(exc).__name__)
-        else:
-            done = self.clock.now_ns()
-            if result is None:
-                rec.finish(a, b, "ok", done_ns=done)
-            else:
-                ids, _dists, endpoint, *extra = result  # a multi-store system adds its stage spans
-                stages = extra[0] if extra else None  # this reply's own dict: popping is safe
-                if stages and "done_ns" in stages:  # stamped by the client around the real call
-                    done = min(done, stages.pop("done_ns"))
-                    rec.started(a, b, stages.pop("sent_ns"))
-                recall = None if ids is None else _request_recall(rec, a, b, ids, q_index, pool)
-                rec.finish(a, b, "ok", done_ns=done, endpoint=endpoint, recall=recall, stages=stages)
+            await sender.run()
         finally:
-            in_flight["requests"] -= b - a
-
-
-def _query_rows(starts: np.ndarray, counts: np.ndarray, n_pool: int) -> np.ndarray:
-    """Pool rows for a batch: each request takes ``count`` consecutive queries from its start."""
-    if (counts == 1).all():
-        return starts.astype(np.int64)
-    first = np.repeat(np.cumsum(counts) - counts, counts)
-    return (np.repeat(starts, counts) + np.arange(counts.sum()) - first) % n_pool
-
-
-def _request_recall(rec: Recorder, a: int, b: int, ids: np.ndarray, q_index: np.ndarray, pool: QueryPool):
-    if pool.gt_ids is None:
-        return None
-    counts = rec.n_queries[a:b]
-    ks = rec.k[a:b]
-    per_query_k = np.repeat(ks, counts)
-    per_query = np.empty(q_index.size, dtype=np.float64)
-    for k in np.unique(per_query_k):
-        rows = per_query_k == k
-        per_query[rows] = recall_of(ids[rows], pool.gt_ids[q_index[rows]], pool.gt_dists[q_index[rows]], int(k))
-    starts = np.cumsum(counts) - counts
-    return (np.add.reduceat(per_query, starts) / counts).astype(np.float32)
+            gc.unfreeze()
+            pacer.close()
+            self._batch_seq = sender.next_batch_id
+        late = np.asarray(sender.lateness_ns or [0], dtype=np.int64)
+        return {"actor": plan.actor, "cell": plan.cell, "requests": len(rec), **rec.counts,
+                "batches": len(sender.lateness_ns), "event_loop": type(loop).__module__.split(".")[0],
+                "pacer": pacer.kind, "generator_lateness_p99_ns": int(np.percentile(late, 99)),
+                "generator_lateness_max_ns": int(late.max())}

@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from perfray.data.groundtruth import recall as recall_of
 from perfray.schema import REQUEST_SCHEMA, STAGES, STATUS_CODE, STATUSES
 
 NULL_NS = 0
 
 
 class Recorder:
-    """One row per scheduled request; a row leaves (``drain``) once its status is final."""
+    """One row per scheduled request; a row leaves (``drain``) once its status is final. Single-row calls
+    (the per-request path) write scalars, not slices; recall is computed at drain time, vectorised over every
+    reply since the last drain, so scoring a reply costs the hot path nothing but keeping its ids."""
 
     def __init__(self, cell: int, actor: int, seq: np.ndarray, intended_ns: np.ndarray, phase: np.ndarray,
                  op: np.ndarray, op_k: np.ndarray, op_queries: np.ndarray, phase_names: list[str],
@@ -35,7 +38,13 @@ class Recorder:
         self.cache_hit = np.full(n, -1, dtype=np.int8)
         self.error_names: list[str] = []
         self._final: list[tuple[int, int]] = []
+        self._to_score: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # (a, b, found ids, pool rows)
+        self._truth: tuple[np.ndarray, np.ndarray] | None = None
         self.counts = dict.fromkeys(STATUSES[1:], 0)
+
+    def score_against(self, gt_ids: np.ndarray | None, gt_dists: np.ndarray | None) -> None:
+        """Exact neighbours of the query pool: replies passed to ``finish(found_ids=...)`` get their recall."""
+        self._truth = None if gt_ids is None else (gt_ids, gt_dists)
 
     @classmethod
     def warm_up(cls) -> None:
@@ -49,6 +58,12 @@ class Recorder:
         return self.seq.size
 
     def sent(self, a: int, b: int, sent_ns: int, batch_id: int, n_queries: int) -> None:
+        if b == a + 1:
+            self.sent_ns[a] = sent_ns
+            self.batch_id[a] = batch_id
+            self.batch_size[a] = 1
+            self.batch_queries[a] = n_queries
+            return
         self.sent_ns[a:b] = sent_ns
         self.batch_id[a:b] = batch_id
         self.batch_size[a:b] = b - a
@@ -56,15 +71,29 @@ class Recorder:
 
     def started(self, a: int, b: int, sent_ns: int) -> None:
         """When the system's client actually began the call (after perfray's hand-off to a client thread)."""
+        if b == a + 1:
+            if sent_ns > self.sent_ns[a]:
+                self.sent_ns[a] = sent_ns
+            return
         self.sent_ns[a:b] = np.maximum(self.sent_ns[a:b], sent_ns)
 
     def finish(self, a: int, b: int, status: str, done_ns: int = NULL_NS, endpoint: int = -1,
-               recall: np.ndarray | None = None, error: str | None = None, stages: dict | None = None) -> None:
+               recall: np.ndarray | None = None, error: str | None = None, stages: dict | None = None,
+               found_ids: np.ndarray | None = None, q_index: np.ndarray | None = None) -> None:
         """Give rows ``[a, b)`` their final status; from here on they are drained. ``stages`` holds the
-        call's per-stage spans (``vector_ns`` …) and ``cache_hit``, when the system reports them."""
-        self.status[a:b] = STATUS_CODE[status]
-        self.done_ns[a:b] = done_ns
-        self.endpoint[a:b] = endpoint
+        call's per-stage spans (``vector_ns`` …) and ``cache_hit``, when the system reports them;
+        ``found_ids`` (one row of ids per query, pool rows ``q_index``; or a callable that returns them, so a
+        reply is decoded off the hot path) is scored against the truth at drain."""
+        if b == a + 1:
+            self.status[a] = STATUS_CODE[status]
+            self.done_ns[a] = done_ns
+            self.endpoint[a] = endpoint
+        else:
+            self.status[a:b] = STATUS_CODE[status]
+            self.done_ns[a:b] = done_ns
+            self.endpoint[a:b] = endpoint
+        if found_ids is not None and self._truth is not None:
+            self._to_score.append((a, b, found_ids, q_index))
         if recall is not None:
             self.recall[a:b] = recall
         if error is not None:
@@ -87,16 +116,40 @@ class Recorder:
         """Rows finished since the last drain, as one record batch (None if there are none)."""
         if not self._final:
             return None
-        ranges, self._final = sorted(self._final), []
-        merged = [list(ranges[0])]
-        for a, b in ranges[1:]:
-            if a == merged[-1][1]:
-                merged[-1][1] = b
-            else:
-                merged.append([a, b])
-        if len(merged) == 1:  # the usual case: a slice, so columns are views, not gathers
-            return self._batch(slice(*merged[0]))
-        return self._batch(np.concatenate([np.arange(a, b) for a, b in merged]))
+        self.score()
+        final, self._final = self._final, []
+        idx = np.sort(_expand(final))
+        if idx[-1] - idx[0] + 1 == idx.size:  # the usual case: a slice, so columns are views, not gathers
+            return self._batch(slice(int(idx[0]), int(idx[-1]) + 1))
+        return self._batch(idx)
+
+    def score(self, limit: int | None = None) -> int:
+        """Recall of up to ``limit`` replies kept since the last drain (all when None), one vectorised pass
+        per distinct k; returns how many are still waiting (``drain`` scores the rest)."""
+        todo = self._to_score if limit is None else self._to_score[:limit]
+        self._to_score = self._to_score[len(todo):]
+        ranges, found_rows, q_parts = [], [], []
+        for a, b, ids, q in todo:
+            got = ids() if callable(ids) else ids
+            if got is not None:
+                ranges.append((a, b))
+                found_rows.extend(got)
+                q_parts.append(q)
+        if ranges:
+            self._score_rows(_expand(ranges), found_rows, np.concatenate(q_parts))
+        return len(self._to_score)
+
+    def _score_rows(self, requests: np.ndarray, found_rows: list, q_index: np.ndarray) -> None:
+        counts = self.n_queries[requests]
+        per_query_k = np.repeat(self.k[requests], counts)
+        found = _id_matrix(found_rows)
+        gt_ids, gt_dists = self._truth
+        per_query = np.empty(q_index.size, dtype=np.float64)
+        for k in np.unique(per_query_k):
+            rows = per_query_k == k
+            per_query[rows] = recall_of(found[rows], gt_ids[q_index[rows]], gt_dists[q_index[rows]], int(k))
+        starts = np.cumsum(counts) - counts
+        self.recall[requests] = (np.add.reduceat(per_query, starts) / counts).astype(np.float32)
 
     def _batch(self, idx: np.ndarray | slice) -> pa.RecordBatch:
         sent, done, intended = self.sent_ns[idx], self.done_ns[idx], self.intended_ns[idx]
@@ -137,3 +190,30 @@ class Recorder:
             pa.array(self.cache_hit[idx] == 1, mask=self.cache_hit[idx] < 0),
         ]
         return pa.RecordBatch.from_arrays(columns, schema=REQUEST_SCHEMA)
+
+
+def _expand(ranges: list[tuple[int, int]]) -> np.ndarray:
+    """Row indices of ``[a, b)`` ranges, in the given order, without a Python loop over rows."""
+    bounds = np.array(ranges, dtype=np.int64).reshape(-1, 2)
+    lengths = bounds[:, 1] - bounds[:, 0]
+    if (lengths == 1).all():
+        return bounds[:, 0]
+    return np.repeat(bounds[:, 0] - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+
+
+def _id_matrix(rows: list) -> np.ndarray:
+    """Per-query id lists or arrays as one matrix, padded with -1 (a miss); ids that are not integers too."""
+    widths = [len(row) for row in rows]
+    width = max(widths, default=0)
+    if widths and min(widths) == width:
+        try:
+            return np.array(rows, dtype=np.int64).reshape(len(rows), width)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    found = np.full((len(rows), width), -1, dtype=np.int64)
+    for i, row in enumerate(rows):
+        try:
+            found[i, : len(row)] = row
+        except (TypeError, ValueError, OverflowError):
+            continue
+    return found

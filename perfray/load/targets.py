@@ -8,10 +8,11 @@ is gone for good (``fatal_errors``), so routers never look at what kind of endpo
 from __future__ import annotations
 
 import asyncio
+import functools
 from concurrent.futures import ThreadPoolExecutor
 
 from perfray.backends.base import merge_topk
-from perfray.timing import Clock
+from perfray.timing import process_clock
 
 
 class ThreadEndpoint:
@@ -31,40 +32,71 @@ class ThreadEndpoint:
 
 
 class SystemEndpoint:
-    """A database system's client in this load actor: each batch runs on one of ``concurrency`` client
-    threads (the client's connection pool is the system's concern). Replies carry the stage spans and the
-    client thread's own ``sent_ns`` / ``done_ns`` (when the call began and returned): handing the request to a
-    thread and the reply back to the event loop is perfray's time, so it shows as schedule lag (queueing
-    for a free client included), not as the system's service time. Latency is done − intended either way."""
+    """A database system's client in this load actor, on one of three paths (``mode``, in the manifest):
+    ``callback`` — the system starts the request on this loop itself and calls back (``send``); ``async`` —
+    its ``execute_async`` coroutine runs on this loop; ``threads`` — a sync-only client runs each request on
+    one of ``concurrency`` client threads. The reply carries the client's own ``sent_ns`` / ``done_ns`` (when
+    the call began and returned): a hand-off to a thread, or a wait for a free connection, is perfray's time
+    and shows as schedule lag, not as the system's service time. Latency is done − intended either way."""
 
     fatal_errors: tuple[type[BaseException], ...] = ()
 
     def __init__(self, system, concurrency: int) -> None:
         self.system = system
-        self.clock = Clock()
-        self._async = bool(getattr(system, "async_native", False))
-        self._pool = None if self._async else ThreadPoolExecutor(max_workers=concurrency,
-                                                                  thread_name_prefix="perfray-client")
+        self.clock = process_clock()
+        if getattr(system, "callback_native", False):
+            self.mode = "callback"
+        else:
+            self.mode = "async" if getattr(system, "async_native", False) else "threads"
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="perfray-client") \
+            if self.mode == "threads" else None
 
-    def submit(self, queries, k, rows=None):
-        if self._async:  # the request is started now, on this loop
-            return asyncio.ensure_future(self._call_async(queries, k, rows))
-        return asyncio.get_running_loop().run_in_executor(self._pool, self._call, queries, k, rows)
+    def send(self, queries, k, rows, reply):
+        if self.mode == "callback":
+            return self.system.send(queries, k, rows, reply)
+        if self.mode == "async":  # the request is started now, on this loop
+            future = asyncio.ensure_future(self._call_async(queries, k, rows))
+        else:
+            future = asyncio.get_running_loop().run_in_executor(self._pool, self._call, queries, k, rows)
+        future.add_done_callback(functools.partial(self._settled, reply))
+        return future
+
+    async def call(self, queries, k, rows):
+        """One request, awaited (priming before a cell)."""
+        future = asyncio.get_running_loop().create_future()
+        self.send(queries, k, rows, lambda **reply: future.done() or future.set_result(reply))
+        reply = await future
+        if reply.get("error") is not None:
+            error = reply["error"]
+            raise error if isinstance(error, BaseException) else RuntimeError(error)
+        return reply
+
+    async def warm(self, queries, k: int) -> None:
+        """Let the system open its connections and encode its requests before load starts."""
+        warm = getattr(self.system, "warm", None)
+        if warm is not None:
+            await warm(queries, k)
 
     async def _call_async(self, queries, k, rows):
-        sent_ns = self.clock.now_ns()  # the task runs: later than submit() when the loop is saturated
+        sent_ns = self.clock.now_ns()  # the task runs: later than send() when the loop is saturated
         answer = await self.system.execute_async(queries, k, rows)
-        return self._reply(answer, sent_ns, self.clock.now_ns())
+        return answer, sent_ns, self.clock.now_ns()
 
     def _call(self, queries, k, rows):
         sent_ns = self.clock.now_ns()
         answer = self.system.execute(queries, k, rows)
-        return self._reply(answer, sent_ns, self.clock.now_ns())
+        return answer, sent_ns, self.clock.now_ns()
 
-    @staticmethod
-    def _reply(answer, sent_ns: int, done_ns: int):
-        stamps = {"sent_ns": answer.sent_ns or sent_ns, "done_ns": answer.done_ns or done_ns}
-        return answer.ids, None, 0, {**(answer.stages or {}), **stamps}
+    def _settled(self, reply, future) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            reply(error=error, done_ns=self.clock.now_ns())
+            return
+        answer, sent_ns, done_ns = future.result()
+        reply(result=(answer.ids, None, 0, answer.stages or None), sent_ns=answer.sent_ns or sent_ns,
+              done_ns=answer.done_ns or done_ns)
 
     def close(self) -> None:
         if self._pool is not None:

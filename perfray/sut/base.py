@@ -42,6 +42,7 @@ class SystemUnderTest:
     needs_gpu_actors: ClassVar[bool] = False
     micro_batched: ClassVar[bool] = False  # True: load actors send micro-batches to GPU actors themselves
     async_native: ClassVar[bool] = False  # True: ``execute_async`` runs on the load actor's event loop
+    callback_native: ClassVar[bool] = False  # True: ``send(queries, k, rows, reply)`` starts it on that loop
     requires: ClassVar[tuple[str, ...]] = ()  # client modules (pip extras) it imports
 
     def __init__(self, workload, stores) -> None:

@@ -1,0 +1,245 @@
+"""Sending one actor's share of a cell: pace, send, record, time out — all in loop callbacks.
+
+The hot path per request is: wake (a ``Pacer`` timer for the whole group of due requests), stamp, record,
+hand the bytes to the target; the reply is a callback that stamps and records. There is no coroutine,
+future or timer handle per request: timeouts come from one deadline queue (sends are in time order, so
+deadlines are too), checked by one loop timer.
+
+Targets speak one protocol: ``send(queries, k, rows, reply) -> handle | None`` starts a request now and later
+calls ``reply(result=..., error=..., sent_ns=..., done_ns=...)`` once; ``handle.cancel()`` (when given) gives
+up on it. ``result`` is None or ``(ids, dists, endpoint[, stages])``; ``sent_ns``/``done_ns`` are the target's
+own stamps when it has better ones (e.g. bytes written / first reply bytes read). Targets that only offer
+``submit(queries, k, rows) -> awaitable`` are adapted by ``callback_target``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import functools
+import time
+from collections import deque
+
+import numpy as np
+
+from perfray.schema import STATUS_CODE
+
+PENDING = STATUS_CODE["pending"]
+# The pacer's timer is armed this long before a request is due, and a gap this short is spun, not slept: a
+# sleeping loop takes tens of microseconds to wake (more on a VM), which would otherwise be every request's
+# lateness, and a sleep that short costs more CPU than the spin.
+SPIN_NS = 50_000
+# Requests sent per wake before the loop gets a turn for replies, when the generator is behind.
+MAX_SENDS_PER_WAKE = 256
+
+
+class CellSender:
+    """Sends the rows of ``rec`` to ``target`` at their intended times; ``await run()`` until all are final."""
+
+    def __init__(self, rec, query_start: np.ndarray, pool, target, pacer, clock, plan,
+                 first_batch_id: int = 0) -> None:
+        self.rec, self.pool, self.target, self.pacer, self.clock, self.plan = rec, pool, target, pacer, clock, plan
+        self.loop = pacer.loop
+        self.n = len(rec)
+        self.due_perf = (rec.intended_ns - clock.offset_ns).tolist()
+        self.qstart = np.asarray(query_start, dtype=np.int64)
+        self._single_query = bool((rec.n_queries == 1).all())
+        self.per_request = plan.batch_window_ns <= 0 or plan.batch_max <= int(rec.n_queries.min(initial=1))
+        if not self.per_request:
+            self._intended = rec.intended_ns.tolist()
+            self._cum_queries = np.cumsum(rec.n_queries, dtype=np.int64).tolist()
+        self._qstart_list = self.qstart.tolist()
+        self.next_batch_id = first_batch_id
+        self.in_flight = 0
+        self.lateness_ns: list[int] = []
+        self._next = 0  # first request not yet sent
+        self._batch = None  # (a, b, due_perf) of the next batch, once computed
+        self._deadlines: deque = deque()
+        self._timeout_handle = None
+        self._all_sent = False
+        self._finished: asyncio.Future | None = None
+
+    # ------------------------------------------------------------------------------------------ driving
+    async def run(self) -> None:
+        self._finished = self.loop.create_future()
+        self._guard(self._wake)
+        try:
+            await self._finished
+        finally:
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
+
+    def _guard(self, fn, *args, **kwargs) -> None:
+        """Run a callback; a bug in it ends ``run()`` with the exception instead of hanging the cell."""
+        try:
+            fn(*args, **kwargs)
+        except BaseException as err:  # surfaced through run()
+            if self._finished is not None and not self._finished.done():
+                self._finished.set_exception(err)
+
+    def _on_timer(self) -> None:
+        self._guard(self._wake)
+
+    def _wake(self) -> None:
+        perf = time.perf_counter_ns
+        sends = 0
+        while self._next < self.n:
+            a, b, due = self._batch or self._next_batch()
+            now = perf()
+            if now < due:
+                if due - now > SPIN_NS:
+                    self._batch = (a, b, due)
+                    self.pacer.arm(due - SPIN_NS, self._on_timer)
+                    return
+                while perf() < due:
+                    pass
+            elif sends >= MAX_SENDS_PER_WAKE:  # behind schedule: let replies in, then carry on at once
+                self._batch = (a, b, due)
+                self.loop.call_soon(self._on_timer)
+                return
+            self._batch = None
+            self._next = b
+            self._send(a, b, due)
+            sends += 1
+        self._all_sent = True
+        self._maybe_finished()
+
+    def _next_batch(self) -> tuple[int, int, int]:
+        """The next micro-batch from ``self._next``: requests within the window, at most ``batch_max`` queries;
+        due when full or when the window closes."""
+        a = self._next
+        if self.per_request:
+            return a, a + 1, self.due_perf[a]
+        plan, cum, intended = self.plan, self._cum_queries, self._intended
+        before = cum[a] - int(self.rec.n_queries[a])
+        by_size = max(a + 1, bisect.bisect_right(cum, before + plan.batch_max))
+        by_window = bisect.bisect_right(intended, intended[a] + plan.batch_window_ns)
+        b = min(self.n, by_size, by_window)
+        if b == by_size and by_size <= by_window:
+            return a, b, self.due_perf[b - 1]
+        return a, b, self.due_perf[a] + plan.batch_window_ns
+
+    # ------------------------------------------------------------------------------------------ sending
+    def _send(self, a: int, b: int, due_perf: int) -> None:
+        rec = self.rec
+        if self.in_flight + (b - a) > self.plan.max_in_flight:
+            rec.finish(a, b, "dropped")
+            return
+        if b == a + 1 and self._single_query:
+            row = self._qstart_list[a]
+            rows = self.qstart[a:b]
+            queries = self.pool.queries[row:row + 1]
+            k = int(rec.k[a])
+        else:
+            rows = _query_rows(self.qstart[a:b], rec.n_queries[a:b], self.pool.queries.shape[0])
+            queries = self.pool.queries[rows]
+            k = int(rec.k[a:b].max())
+        sent = self.clock.now_ns()
+        rec.sent(a, b, sent, self.next_batch_id, rows.size)
+        self.next_batch_id += 1
+        self.lateness_ns.append(sent - self.clock.offset_ns - due_perf)
+        self.in_flight += b - a
+        try:
+            handle = self.target.send(queries, k, rows, functools.partial(self._guard, self._replied, a, b, rows))
+        except Exception as exc:
+            self._settle(a, b, "error", self.clock.now_ns(), error=type(exc).__name__)
+            return
+        if rec.status[a] != PENDING:  # answered synchronously
+            return
+        deadlines, status = self._deadlines, rec.status
+        # Settled requests leave from the front as new ones join at the back, so the queue (and every reply
+        # handle it keeps alive) stays about as long as what is in flight: no long-lived object per request
+        # for the garbage collector to walk, however long the timeout.
+        while deadlines and status[deadlines[0][1]] != PENDING:
+            deadlines.popleft()
+        deadlines.append((sent + self.plan.timeout_ns, a, b, handle))
+        if self._timeout_handle is None:
+            self._arm_timeouts()
+
+    def _replied(self, a: int, b: int, rows, result=None, error=None, sent_ns=None, done_ns=None) -> None:
+        rec = self.rec
+        if rec.status[a] != PENDING:  # timed out already
+            return
+        done = done_ns or self.clock.now_ns()
+        if done - int(rec.sent_ns[a]) > self.plan.timeout_ns:  # the reply beat the timeout check, not the limit
+            self._settle(a, b, "timeout", int(rec.sent_ns[a]) + self.plan.timeout_ns)
+            return
+        if error is not None:
+            self._settle(a, b, "error", done, error=error if isinstance(error, str) else type(error).__name__)
+            return
+        if sent_ns:
+            rec.started(a, b, sent_ns)
+        if result is None:
+            self._settle(a, b, "ok", done)
+            return
+        ids, _dists, endpoint, *extra = result
+        self._settle(a, b, "ok", done, endpoint=endpoint, stages=extra[0] if extra else None, found_ids=ids,
+                     q_index=rows)
+
+    def _settle(self, a: int, b: int, status: str, done_ns: int, **row) -> None:
+        self.rec.finish(a, b, status, done_ns=done_ns, **row)
+        self.in_flight -= b - a
+        self._maybe_finished()
+
+    # ------------------------------------------------------------------------------------------ timeouts
+    def _arm_timeouts(self) -> None:
+        self._timeout_handle = None
+        if self._deadlines:
+            delay_ns = self._deadlines[0][0] - self.clock.now_ns()
+            self._timeout_handle = self.loop.call_later(max(delay_ns, 0) / 1e9, self._on_timeouts)
+
+    def _on_timeouts(self) -> None:
+        self._guard(self._expire)
+
+    def _expire(self) -> None:
+        now = self.clock.now_ns()
+        deadlines, status = self._deadlines, self.rec.status
+        while deadlines:
+            deadline, a, b, handle = deadlines[0]
+            if status[a] == PENDING:
+                if deadline > now:
+                    break
+                self._settle(a, b, "timeout", deadline)
+                if handle is not None:
+                    handle.cancel()
+            deadlines.popleft()
+        self._arm_timeouts()
+
+    def _maybe_finished(self) -> None:
+        if self._all_sent and self.in_flight == 0 and self._finished is not None and not self._finished.done():
+            self._finished.set_result(None)
+
+
+class _AwaitableTarget:
+    """``send`` over a target that offers ``submit(queries, k, rows) -> awaitable``."""
+
+    def __init__(self, target, clock) -> None:
+        self.target, self.clock = target, clock
+
+    def send(self, queries, k, rows, reply):
+        future = asyncio.ensure_future(self.target.submit(queries, k, rows))
+        future.add_done_callback(functools.partial(self._settled, reply))
+        return future
+
+    def _settled(self, reply, future) -> None:
+        done_ns = self.clock.now_ns()
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            reply(error=error, done_ns=done_ns)
+        else:
+            reply(result=future.result(), done_ns=done_ns)
+
+
+def callback_target(target, clock):
+    """``target`` itself when it speaks ``send``; otherwise its ``submit`` adapted."""
+    return target if callable(getattr(target, "send", None)) else _AwaitableTarget(target, clock)
+
+
+def _query_rows(starts: np.ndarray, counts: np.ndarray, n_pool: int) -> np.ndarray:
+    """Pool rows for a batch: each request takes ``count`` consecutive queries from its start."""
+    if (counts == 1).all():
+        return starts.astype(np.int64)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    return (np.repeat(starts, counts) + np.arange(counts.sum()) - first) % n_pool

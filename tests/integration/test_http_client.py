@@ -1,0 +1,114 @@
+"""The lean HTTP path (keep-alive pool on asyncio.Protocol, callback-driven sender, precise pacer) against a
+real responder process: row accounting, queueing as schedule lag, multi-query requests, error classes,
+timeouts, and never sending before a request is due."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+from support import make_plan, run_plan
+
+from perfray.config import Workload
+from perfray.load.generator import QueryPool
+from perfray.load.targets import SystemEndpoint
+from perfray.services.process import free_port, wait_for_port
+from perfray.sut.session import make_system
+from perfray.systems_config import StoresSpec
+
+
+@pytest.fixture
+def responder():
+    procs = []
+
+    def start(*args):
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "perfray.services.http_responder", "--port", str(port), *args])
+        procs.append(proc)
+        wait_for_port(port, 20, "http responder")
+        return f"http://127.0.0.1:{port}/search"
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)
+
+
+def http_endpoint(url: str, concurrency: int):
+    workload = Workload.model_validate({"system": "http", "load": {"concurrency": concurrency}})
+    system = make_system("http", workload, StoresSpec(http={"url": url}))
+    system.connect()
+    system.prepare(None)
+    return system, SystemEndpoint(system, concurrency)
+
+
+def statuses(table):
+    return pc.cast(table["status"], "string").to_numpy(zero_copy_only=False)
+
+
+POOL = QueryPool(np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32))
+
+
+def test_every_request_answered_on_few_keep_alive_connections_and_never_sent_early(responder):
+    system, endpoint = http_endpoint(responder(), concurrency=8)
+    assert endpoint.mode == "callback"
+    table, stats = run_plan(make_plan(2000, 1.0, arrival="poisson"), endpoint, POOL)
+    assert table.num_rows == stats["requests"] and (statuses(table) == "ok").all()
+    assert stats["pacer"] == "timerfd"
+    lag = table["schedule_lag_ns"].to_numpy()
+    assert lag.min() >= 0  # woken early by design, but never sent before the intended time
+    service = table["service_ns"].to_numpy()
+    assert (service > 0).all() and (table["latency_ns"].to_numpy() >= service).all()
+    assert len(system._pool.connections) <= 8
+    system.close()
+
+
+def test_requests_waiting_for_a_connection_count_as_schedule_lag_not_service(responder):
+    """One connection, 5 ms per reply, 300 req/s: the server can serve 200/s, so requests queue in the
+    client. Their wait is lag (sent is when the bytes left); service stays the server's 5 ms."""
+    system, endpoint = http_endpoint(responder("--delay-ms", "5"), concurrency=1)
+    table, _ = run_plan(make_plan(300, 1.0), endpoint, POOL)
+    assert (statuses(table) == "ok").all()
+    service_ms = table["service_ns"].to_numpy() / 1e6
+    lag_ms = table["schedule_lag_ns"].to_numpy() / 1e6
+    assert 5.0 <= np.median(service_ms) < 7.0
+    assert np.percentile(lag_ms, 90) > 50  # the queue grows by ~1.7 ms per request
+    latency = table["latency_ns"].to_numpy()
+    assert np.array_equal(latency, table["schedule_lag_ns"].to_numpy() + table["service_ns"].to_numpy())
+    system.close()
+
+
+def test_multi_query_requests_send_one_http_request_per_query_and_score_every_reply(responder):
+    system, endpoint = http_endpoint(responder(), concurrency=4)
+    ids_truth = np.tile(np.arange(128), (POOL.queries.shape[0], 1))  # the responder always answers ids 0..9
+    pool = QueryPool(POOL.queries, ids_truth, np.tile(np.arange(128.0), (POOL.queries.shape[0], 1)))
+    table, _ = run_plan(make_plan(200, 0.5, mix="complex", k=10), endpoint, pool)
+    assert (statuses(table) == "ok").all()
+    n_queries = table["n_queries"].to_numpy()
+    assert n_queries.max() == 16 and table["batch_queries"].to_numpy().tolist() == n_queries.tolist()
+    recall = table["recall"].to_numpy()
+    k = table["k"].to_numpy()
+    assert np.allclose(recall[k == 10], 1.0)  # ids 0..9 are the truth's top-10
+    assert np.allclose(recall[k == 50], 10 / 50)  # 10 of the 50 asked for
+
+
+def test_http_errors_refusals_and_timeouts_become_rows_with_their_class(responder):
+    system, endpoint = http_endpoint(responder("--status", "503"), concurrency=4)
+    table, _ = run_plan(make_plan(200, 0.3), endpoint, POOL)
+    assert (statuses(table) == "error").all()
+    assert set(pc.cast(table["error"], "string").to_pylist()) == {"HTTPStatus503"}
+
+    system, endpoint = http_endpoint(responder("--delay-ms", "200"), concurrency=64)
+    table, _ = run_plan(make_plan(200, 0.3, timeout_ms=30), endpoint, POOL)
+    assert (statuses(table) == "timeout").all()
+    latency_ms = table["latency_ns"].to_numpy() / 1e6
+    assert np.all((latency_ms >= 30) & (latency_ms < 35))
+
+    dead = f"http://127.0.0.1:{free_port()}/search"
+    workload = Workload.model_validate({"system": "http", "load": {"concurrency": 4}})
+    system = make_system("http", workload, StoresSpec(http={"url": dead}))
+    system.prepare(None)
+    table, _ = run_plan(make_plan(100, 0.3), SystemEndpoint(system, 4), POOL)
+    assert (statuses(table) == "error").all()
+    assert set(pc.cast(table["error"], "string").to_pylist()) == {"ConnectionRefusedError"}
