@@ -26,6 +26,7 @@ from perfray.services.http_responder import RESPONSE
 from perfray.services.process import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[1]
+EXTRA: list[str] = []
 REQUEST = (b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
            b"\r\n{}")
 
@@ -37,7 +38,7 @@ def sweep(url: str, qps: float, seconds: float, out: Path, run_id: str) -> np.nd
     for setting in ("system=http", f"stores.http.url={url}", "stores.http.ids_field=null", "dataset.n=2000",
                     "dataset.dim=16", "dataset.n_queries=200", "arrival=constant", f"load.target_qps={qps}",
                     f"load.duration_s={seconds}", "load.warmup_s=1", "batch_window_ms=0", "batch_max=1",
-                    "load.concurrency=256", "microbench.enabled=false", "sweep={}", "targets=[]"):
+                    "load.concurrency=256", "microbench.enabled=false", "sweep={}", "targets=[]", *EXTRA):
         cmd += ["--set", setting]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
@@ -85,8 +86,8 @@ class Reference:
             gap = (t - time.perf_counter_ns()) / 1e9
             if gap > 0.0015:
                 await asyncio.sleep(gap - 0.0015)
-            while time.perf_counter_ns() < t:
-                pass
+            while time.perf_counter_ns() < t:  # yield-spin: replies are read while it waits
+                await asyncio.sleep(0)
             self._send(i)
         await self.finished
         first_measured = int(self.rate)  # the first second is warm-up, as in the sweep

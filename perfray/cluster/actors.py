@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import time
@@ -19,9 +20,10 @@ class LoadActorBody:
 
     def __init__(self, actor: int, run_id: str = "", metrics: bool = False) -> None:
         self.generator = LoadGenerator(actor)
-        self.metrics = MetricsRecorder(RaySink() if metrics else NullSink(), run_id, actor)
+        self.metrics = MetricsRecorder(RaySink() if metrics else NullSink(), run_id, actor, defer_histograms=True)
         self.cell = -1
         self.system, self._system_key, self._endpoint = None, None, None
+        self._observing = None
 
     async def run_cell(self, plan, pool, gpu_handles: list, topology: str, system=None, catalogue=None) -> dict:
         """Run this actor's share of a cell against the GPU actors or, given a SystemPlan, a database system."""
@@ -86,14 +88,29 @@ class LoadActorBody:
         """Finished rows as an Arrow record batch (Ray ships its buffers without pickling the values)."""
         batch = await self.generator.drain_async()
         if self.metrics is not None:
+            await asyncio.sleep(0)  # the loop's turn between two pieces of drain work
             try:
                 self.metrics.rows(batch, self.cell, self.generator.in_flight)
                 if self.system is not None:
                     self.metrics.pools(self.system.pool_stats())
             except Exception as err:  # live metrics never cost a recorded row
-                warn(f"live metrics stopped on load actor {self.generator.actor}: {type(err).__name__}: {err}")
-                self.metrics = None
+                self._metrics_failed(err)
+            else:
+                if self._observing is None or self._observing.done():
+                    self._observing = asyncio.ensure_future(self._observe())
         return batch
+
+    async def _observe(self) -> None:
+        """Histogram values go to Ray's metrics a slice per loop turn, never all at once."""
+        try:
+            while self.metrics is not None and self.metrics.observe_some():
+                await asyncio.sleep(0)
+        except Exception as err:
+            self._metrics_failed(err)
+
+    def _metrics_failed(self, err: Exception) -> None:
+        warn(f"live metrics stopped on load actor {self.generator.actor}: {type(err).__name__}: {err}")
+        self.metrics = None
 
     async def pid(self) -> int:
         return os.getpid()

@@ -37,7 +37,8 @@ class Recorder:
         self.stage_ns = {name: np.full(n, -1, dtype=np.int64) for name in STAGES}
         self.cache_hit = np.full(n, -1, dtype=np.int8)
         self.error_names: list[str] = []
-        self._final: list[tuple[int, int]] = []
+        self._final: list[tuple[int, int]] = []  # finished ranges of several rows
+        self._final_rows: list[int] = []  # finished single rows (the per-request path): ints, not tuples
         self._to_score: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # (a, b, found ids, pool rows)
         self._truth: tuple[np.ndarray, np.ndarray] | None = None
         self.counts = dict.fromkeys(STATUSES[1:], 0)
@@ -107,18 +108,24 @@ class Recorder:
                 elif value is not None:
                     self.stage_ns[name][a:b] = value
         self.counts[status] += b - a
-        self._final.append((a, b))
+        if b == a + 1:
+            self._final_rows.append(a)
+        else:
+            self._final.append((a, b))
 
     def pending(self) -> int:
         return len(self) - sum(self.counts.values())
 
     def drain(self) -> pa.RecordBatch | None:
         """Rows finished since the last drain, as one record batch (None if there are none)."""
-        if not self._final:
+        if not self._final and not self._final_rows:
             return None
         self.score()
-        final, self._final = self._final, []
-        idx = np.sort(_expand(final))
+        idx = np.array(self._final_rows, dtype=np.int64)
+        if self._final:
+            idx = np.concatenate([idx, _expand(self._final)])
+        self._final, self._final_rows = [], []
+        idx.sort()
         if idx[-1] - idx[0] + 1 == idx.size:  # the usual case: a slice, so columns are views, not gathers
             return self._batch(slice(int(idx[0]), int(idx[-1]) + 1))
         return self._batch(idx)

@@ -15,12 +15,44 @@ def _codes(batch: pa.RecordBatch, name: str) -> tuple[np.ndarray, list[str]]:
     return column.indices.to_numpy(zero_copy_only=False).astype(np.int64), column.dictionary.to_pylist()
 
 
+# Ray's metrics API takes one value per call (~10 µs each): a drain of thousands of rows observed at once
+# would hold the load actor's loop for tens of ms. Histograms get a uniform sample of at most this many values
+# per series and drain (their quantiles stay unbiased; exact counts are ``perfray_requests``), observed a
+# slice at a time by ``observe_some`` between the loop's other work.
+HISTOGRAM_SAMPLE_MAX = 256
+OBSERVE_SLICE = 32
+
+
 class MetricsRecorder:
     """Per load actor: counts by status, latency / lag / batch histograms, QPS and in-flight gauges."""
 
-    def __init__(self, sink, run: str, actor: int) -> None:
+    def __init__(self, sink, run: str, actor: int, defer_histograms: bool = False) -> None:
         self.sink, self.run, self.actor = sink, run, actor
+        self.defer_histograms = defer_histograms  # True: ``observe_some`` hands them on, a slice at a time
         self._last = time.monotonic()
+        self._to_observe: list[tuple[str, list, dict]] = []
+        self._rng = np.random.default_rng(actor)
+
+    def _observe(self, name: str, values: np.ndarray, tags: dict) -> None:
+        if values.size > HISTOGRAM_SAMPLE_MAX:
+            values = values[self._rng.integers(0, values.size, HISTOGRAM_SAMPLE_MAX)]
+        if values.size:
+            self._to_observe.append((name, values.tolist(), tags))
+            if not self.defer_histograms:
+                self.observe_some(HISTOGRAM_SAMPLE_MAX)
+
+    def observe_some(self, limit: int = OBSERVE_SLICE) -> int:
+        """Hand up to ``limit`` queued histogram values to the sink; returns how many are still queued."""
+        while limit > 0 and self._to_observe:
+            name, values, tags = self._to_observe[-1]
+            take, rest = values[:limit], values[limit:]
+            self.sink.observe(name, take, tags)
+            limit -= len(take)
+            if rest:
+                self._to_observe[-1] = (name, rest, tags)
+            else:
+                self._to_observe.pop()
+        return sum(len(values) for _, values, _ in self._to_observe)
 
     def cell_started(self, cell: int, target_qps: float) -> None:
         self.sink.set("perfray_target_qps", target_qps, {"run": self.run, "cell": str(cell), "actor": str(self.actor)})
@@ -49,15 +81,15 @@ class MetricsRecorder:
         pair = phase * n_op + op
         for key in np.unique(pair[timed]):
             p, o = divmod(int(key), n_op)
-            self.sink.observe("perfray_latency_ms", latency[timed & (pair == key)] / 1e6,
+            self._observe("perfray_latency_ms", latency[timed & (pair == key)] / 1e6,
                               {**cell_tags, "phase": phases[p], "op": ops[o]})
         sent = status != "dropped"
-        self.sink.observe("perfray_schedule_lag_ms",
+        self._observe("perfray_schedule_lag_ms",
                           batch.column("schedule_lag_ns").to_numpy(zero_copy_only=False)[sent] / 1e6, cell_tags)
         batch_ids = batch.column("batch_id").to_numpy(zero_copy_only=False)[sent]
         sizes = batch.column("batch_size").to_numpy(zero_copy_only=False)[sent]
         _, first = np.unique(batch_ids, return_index=True)
-        self.sink.observe("perfray_batch_size", sizes[first], cell_tags)
+        self._observe("perfray_batch_size", sizes[first], cell_tags)
         self.sink.set("perfray_achieved_qps", float((status == "ok").sum()) / elapsed, actor_tags)
         if "cache_hit" in batch.schema.names:
             hit = batch.column("cache_hit")

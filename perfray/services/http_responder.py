@@ -17,6 +17,9 @@ import asyncio
 import json
 import os
 import time
+from collections import deque
+
+from perfray.load.pacer import Pacer
 
 BODY = json.dumps({"ids": list(range(10))}).encode()
 
@@ -61,7 +64,9 @@ class Responder:
     def __init__(self, delay_ms: float = 0.0, stall_every_s: float = 0.0, stall_ms: float = 0.0,
                  epoch_ns: int = 0, release_log: str | None = None, status: int = 200) -> None:
         self.response = response(status)
-        self.delay_s = delay_ms / 1e3
+        self.delay_ns = int(delay_ms * 1e6)
+        self._due: deque = deque()
+        self._pacer = None
         self.period_ns, self.hold_ns = int(stall_every_s * 1e9), int(stall_ms * 1e6)
         self.epoch_ns = epoch_ns or time.time_ns()
         self.held: dict[int, list] = {}
@@ -78,10 +83,26 @@ class Responder:
                     self._at(release_ns, self._release, period)
                 self.held[period].append(transport)
                 return
-        if self.delay_s:
-            asyncio.get_running_loop().call_later(self.delay_s, self._write, transport)
+        if self.delay_ns:
+            self._delayed(transport)
         else:
             transport.write(self.response)
+
+    def _delayed(self, transport) -> None:
+        """Reply ``delay_ns`` after arrival, to the tens of microseconds (a loop timer is up to 1 ms late)."""
+        if self._pacer is None:
+            self._pacer = Pacer(asyncio.get_running_loop())
+        due = time.perf_counter_ns() + self.delay_ns
+        self._due.append((due, transport))  # a constant delay keeps them in order
+        if len(self._due) == 1:
+            self._pacer.arm(due, self._reply_due)
+
+    def _reply_due(self) -> None:
+        now = time.perf_counter_ns()
+        while self._due and self._due[0][0] <= now:
+            self._write(self._due.popleft()[1])
+        if self._due:
+            self._pacer.arm(self._due[0][0], self._reply_due)
 
     def _at(self, unix_ns: int, fn, *args) -> None:
         """Run ``fn`` at ``unix_ns``: the loop timer gets close, the last stretch is a precise sleep."""
