@@ -73,9 +73,10 @@ def manifest(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())
 
 
-def write_fake_run(run_dir: Path, latencies_ms_by_cell: list, n_gpus=None, qps: float = 1000.0) -> Path:
-    """A run directory with known per-request latencies (all ok, one measured phase), written through the
-    real recorder, Parquet writer, summary and manifest code."""
+def write_fake_run(run_dir: Path, latencies_ms_by_cell: list, n_gpus=None, qps: float = 1000.0,
+                   lag_ms_by_cell: list | None = None) -> Path:
+    """A run directory with known per-request latencies (all ok, one measured phase) and schedule lags (default
+    0), written through the real recorder, Parquet writer, summary and manifest code."""
     from perfray.analysis.summary import add_scaling, summarize_cell
     from perfray.config import LoadSpec, SearchSpec, Workload
     from perfray.load.recorder import Recorder
@@ -93,8 +94,10 @@ def write_fake_run(run_dir: Path, latencies_ms_by_cell: list, n_gpus=None, qps: 
         intended = start + (np.arange(n) * 1e9 / qps).astype(np.int64)
         rec = Recorder(cell, 0, np.arange(n), intended, np.zeros(n, np.int16), np.zeros(n, np.int16),
                        np.array([10]), np.array([1]), ["sustained"], ["knn_k10_q1"])
+        lag_ns = (np.broadcast_to(np.asarray(lag_ms_by_cell[cell], dtype=np.float64), (n,)) * 1e6).astype(np.int64) \
+            if lag_ms_by_cell else np.zeros(n, dtype=np.int64)
         for i in range(n):
-            rec.sent(i, i + 1, int(intended[i]), i, 1)
+            rec.sent(i, i + 1, int(intended[i] + lag_ns[i]), i, 1)
             rec.finish(i, i + 1, "ok", done_ns=int(intended[i]) + int(lat[i] * 1e6), endpoint=0,
                        recall=np.ones(1, np.float32))
         writer.write(cell, 0, rec.drain())

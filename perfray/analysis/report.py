@@ -10,7 +10,7 @@ from pathlib import Path
 from perfray.analysis import figures
 from perfray.analysis.runs import Run, open_run
 from perfray.analysis.scaling_model import T4, fit_usl, paper_qps
-from perfray.analysis.summary import check_targets, scaling_curves
+from perfray.analysis.summary import GENERATOR_LAG_LIMIT_MS, check_targets, scaling_curves
 from perfray.config import TargetSpec
 
 # The seed's service-level objectives: (metric, bound, goal, stretch, higher is better).
@@ -103,6 +103,7 @@ def render(run: Run, figure_paths: list[Path]) -> str:
             f"{_fmt(r['p99_ms'])} | {_fmt(r['p999_ms'])} | {_fmt(r['max_ms'])} | {r['error_rate']:.2%} | "
             f"{r['drop_rate']:.2%} | {_fmt(r['recall_mean'], 4)} | {_fmt(r['schedule_lag_p99_ms'])} | "
             f"{_fmt(r.get('scaling_efficiency'))} | {r.get('status')} |")
+    lines += generator_section(run)
     lines += phase_section(run)
     lines += systems_section(run)
     lines += scaling_section(run)
@@ -110,6 +111,23 @@ def render(run: Run, figure_paths: list[Path]) -> str:
               "over the raw rows of measured phases (ok and timeout rows).", "", "## Figures", ""]
     lines += [f"![{p.stem}]({p.name})" for p in figure_paths]
     return "\n".join(lines) + "\n"
+
+
+def generator_section(run: Run) -> list[str]:
+    """Cells whose load actors fell behind their schedule: their latencies include perfray's own queueing."""
+    limited = [r for r in run.summary
+               if _finite(r.get("generator_lag_p99_ms")) and r["generator_lag_p99_ms"] > GENERATOR_LAG_LIMIT_MS]
+    if not limited:
+        return []
+    lines = ["", "## Generator-limited cells", "",
+             f"The generator, not the system, limited these cells: their load actors sent requests more than "
+             f"{GENERATOR_LAG_LIMIT_MS:g} ms late (p99 of schedule lag beyond the micro-batch window), so part of each "
+             "latency is perfray's own queueing. Add load actors (`load.actors`) or lower the rate per actor.", "",
+             "| cell | offered QPS | load actors | generator lag p99 ms |", "|---|---|---|---|"]
+    for r in limited:
+        lines.append(f"| {r['cell']} | {_fmt(r.get('offered_qps'))} | {r.get('load_actors', '–')} | "
+                     f"{_fmt(r['generator_lag_p99_ms'])} |")
+    return lines
 
 
 def _system_or_backend(row: dict) -> str:

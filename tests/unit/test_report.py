@@ -27,3 +27,22 @@ def test_report_exit_code_follows_must_pass_targets(tmp_path):
     assert subprocess.run([*cmd, str(good)], capture_output=True, timeout=120).returncode == 0
     out = subprocess.run([*cmd, str(bad)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "✗ cell   0 p99_ms" in out.stdout
+
+
+def test_a_cell_whose_generator_fell_behind_is_flagged_and_only_that_one(tmp_path):
+    """Cell 1's requests left 2-6 ms after they were due (1 ms micro-batch window): the generator limited it.
+    Cell 0's lag stays inside the window: not flagged."""
+    rng = np.random.default_rng(3)
+    lat = [rng.uniform(5, 9, 2000), rng.uniform(5, 9, 2000)]
+    lag = [rng.uniform(0.0, 0.9, 2000), rng.uniform(3.0, 7.0, 2000)]
+    run = write_fake_run(tmp_path / "run", lat, lag_ms_by_cell=lag)
+    report, _ = write_report(run)
+    text = report.read_text()
+    section = text.split("## Generator-limited cells", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| cell")]
+    assert [line.split("|")[1].strip() for line in table] == ["1"]
+    expected = np.percentile(lag[1] - 1.0, 99)
+    assert abs(float(table[0].split("|")[4]) - expected) < 0.01
+
+    quiet = write_fake_run(tmp_path / "quiet", lat, lag_ms_by_cell=[lag[0], lag[0]])
+    assert "Generator-limited" not in write_report(quiet)[0].read_text()
