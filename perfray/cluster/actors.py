@@ -8,11 +8,11 @@ import os
 import time
 
 from perfray.load.generator import LoadGenerator
-from perfray.load.targets import RayEndpoint, SystemEndpoint, make_router
+from perfray.load.targets import CoalescingEndpoint, RayEndpoint, SystemEndpoint, make_router
 from perfray.metrics.nvml import GpuSampler
 from perfray.metrics.recorder import MetricsRecorder
 from perfray.metrics.sinks import NullSink, RaySink, warn
-from perfray.sut.gpu_search import GpuSearchWorker
+from perfray.sut.gpu_search import GpuSearchWorker, SearchCoalescer
 
 
 class LoadActorBody:
@@ -28,7 +28,7 @@ class LoadActorBody:
     async def run_cell(self, plan, pool, gpu_handles: list, topology: str, system=None, catalogue=None) -> dict:
         """Run this actor's share of a cell against the GPU actors or, given a SystemPlan, a database system."""
         if system is None:
-            target = make_router(topology, [RayEndpoint(h) for h in gpu_handles])
+            target = make_router(topology, [CoalescingEndpoint(RayEndpoint(h)) for h in gpu_handles])
         else:
             target = self._system_endpoint(system, catalogue, gpu_handles)
         self.cell = plan.cell
@@ -119,26 +119,36 @@ class LoadActorBody:
 
 
 class GpuSearchActorBody(GpuSearchWorker):
-    """A GpuSearchWorker that also reports how busy it is (and, on a real GPU, NVML figures)."""
+    """A GpuSearchWorker that also reports how busy it is (and, on a real GPU, NVML figures). An async actor:
+    calls that queue while a search runs are answered by one search (``SearchCoalescer``)."""
 
     _busy_ns = 0
     _calls = 0
     _rows = 0
+    _coalescer = None
 
-    def search(self, queries, k):
+    async def search(self, queries, k):
+        if self._coalescer is None:
+            self._coalescer = SearchCoalescer(self._timed_search)
+        self._calls += 1
+        self._rows += len(queries)
+        return await self._coalescer.search(queries, k)
+
+    def _timed_search(self, queries, k):
         started = time.perf_counter_ns()
         try:
-            return super().search(queries, k)
+            return GpuSearchWorker.search(self, queries, k)
         finally:
             self._busy_ns += time.perf_counter_ns() - started
-            self._calls += 1
-            self._rows += len(queries)
 
     def counters(self) -> dict:
-        """Running totals the driver differences over a cell: busy time and NVML utilisation samples."""
+        """Running totals the driver differences over a cell: busy time, calls received, searches run (fewer
+        when queued calls were coalesced) and NVML utilisation samples."""
         sampler = getattr(self, "_sampler", None)
+        searches = self._coalescer.searches if self._coalescer is not None else 0
         return {"busy_ns": self._busy_ns, "t_ns": time.perf_counter_ns(), "calls": self._calls, "rows": self._rows,
-                "util_sum": sampler.util_sum if sampler else 0.0, "util_samples": sampler.util_samples if sampler else 0}
+                "searches": searches, "util_sum": sampler.util_sum if sampler else 0.0,
+                "util_samples": sampler.util_samples if sampler else 0}
 
     def start_metrics(self, run_id: str, nvml: bool) -> bool:
         info = self.describe()

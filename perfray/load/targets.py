@@ -11,6 +11,8 @@ import asyncio
 import functools
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 from perfray.backends.base import merge_topk
 from perfray.timing import process_clock
 
@@ -114,6 +116,67 @@ class RayEndpoint:
 
     def submit(self, queries, k, rows=None):
         return self.handle.search.remote(queries, k)
+
+
+class CoalescingEndpoint:
+    """At most ``max_calls`` calls in flight to ``endpoint``; micro-batches that come meanwhile wait here and
+    go together as the next call (one round trip instead of several: a Ray call costs ~1 ms and an actor
+    serves ~2K of them a second on 2 cores). Each waiting batch's reply is its own rows of the merged one."""
+
+    def __init__(self, endpoint, max_calls: int = 2, max_rows: int = 4096) -> None:
+        self.endpoint, self.max_calls, self.max_rows = endpoint, max_calls, max_rows
+        self.fatal_errors = endpoint.fatal_errors
+        self._waiting: list = []
+        self._in_flight = 0
+
+    def submit(self, queries, k, rows=None):
+        answer = asyncio.get_running_loop().create_future()
+        self._waiting.append((queries, k, answer))
+        if self._in_flight < self.max_calls:
+            self._dispatch()
+        return answer
+
+    def _dispatch(self) -> None:
+        taken, n = [], 0
+        while self._waiting and (not taken or n + len(self._waiting[0][0]) <= self.max_rows):
+            item = self._waiting.pop(0)
+            if not item[2].done():  # a batch that timed out is not sent
+                taken.append(item)
+                n += len(item[0])
+        if not taken:
+            return
+        k_max = max(k for _, k, _ in taken)
+        queries = taken[0][0] if len(taken) == 1 else np.concatenate([q for q, _, _ in taken])
+        self._in_flight += 1
+        try:
+            reply = asyncio.ensure_future(self.endpoint.submit(queries, k_max))
+        except Exception as err:
+            self._settle(taken, None, err)
+            return
+        reply.add_done_callback(functools.partial(self._replied, taken))
+
+    def _replied(self, taken, reply) -> None:
+        if reply.cancelled():
+            self._settle(taken, None, asyncio.CancelledError())
+        elif reply.exception() is not None:
+            self._settle(taken, None, reply.exception())
+        else:
+            self._settle(taken, reply.result(), None)
+
+    def _settle(self, taken, result, error) -> None:
+        self._in_flight -= 1
+        offset = 0
+        for q, k, answer in taken:
+            if answer.done():
+                pass
+            elif error is not None:
+                answer.set_exception(error)
+            else:
+                ids, dists = result[0], result[1]
+                answer.set_result((ids[offset:offset + len(q), :k], dists[offset:offset + len(q), :k]))
+            offset += len(q)
+        if self._waiting and self._in_flight < self.max_calls:
+            self._dispatch()
 
 
 class NoLiveEndpoint(RuntimeError):
