@@ -14,7 +14,6 @@ enough users, no web UI, only a summary.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import socket
 import subprocess
@@ -44,6 +43,7 @@ def _cpus() -> tuple[int, int]:
 def run_perfray(url: str, qps: float, seconds: float, concurrency: int) -> dict:
     from perfray.config import Workload
     from perfray.load.generator import CellPlan, LoadGenerator, QueryPool
+    from perfray.load.pacer import run_fast
     from perfray.load.profiles import op_mix
     from perfray.load.schedules import PhaseRates
     from perfray.load.targets import SystemEndpoint
@@ -70,7 +70,7 @@ def run_perfray(url: str, qps: float, seconds: float, concurrency: int) -> dict:
             system.close()
 
     cpu = time.process_time()
-    stats = _run(go())
+    stats = run_fast(go())
     cpu = time.process_time() - cpu
     rows = generator.drain().to_pandas()
     ok = rows[(rows.status == "ok") & (rows.phase == "m")]
@@ -78,15 +78,6 @@ def run_perfray(url: str, qps: float, seconds: float, concurrency: int) -> dict:
             "all_ok": bool((rows.status == "ok").all()), "p50_ms": ok.latency_ns.quantile(0.5) / 1e6,
             "p99_ms": ok.latency_ns.quantile(0.99) / 1e6, "lag_p99_ms": ok.schedule_lag_ns.quantile(0.99) / 1e6,
             "loop": stats["event_loop"], "pacer": stats["pacer"]}
-
-
-def _run(coro):
-    try:
-        import uvloop
-
-        return uvloop.run(coro)
-    except ImportError:
-        return asyncio.run(coro)
 
 
 LOCUSTFILE = '''

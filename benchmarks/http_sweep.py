@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from perfray.load.pacer import run_fast
 from perfray.services.http_responder import RESPONSE
 from perfray.services.process import free_port, wait_for_port
 
@@ -95,9 +96,7 @@ class Reference:
 
     def _send(self, i: int) -> None:
         if self.idle:
-            conn = self.idle.popleft()
-            conn.pending.append(i)
-            conn.transport.write(REQUEST)
+            _write(self.idle.popleft(), i)
         else:
             self.queue.append(i)
 
@@ -105,22 +104,20 @@ class Reference:
         self.latency[i] = now - self.intended[i]
         self.left -= 1
         if self.queue:
-            j = self.queue.popleft()
-            conn.pending.append(j)
-            conn.transport.write(REQUEST)
+            _write(conn, self.queue.popleft())
         else:
             self.idle.append(conn)
         if self.left == 0:
             self.finished.set_result(None)
 
 
-def reference(port: int, rate: float, seconds: float) -> np.ndarray:
-    try:
-        import uvloop
+def _write(conn, i: int) -> None:
+    conn.pending.append(i)
+    conn.transport.write(REQUEST)
 
-        return uvloop.run(Reference(rate, seconds, 256).run(port))
-    except ImportError:
-        return asyncio.run(Reference(rate, seconds, 256).run(port))
+
+def reference(port: int, rate: float, seconds: float) -> np.ndarray:
+    return run_fast(Reference(rate, seconds, 256).run(port))
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ Elsewhere the loop's own timer wakes a little early and the last stretch is yiel
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import os
@@ -97,3 +98,12 @@ class Pacer:
             self.loop.remove_reader(self._fd)
             os.close(self._fd)
             self._fd = -1
+
+
+def run_fast(coro):
+    """``asyncio.run`` on uvloop when it is installed (as Ray runs load actors), else on the default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)

@@ -19,7 +19,7 @@ import os
 import time
 from collections import deque
 
-from perfray.load.pacer import Pacer
+from perfray.load.pacer import Pacer, run_fast
 
 BODY = json.dumps({"ids": list(range(10))}).encode()
 
@@ -138,12 +138,7 @@ def serve(port: int, responder: Responder, host: str = "127.0.0.1") -> None:
         await loop.create_server(lambda: _Responder(responder), host, port, backlog=4096)
         await asyncio.Event().wait()
 
-    try:
-        import uvloop
-
-        uvloop.run(main())
-    except ImportError:
-        asyncio.run(main())
+    run_fast(main())
 
 
 def main(argv: list[str] | None = None) -> None:
