@@ -119,8 +119,8 @@ class LoadGenerator:
             gc.unfreeze()
             pacer.close()
             self._batch_seq = sender.next_batch_id
-        late = np.asarray(sender.lateness_ns or [0], dtype=np.int64)
+        late = sender.lateness_ns if sender.batches else np.zeros(1, dtype=np.int64)
         return {"actor": plan.actor, "cell": plan.cell, "requests": len(rec), **rec.counts,
-                "batches": len(sender.lateness_ns), "event_loop": type(loop).__module__.split(".")[0],
+                "batches": sender.batches, "event_loop": type(loop).__module__.split(".")[0],
                 "pacer": pacer.kind, "generator_lateness_p99_ns": int(np.percentile(late, 99)),
                 "generator_lateness_max_ns": int(late.max())}

@@ -15,7 +15,6 @@ own stamps when it has better ones (e.g. bytes written / first reply bytes read)
 from __future__ import annotations
 
 import asyncio
-import bisect
 import functools
 import time
 from collections import deque
@@ -41,17 +40,18 @@ class CellSender:
         self.rec, self.pool, self.target, self.pacer, self.clock, self.plan = rec, pool, target, pacer, clock, plan
         self.loop = pacer.loop
         self.n = len(rec)
-        self.due_perf = (rec.intended_ns - clock.offset_ns).tolist()
+        # Arrays, not lists: a 10-minute cell at 7,000 QPS is 4.2M requests (34 MB a column as int64, ~150 MB as
+        # Python ints); reading one element per request costs ~0.1 µs.
+        self.due_perf = rec.intended_ns - clock.offset_ns
         self.qstart = np.asarray(query_start, dtype=np.int64)
         self._single_query = bool((rec.n_queries == 1).all())
         self.per_request = plan.batch_window_ns <= 0 or plan.batch_max <= int(rec.n_queries.min(initial=1))
         if not self.per_request:
-            self._intended = rec.intended_ns.tolist()
-            self._cum_queries = np.cumsum(rec.n_queries, dtype=np.int64).tolist()
-        self._qstart_list = self.qstart.tolist()
+            self._cum_queries = np.cumsum(rec.n_queries, dtype=np.int64)
         self.next_batch_id = first_batch_id
         self.in_flight = 0
-        self.lateness_ns: list[int] = []
+        self._lateness = np.zeros(self.n, dtype=np.int64)  # per batch (at most one per request)
+        self.batches = 0
         self._next = 0  # first request not yet sent
         self._batch = None  # (a, b, due_perf) of the next batch, once computed
         self._deadlines: deque = deque()
@@ -109,15 +109,15 @@ class CellSender:
         due when full or when the window closes."""
         a = self._next
         if self.per_request:
-            return a, a + 1, self.due_perf[a]
-        plan, cum, intended = self.plan, self._cum_queries, self._intended
-        before = cum[a] - int(self.rec.n_queries[a])
-        by_size = max(a + 1, bisect.bisect_right(cum, before + plan.batch_max))
-        by_window = bisect.bisect_right(intended, intended[a] + plan.batch_window_ns)
+            return a, a + 1, int(self.due_perf[a])
+        plan, cum, intended = self.plan, self._cum_queries, self.rec.intended_ns
+        before = int(cum[a]) - int(self.rec.n_queries[a])
+        by_size = max(a + 1, int(np.searchsorted(cum, before + plan.batch_max, side="right")))
+        by_window = int(np.searchsorted(intended, intended[a] + plan.batch_window_ns, side="right"))
         b = min(self.n, by_size, by_window)
         if b == by_size and by_size <= by_window:
-            return a, b, self.due_perf[b - 1]
-        return a, b, self.due_perf[a] + plan.batch_window_ns
+            return a, b, int(self.due_perf[b - 1])
+        return a, b, int(self.due_perf[a]) + plan.batch_window_ns
 
     # ------------------------------------------------------------------------------------------ sending
     def _send(self, a: int, b: int, due_perf: int) -> None:
@@ -126,7 +126,7 @@ class CellSender:
             rec.finish(a, b, "dropped")
             return
         if b == a + 1 and self._single_query:
-            row = self._qstart_list[a]
+            row = int(self.qstart[a])
             rows = self.qstart[a:b]
             queries = self.pool.queries[row:row + 1]
             k = int(rec.k[a])
@@ -137,7 +137,8 @@ class CellSender:
         sent = self.clock.now_ns()
         rec.sent(a, b, sent, self.next_batch_id, rows.size)
         self.next_batch_id += 1
-        self.lateness_ns.append(sent - self.clock.offset_ns - due_perf)
+        self._lateness[self.batches] = sent - self.clock.offset_ns - due_perf
+        self.batches += 1
         self.in_flight += b - a
         try:
             handle = self.target.send(queries, k, rows, functools.partial(self._guard, self._replied, a, b, rows))
@@ -175,6 +176,11 @@ class CellSender:
         ids, _dists, endpoint, *extra = result
         self._settle(a, b, "ok", done, endpoint=endpoint, stages=extra[0] if extra else None, found_ids=ids,
                      q_index=rows)
+
+    @property
+    def lateness_ns(self) -> np.ndarray:
+        """The generator's own lateness per batch sent: sent − due."""
+        return self._lateness[: self.batches]
 
     def _settle(self, a: int, b: int, status: str, done_ns: int, **row) -> None:
         self.rec.finish(a, b, status, done_ns=done_ns, **row)
