@@ -43,13 +43,19 @@ class SystemEndpoint:
 
     fatal_errors: tuple[type[BaseException], ...] = ()
 
-    def __init__(self, system, concurrency: int) -> None:
+    MODES = ("callback", "async", "threads")
+
+    def __init__(self, system, concurrency: int, mode: str | None = None) -> None:
         self.system = system
         self.clock = process_clock()
-        if getattr(system, "callback_native", False):
+        if mode is not None:  # a slower path on purpose (benchmarks compare them side by side)
+            self.mode = mode
+        elif getattr(system, "callback_native", False):
             self.mode = "callback"
         else:
             self.mode = "async" if getattr(system, "async_native", False) else "threads"
+        if self.mode not in self.MODES:
+            raise ValueError(f"client path {self.mode!r}: expected one of {', '.join(self.MODES)}")
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="perfray-client") \
             if self.mode == "threads" else None
 
@@ -76,7 +82,7 @@ class SystemEndpoint:
     async def warm(self, queries, k: int) -> None:
         """Let the system open its connections and encode its requests before load starts."""
         warm = getattr(self.system, "warm", None)
-        if warm is not None:
+        if warm is not None and self.mode != "threads":  # it prepares the loop's own clients
             await warm(queries, k)
 
     async def _call_async(self, queries, k, rows):

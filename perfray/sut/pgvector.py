@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from perfray.sut.base import Answer, StoreSystem, span
-from perfray.sut.postgres import META_SQL, PostgresStore
+from perfray.sut.base import Answer, span
+from perfray.sut.postgres import META_SQL, AsyncPostgresSystem, PostgresStore
 
 SEARCH_SQL = "SELECT id FROM perfray_vectors ORDER BY embedding <-> %s::vector LIMIT %s"
 
@@ -19,9 +19,9 @@ class PgvectorStore(PostgresStore):
     store = "pgvector"
     meta_key = "vectors"
 
-    def configure(self, conn) -> None:
-        for name, value in self.spec.search_params.items():  # e.g. hnsw.ef_search, ivfflat.probes
-            conn.execute(f"SET {_setting(name)} = {int(value)}")
+    def session_sql(self) -> list[str]:
+        return [f"SET {_setting(name)} = {int(value)}"  # e.g. hnsw.ef_search, ivfflat.probes
+                for name, value in self.spec.search_params.items()]
 
     def load(self, catalogue, progress=None) -> dict:
         """Vectors into ``perfray_vectors`` and the configured index, in one transaction."""
@@ -57,6 +57,15 @@ class PgvectorStore(PostgresStore):
                 ids[i, : len(rows)] = [r[0] for r in rows]
         return ids
 
+    async def search_async(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, int, int]:
+        ids = np.full((queries.shape[0], k), -1, dtype=np.int64)
+        sent_ns = done_ns = 0
+        for i, vector in enumerate(queries):
+            rows, sent, done_ns = await self.fetch_async(SEARCH_SQL, (_vector_text(vector), int(k)))
+            sent_ns = sent_ns or sent
+            ids[i, : len(rows)] = [r[0] for r in rows]
+        return ids, sent_ns, done_ns
+
 
 def _setting(name: str) -> str:
     """A setting or index parameter name, checked (it is spliced into SQL)."""
@@ -65,7 +74,7 @@ def _setting(name: str) -> str:
     return name
 
 
-class PgvectorSystem(StoreSystem):
+class PgvectorSystem(AsyncPostgresSystem):
     """Vector search in PostgreSQL with pgvector; recall against exact ground truth."""
 
     name = "pgvector"
@@ -86,3 +95,7 @@ class PgvectorSystem(StoreSystem):
         with span(stages, "vector_ns"):
             ids = self.store.search(queries, k)
         return Answer(ids=ids, stages=stages)
+
+    async def execute_async(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
+        ids, sent_ns, done_ns = await self.store.search_async(queries, k)
+        return Answer(ids=ids, stages={"vector_ns": done_ns - sent_ns}, sent_ns=sent_ns, done_ns=done_ns)

@@ -3,9 +3,12 @@ the query that ranks a user's candidate items under their policies."""
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
 from perfray.sut.base import Answer, StoreSystem, env_secret, seed_items, span, unavailable
+from perfray.timing import process_clock
 
 RANK_SQL = """
 SELECT i.id FROM perfray_items i
@@ -27,7 +30,8 @@ CREATE TABLE perfray_policies (user_id int NOT NULL, genre int NOT NULL, weight 
 
 
 class PostgresStore:
-    """A connection pool on the policy database."""
+    """A connection pool on the policy database: a sync pool (the driver's checks and loads; client threads),
+    or, in a load actor, an ``AsyncConnectionPool`` on the actor's event loop (``open_async``)."""
 
     store = "postgres"  # the name errors and gauges use
     meta_key = "catalogue"  # what this store's fingerprint row is called in perfray_meta
@@ -35,15 +39,13 @@ class PostgresStore:
     def __init__(self, spec, pool_max: int) -> None:
         self.spec, self.pool_max = spec, pool_max
         self.pool = None
+        self.async_pool = None
 
     @property
     def uri(self) -> str:
         return self.spec.uri
 
-    def connect(self) -> None:
-        import psycopg
-        from psycopg_pool import ConnectionPool, PoolTimeout
-
+    def _pool_options(self) -> dict:
         s = self.spec
         kwargs = {"host": s.host, "port": s.port, "dbname": s.dbname, "connect_timeout": max(1, round(s.connect_timeout_s)),
                   "autocommit": True}
@@ -52,9 +54,15 @@ class PostgresStore:
         password = env_secret(s.password_env)
         if password:
             kwargs["password"] = password
-        self.pool = ConnectionPool(kwargs=kwargs, min_size=min(s.pool_min, self.pool_max), max_size=self.pool_max,
-                                   timeout=s.connect_timeout_s, reconnect_timeout=3600, open=False,
-                                   name=f"perfray-{self.store}", configure=self.configure)
+        return {"kwargs": kwargs, "min_size": min(s.pool_min, self.pool_max), "max_size": self.pool_max,
+                "timeout": s.connect_timeout_s, "reconnect_timeout": 3600, "open": False, "name": f"perfray-{self.store}"}
+
+    def connect(self) -> None:
+        import psycopg
+        from psycopg_pool import ConnectionPool, PoolTimeout
+
+        s = self.spec
+        self.pool = ConnectionPool(**self._pool_options(), configure=self.configure)
         try:
             self.pool.open(wait=True, timeout=s.connect_timeout_s)
             with self.pool.connection() as conn:
@@ -63,8 +71,48 @@ class PostgresStore:
             self.close()
             raise unavailable(self.store, self.uri, err) from None
 
-    def configure(self, conn) -> None:
+    def session_sql(self) -> list[str]:
         """Session settings for every new pooled connection (none here)."""
+        return []
+
+    def configure(self, conn) -> None:
+        for sql in self.session_sql():
+            conn.execute(sql)
+
+    async def _configure_async(self, conn) -> None:
+        for sql in self.session_sql():
+            await conn.execute(sql)
+
+    async def open_async(self) -> None:
+        """Serve from an ``AsyncConnectionPool`` on the running loop; the sync pool (used to check and load)
+        is closed, so the server never holds two pools' connections for one client."""
+        from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+        if self.async_pool is not None:
+            return
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        pool = AsyncConnectionPool(**self._pool_options(), configure=self._configure_async)
+        try:
+            await pool.open(wait=True, timeout=self.spec.connect_timeout_s)
+        except PoolTimeout as err:
+            await pool.close()
+            raise unavailable(self.store, self.uri, err) from None
+        self.async_pool = pool
+
+    async def fetch_async(self, sql: str, params) -> tuple[list, int, int]:
+        """Rows of one prepared query, read to the end, with the clock's stamps around the query itself (a wait
+        for a free connection is the client's queueing, not the server's time)."""
+        if self.async_pool is None:
+            await self.open_async()
+        clock = process_clock()
+        async with self.async_pool.connection() as conn:
+            sent_ns = clock.now_ns()
+            cursor = await conn.execute(sql, params, prepare=True)
+            rows = await cursor.fetchall()
+            done_ns = clock.now_ns()
+        return rows, sent_ns, done_ns
 
     def fingerprint(self) -> str | None:
         with self.pool.connection() as conn:
@@ -103,14 +151,18 @@ class PostgresStore:
     def rank(self, user: int, candidates: np.ndarray, k: int) -> np.ndarray:
         """The user's top-k of ``candidates`` under their policies (the cursor is read to the end)."""
         with self.pool.connection() as conn:
-            rows = conn.execute(RANK_SQL, {"user": int(user), "ids": [int(c) for c in candidates], "k": int(k)},
-                                prepare=True).fetchall()
-        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            rows = conn.execute(RANK_SQL, _rank_params(user, candidates, k), prepare=True).fetchall()
+        return _ids(rows)
+
+    async def rank_async(self, user: int, candidates: np.ndarray, k: int) -> tuple[np.ndarray, int, int]:
+        rows, sent_ns, done_ns = await self.fetch_async(RANK_SQL, _rank_params(user, candidates, k))
+        return _ids(rows), sent_ns, done_ns
 
     def stats(self) -> dict[str, int]:
-        if self.pool is None:
+        pool = self.async_pool or self.pool
+        if pool is None:
             return {}
-        s = self.pool.get_stats()
+        s = pool.get_stats()
         size, idle = s.get("pool_size", 0), s.get("pool_available", 0)
         return {"active": size - idle, "idle": idle, "waiting": s.get("requests_waiting", 0)}
 
@@ -118,9 +170,42 @@ class PostgresStore:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+        pool, self.async_pool = self.async_pool, None
+        if pool is not None:
+            close_async(pool)
 
 
-class PostgresSystem(StoreSystem):
+def _rank_params(user: int, candidates: np.ndarray, k: int) -> dict:
+    return {"user": int(user), "ids": [int(c) for c in candidates], "k": int(k)}
+
+
+def _ids(rows: list) -> np.ndarray:
+    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+
+def close_async(pool) -> None:
+    """Close an async pool from sync code: on its loop when that loop is running, else on a loop of its own."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        try:
+            asyncio.run(pool.close())
+        except RuntimeError:  # its loop is gone: its connections went with it
+            pass
+    else:
+        loop.create_task(pool.close())
+
+
+class AsyncPostgresSystem(StoreSystem):
+    """A PostgreSQL-served system on the load actor's loop (psycopg's async pool): ``warm`` opens the pool."""
+
+    async_native = True
+
+    async def warm(self, queries: np.ndarray, k: int) -> None:
+        await self.store.open_async()
+
+
+class PostgresSystem(AsyncPostgresSystem):
     """Policy ranking alone: each request ranks ``hybrid.candidates`` catalogue items for the query's user."""
 
     name = "postgres"
@@ -138,3 +223,11 @@ class PostgresSystem(StoreSystem):
         with span(stages, "policy_ns"):
             items = [self.store.rank(u, c, k) for u, c in zip(users, candidates, strict=True)]
         return Answer(items=items, stages=stages)
+
+    async def execute_async(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
+        candidates = seed_items(self.catalogue, rows, self.workload.hybrid.candidates)
+        users = self.catalogue.user_of(rows)
+        calls = [await self.store.rank_async(u, c, k) for u, c in zip(users, candidates, strict=True)]
+        sent_ns, done_ns = calls[0][1], calls[-1][2]
+        return Answer(items=[items for items, _, _ in calls], stages={"policy_ns": done_ns - sent_ns},
+                      sent_ns=sent_ns, done_ns=done_ns)
