@@ -72,12 +72,13 @@ def test_stalls_recorded_within_2_percent_of_the_truth(tmp_path, responder):
     # 5 ms typically, never beyond 10 ms (on 2 shared vCPUs the load actor can sit runnable for a few ms; the
     # old client took 15-170 ms).
     done = rows.done_ns.to_numpy()
+    late_ms = []
     for entry in logged:
         recorded = np.sort(done[held & (period == entry["period"])])
         written = np.asarray(entry["written_ns"][: recorded.size])
-        if recorded.size:
-            late_ms = (recorded[: written.size] - written) / 1e6
-            assert np.median(late_ms) <= 5 and late_ms.max() <= 10, (entry["period"],
-                                                                      np.quantile(late_ms, [0.5, 0.99, 1.0]))
+        late_ms.append((recorded[: written.size] - written) / 1e6)
+    late_ms = np.concatenate(late_ms)
+    assert late_ms.size >= 0.14 * len(rows)
+    assert np.median(late_ms) <= 5 and late_ms.max() <= 10, np.quantile(late_ms, [0.5, 0.99, 1.0])
     lag_ms = rows.schedule_lag_ns.to_numpy() / 1e6
     assert np.quantile(lag_ms, 0.99) <= 10, np.quantile(lag_ms, [0.5, 0.99, 0.999])
