@@ -223,19 +223,27 @@ class _AwaitableTarget:
         self.target, self.clock = target, clock
 
     def send(self, queries, k, rows, reply):
-        future = asyncio.ensure_future(self.target.submit(queries, k, rows))
+        future = asyncio.ensure_future(self._stamped(self.target.submit(queries, k, rows)))
         future.add_done_callback(functools.partial(self._settled, reply))
         return future
 
+    async def _stamped(self, awaitable):
+        """The reply's stamp is taken the moment it resolves, inside the same task step (a done-callback runs
+        one loop turn later)."""
+        try:
+            result = await awaitable
+        except Exception as err:
+            return None, err, self.clock.now_ns()
+        return result, None, self.clock.now_ns()
+
     def _settled(self, reply, future) -> None:
-        done_ns = self.clock.now_ns()
         if future.cancelled():
             return
-        error = future.exception()
+        result, error, done_ns = future.result()
         if error is not None:
             reply(error=error, done_ns=done_ns)
         else:
-            reply(result=future.result(), done_ns=done_ns)
+            reply(result=result, done_ns=done_ns)
 
 
 def callback_target(target, clock):
