@@ -74,6 +74,34 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
     return order_topk(ids, dists, k)
 
 
+def take_waiting(waiting: list, max_rows: int) -> tuple[list, np.ndarray | None, int]:
+    """Pop the oldest waiting ``(queries, k, answer future)`` batches, up to ``max_rows`` query rows (at least
+    one), skipping callers that gave up; returns them, their queries stacked and the largest k."""
+    taken, rows = [], 0
+    while waiting and (not taken or rows + len(waiting[0][0]) <= max_rows):
+        item = waiting.pop(0)
+        if not item[2].done():
+            taken.append(item)
+            rows += len(item[0])
+    if not taken:
+        return taken, None, 0
+    queries = taken[0][0] if len(taken) == 1 else np.concatenate([q for q, _, _ in taken])
+    return taken, queries, max(k for _, k, _ in taken)
+
+
+def answer_each(taken: list, result: tuple[np.ndarray, np.ndarray] | None, error: BaseException | None) -> None:
+    """Each batch of a merged search gets its own rows and its own k (rows are sorted by distance, ties by id,
+    so the first k of a larger k are exactly the top-k), or the search's error."""
+    offset = 0
+    for q, k, answer in taken:
+        if not answer.done():
+            if error is not None:
+                answer.set_exception(error)
+            else:
+                answer.set_result((result[0][offset:offset + len(q), :k], result[1][offset:offset + len(q), :k]))
+        offset += len(q)
+
+
 def check_build_input(vectors: np.ndarray) -> np.ndarray:
     if vectors.ndim != 2 or vectors.shape[0] == 0:
         raise ValueError(f"index vectors must be a non-empty 2-D array, got shape {vectors.shape}")

@@ -11,9 +11,7 @@ import asyncio
 import functools
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
-from perfray.backends.base import merge_topk
+from perfray.backends.base import answer_each, merge_topk, take_waiting
 from perfray.timing import process_clock
 
 
@@ -143,16 +141,9 @@ class CoalescingEndpoint:
         return answer
 
     def _dispatch(self) -> None:
-        taken, n = [], 0
-        while self._waiting and (not taken or n + len(self._waiting[0][0]) <= self.max_rows):
-            item = self._waiting.pop(0)
-            if not item[2].done():  # a batch that timed out is not sent
-                taken.append(item)
-                n += len(item[0])
+        taken, queries, k_max = take_waiting(self._waiting, self.max_rows)  # a batch that timed out is not sent
         if not taken:
             return
-        k_max = max(k for _, k, _ in taken)
-        queries = taken[0][0] if len(taken) == 1 else np.concatenate([q for q, _, _ in taken])
         self._in_flight += 1
         try:
             reply = asyncio.ensure_future(self.endpoint.submit(queries, k_max))
@@ -164,23 +155,12 @@ class CoalescingEndpoint:
     def _replied(self, taken, reply) -> None:
         if reply.cancelled():
             self._settle(taken, None, asyncio.CancelledError())
-        elif reply.exception() is not None:
-            self._settle(taken, None, reply.exception())
         else:
-            self._settle(taken, reply.result(), None)
+            self._settle(taken, None if reply.exception() else reply.result(), reply.exception())
 
     def _settle(self, taken, result, error) -> None:
         self._in_flight -= 1
-        offset = 0
-        for q, k, answer in taken:
-            if answer.done():
-                pass
-            elif error is not None:
-                answer.set_exception(error)
-            else:
-                ids, dists = result[0], result[1]
-                answer.set_result((ids[offset:offset + len(q), :k], dists[offset:offset + len(q), :k]))
-            offset += len(q)
+        answer_each(taken, result, error)
         if self._waiting and self._in_flight < self.max_calls:
             self._dispatch()
 

@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from perfray.backends import create_backend
+from perfray.backends.base import answer_each, take_waiting
 from perfray.sut.base import SystemUnderTest
 
 
@@ -84,8 +85,7 @@ class GpuSearchWorker:
 class SearchCoalescer:
     """Server-side batching in front of one search worker, on an event loop: micro-batches that arrive while a
     search runs are answered together by the next one (one kernel call, not one per caller), as a GPU search
-    service does. ``search(queries, k)`` is awaited by each caller; ``run(queries, k)`` is the blocking search.
-    Rows are sorted by distance with ties broken by id, so the first k of a larger k are exactly the top-k."""
+    service does. ``search(queries, k)`` is awaited by each caller; ``run(queries, k)`` is the blocking search."""
 
     def __init__(self, run, max_rows: int = 4096) -> None:
         self._run, self.max_rows = run, max_rows
@@ -107,26 +107,15 @@ class SearchCoalescer:
     def _serve(self) -> None:
         import asyncio
 
-        taken, rows = [], 0
-        while self._waiting and (not taken or rows + len(self._waiting[0][0]) <= self.max_rows):
-            item = self._waiting.pop(0)
-            taken.append(item)
-            rows += len(item[0])
-        live = [item for item in taken if not item[2].done()]  # a caller that gave up is skipped
-        if live:
-            k_max = max(k for _, k, _ in live)
-            queries = live[0][0] if len(live) == 1 else np.concatenate([q for q, _, _ in live])
+        taken, queries, k_max = take_waiting(self._waiting, self.max_rows)  # a caller that gave up is skipped
+        if taken:
             try:
-                ids, dists = self._run(queries, k_max)
+                result = self._run(queries, k_max)
             except Exception as err:  # every waiting caller gets the search's error
-                for _, _, answer in live:
-                    answer.set_exception(err)
+                answer_each(taken, None, err)
             else:
                 self.searches += 1
-                offset = 0
-                for q, k, answer in live:
-                    answer.set_result((ids[offset:offset + len(q), :k], dists[offset:offset + len(q), :k]))
-                    offset += len(q)
+                answer_each(taken, result, None)
         if self._waiting:  # what arrived meanwhile: after the loop has taken in every call that is here
             asyncio.get_running_loop().call_soon(self._serve)
         else:
