@@ -120,7 +120,12 @@ class LoadGenerator:
             pacer.close()
             self._batch_seq = sender.next_batch_id
         late = sender.lateness_ns if sender.batches else np.zeros(1, dtype=np.int64)
-        return {"actor": plan.actor, "cell": plan.cell, "requests": len(rec), **rec.counts,
-                "batches": sender.batches, "event_loop": type(loop).__module__.split(".")[0],
-                "pacer": pacer.kind, "generator_lateness_p99_ns": int(np.percentile(late, 99)),
-                "generator_lateness_max_ns": int(late.max())}
+        stats = {"actor": plan.actor, "cell": plan.cell, "requests": len(rec), **rec.counts,
+                 "batches": sender.batches, "event_loop": type(loop).__module__.split(".")[0],
+                 "pacer": pacer.kind, "generator_lateness_p50_ns": int(np.percentile(late, 50)),
+                 "generator_lateness_p99_ns": int(np.percentile(late, 99)), "generator_lateness_max_ns": int(late.max())}
+        if sender.handoffs:
+            handoff = sender.handoff_ns
+            stats["client_handoff_p50_ns"] = int(np.percentile(handoff, 50))
+            stats["client_handoff_p99_ns"] = int(np.percentile(handoff, 99))
+        return stats

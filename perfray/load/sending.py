@@ -52,6 +52,8 @@ class CellSender:
         self.in_flight = 0
         self._lateness = np.zeros(self.n, dtype=np.int64)  # per batch (at most one per request)
         self.batches = 0
+        self._handoff = np.zeros(self.n, dtype=np.int64)  # per reply with the client's own sent stamp
+        self.handoffs = 0
         self._next = 0  # first request not yet sent
         self._batch = None  # (a, b, due_perf) of the next batch, once computed
         self._deadlines: deque = deque()
@@ -89,7 +91,10 @@ class CellSender:
             if now < due:
                 if due - now > SPIN_NS:
                     self._batch = (a, b, due)
-                    self.pacer.arm(due - SPIN_NS, self._on_timer)
+                    if sends:  # what was just sent starts first (a target's task runs on the next turn)
+                        self.loop.call_soon(self._on_timer)
+                    else:
+                        self.pacer.arm(due - SPIN_NS, self._on_timer)
                     return
                 while perf() < due:
                     pass
@@ -169,6 +174,8 @@ class CellSender:
             self._settle(a, b, "error", done, error=error if isinstance(error, str) else type(error).__name__)
             return
         if sent_ns:
+            self._handoff[self.handoffs] = sent_ns - int(rec.sent_ns[a])
+            self.handoffs += 1
             rec.started(a, b, sent_ns)
         if result is None:
             self._settle(a, b, "ok", done)
@@ -181,6 +188,12 @@ class CellSender:
     def lateness_ns(self) -> np.ndarray:
         """The generator's own lateness per batch sent: sent − due."""
         return self._lateness[: self.batches]
+
+    @property
+    def handoff_ns(self) -> np.ndarray:
+        """Per reply whose client stamped its own start: that start − the generator's send (the hand-off to
+        the client, and any wait for a free connection)."""
+        return self._handoff[: self.handoffs]
 
     def _settle(self, a: int, b: int, status: str, done_ns: int, **row) -> None:
         self.rec.finish(a, b, status, done_ns=done_ns, **row)

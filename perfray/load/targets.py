@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from perfray.backends.base import answer_each, merge_topk, take_waiting
@@ -34,8 +35,9 @@ class ThreadEndpoint:
 class SystemEndpoint:
     """A database system's client in this load actor, on one of three paths (``mode``, in the manifest):
     ``callback`` — the system starts the request on this loop itself and calls back (``send``); ``async`` —
-    its ``execute_async`` coroutine runs on this loop; ``threads`` — a sync-only client runs each request on
-    one of ``concurrency`` client threads. The reply carries the client's own ``sent_ns`` / ``done_ns`` (when
+    its ``execute_async`` coroutine runs on this loop, at most ``concurrency`` at once (one per pooled
+    connection; the others wait here, in order); ``threads`` — a sync-only client runs each request on one of
+    ``concurrency`` client threads. The reply carries the client's own ``sent_ns`` / ``done_ns`` (when
     the call began and returned): a hand-off to a thread, or a wait for a free connection, is perfray's time
     and shows as schedule lag, not as the system's service time. Latency is done − intended either way."""
 
@@ -56,14 +58,19 @@ class SystemEndpoint:
             raise ValueError(f"client path {self.mode!r}: expected one of {', '.join(self.MODES)}")
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="perfray-client") \
             if self.mode == "threads" else None
+        self._free, self._queued = concurrency, deque()  # the async path's slots and waiting requests
 
     def send(self, queries, k, rows, reply):
         if self.mode == "callback":
             return self.system.send(queries, k, rows, reply)
-        if self.mode == "async":  # the request is started now, on this loop
-            future = asyncio.ensure_future(self._call_async(queries, k, rows))
-        else:
-            future = asyncio.get_running_loop().run_in_executor(self._pool, self._call, queries, k, rows)
+        if self.mode == "async":
+            request = _AsyncRequest(queries, k, rows, reply)
+            if self._free > 0:
+                self._start(request)
+            else:
+                self._queued.append(request)
+            return request
+        future = asyncio.get_running_loop().run_in_executor(self._pool, self._call, queries, k, rows)
         future.add_done_callback(functools.partial(self._settled, reply))
         return future
 
@@ -83,10 +90,27 @@ class SystemEndpoint:
         if warm is not None and self.mode != "threads":  # it prepares the loop's own clients
             await warm(queries, k)
 
-    async def _call_async(self, queries, k, rows):
+    def _start(self, request) -> None:
+        """A task on this loop: it starts on the loop's next turn and replies itself."""
+        self._free -= 1
+        request.task = asyncio.ensure_future(self._call_async(request))
+
+    async def _call_async(self, request) -> None:
+        queries, k, rows, reply = request.args
         sent_ns = self.clock.now_ns()  # the task runs: later than send() when the loop is saturated
-        answer = await self.system.execute_async(queries, k, rows)
-        return answer, sent_ns, self.clock.now_ns()
+        try:
+            answer = await self.system.execute_async(queries, k, rows)
+        except Exception as err:  # a cancelled task (timed out) replies nothing
+            reply(error=err, done_ns=self.clock.now_ns())
+        else:
+            self._replied(reply, answer, sent_ns, self.clock.now_ns())
+        finally:
+            self._free += 1
+            while self._queued:
+                waiting = self._queued.popleft()
+                if not waiting.cancelled:
+                    self._start(waiting)
+                    break
 
     def _call(self, queries, k, rows):
         sent_ns = self.clock.now_ns()
@@ -100,13 +124,30 @@ class SystemEndpoint:
         if error is not None:
             reply(error=error, done_ns=self.clock.now_ns())
             return
-        answer, sent_ns, done_ns = future.result()
+        self._replied(reply, *future.result())
+
+    @staticmethod
+    def _replied(reply, answer, sent_ns: int, done_ns: int) -> None:
         reply(result=(answer.ids, None, 0, answer.stages or None), sent_ns=answer.sent_ns or sent_ns,
               done_ns=answer.done_ns or done_ns)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+
+
+class _AsyncRequest:
+    """A request on ``SystemEndpoint``'s async path: waiting for a slot, then a task."""
+
+    __slots__ = ("args", "task", "cancelled")
+
+    def __init__(self, *args) -> None:
+        self.args, self.task, self.cancelled = args, None, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.task is not None:
+            self.task.cancel()
 
 
 class RayEndpoint:

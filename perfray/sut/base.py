@@ -8,6 +8,7 @@ serving, ``execute(queries, k, rows)`` answers one request (reading every result
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -101,6 +102,74 @@ class StoreSystem(SystemUnderTest):
         if self.store is not None:
             self.store.close()
             self.store = None
+
+
+class AsyncStoreSystem(StoreSystem):
+    """A store-served system that also runs on the load actor's event loop (``execute_async``, through the store's
+    async driver): ``warm`` opens that driver there and builds every pool row's query parameters once
+    (``request_params``), so handing a request to the client is a lookup, not numpy and encoding. ``execute``
+    (sync, the driver's checks and client threads) sends the same parameters."""
+
+    async_native = True
+
+    def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
+        super().prepare(catalogue)
+        self.requests = PerRow(self.request_params)
+
+    def request_params(self, vector: np.ndarray, row: int, k: int):
+        raise NotImplementedError  # each system says what one row's query sends
+
+    def params(self, queries: np.ndarray, k: int, rows: np.ndarray) -> list:
+        """The query parameters of each of a request's rows."""
+        return [self.requests.get(row, k, queries[i]) for i, row in enumerate(rows.tolist())]
+
+    async def warm(self, queries: np.ndarray, k: int) -> None:
+        await self.store.open_async()
+        self.requests.fill(queries, k)
+
+
+async def each_in_turn(query, statement: str, params: list) -> tuple[list, int, int]:
+    """``await query(statement, p) -> (rows, sent_ns, done_ns)`` for each of a request's parameter sets in turn:
+    every result, the first query's sent stamp and the last one's done stamp."""
+    found, sent_ns, done_ns = [], 0, 0
+    for p in params:
+        rows, sent, done_ns = await query(statement, p)
+        found.append(rows)
+        sent_ns = sent_ns or sent
+    return found, sent_ns, done_ns
+
+
+class PerRow:
+    """What one query-pool row's request sends at one k, built once by ``build(vector, row, k)`` and looked up
+    per request; ``fill`` builds a whole pool before load starts."""
+
+    def __init__(self, build) -> None:
+        self.build = build
+        self._made: dict[tuple[int, int], object] = {}
+
+    def get(self, row: int, k: int, vector: np.ndarray):
+        made = self._made.get((row, k))
+        if made is None:
+            made = self._made[(row, k)] = self.build(vector, row, k)
+        return made
+
+    def fill(self, queries: np.ndarray, k: int) -> None:
+        for row in range(queries.shape[0]):
+            self.get(row, k, queries[row])
+
+
+def close_on_loop(client) -> None:
+    """Close an async client (``await client.close()``) from sync code: on the running loop when there is one
+    (its own), else on a loop of its own."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        try:
+            asyncio.run(client.close())
+        except RuntimeError:  # its loop is gone: its connections went with it
+            pass
+    else:
+        loop.create_task(client.close())
 
 
 def unavailable(store: str, uri: str, err: BaseException) -> UnavailableError:

@@ -17,7 +17,7 @@ try:  # ~8x faster than json on the replies scored for recall
 except ImportError:
     from json import loads as _json_loads
 
-from perfray.sut.base import Answer, SystemUnderTest, env_secret, unavailable
+from perfray.sut.base import Answer, PerRow, SystemUnderTest, env_secret, unavailable
 from perfray.sut.http_client import Exchange, HttpPool
 from perfray.timing import process_clock
 
@@ -47,7 +47,7 @@ class HttpSystem(SystemUnderTest):
     def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
         super().prepare(catalogue)
         self._pool: HttpPool | None = None
-        self._requests: dict[tuple[int, int], bytes] = {}  # (pool row, k) -> encoded request
+        self._requests = PerRow(self._encode)  # (pool row, k) -> encoded request
 
     def _client(self) -> HttpPool:
         if self._pool is not None and self._pool.loop is not asyncio.get_running_loop():
@@ -62,25 +62,20 @@ class HttpSystem(SystemUnderTest):
                                   process_clock(), spec.method)
         return self._pool
 
-    def _request(self, vector: np.ndarray, row: int, k: int) -> bytes:
-        key = (row, k)
-        encoded = self._requests.get(key)
-        if encoded is None:
-            catalogue = getattr(self, "catalogue", None)
-            user = int(catalogue.user_of(np.array([row]))[0]) if catalogue is not None else row
-            body = json.dumps({"vector": vector.tolist(), "k": k, "user": user}, separators=(",", ":"))
-            encoded = self._requests[key] = self._client().encode(body.encode())
-        return encoded
+    def _encode(self, vector: np.ndarray, row: int, k: int) -> bytes:
+        catalogue = getattr(self, "catalogue", None)
+        user = int(catalogue.user_of(np.array([row]))[0]) if catalogue is not None else row
+        body = json.dumps({"vector": vector.tolist(), "k": k, "user": user}, separators=(",", ":"))
+        return self._client().encode(body.encode())
 
     async def warm(self, queries: np.ndarray, k: int) -> int:
         """Before load: encode every pool row's request and open every connection."""
-        for row in range(queries.shape[0]):
-            self._request(queries[row], row, k)
+        self._requests.fill(queries, k)
         return await self._client().warm()
 
     def send(self, queries: np.ndarray, k: int, rows: np.ndarray, reply) -> Exchange:
         pool = self._client()
-        payloads = [self._request(queries[i], int(row), k) for i, row in enumerate(rows.tolist())]
+        payloads = [self._requests.get(row, k, queries[i]) for i, row in enumerate(rows.tolist())]
         ids_field = self.stores_spec.http.ids_field
 
         def done(bodies, sent_ns, done_ns):

@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from perfray.sut.base import Answer, StoreSystem, env_secret, seed_items, span, unavailable
+from perfray.sut.base import (
+    Answer,
+    AsyncStoreSystem,
+    close_on_loop,
+    each_in_turn,
+    env_secret,
+    seed_items,
+    span,
+    unavailable,
+)
+from perfray.timing import process_clock
 
 VECTOR_INDEX = "perfray_item_embedding"
 BATCH = 2_000
@@ -54,35 +64,66 @@ LOAD_STEPS = (
 
 
 class Neo4jStore:
-    """A driver (its own connection pool) on one database."""
+    """A driver (its own connection pool) on one database: the sync driver (the driver's checks and loads; client
+    threads), or, in a load actor, the ``AsyncDriver`` on the actor's event loop (``open_async``)."""
 
     def __init__(self, spec, pool_max: int) -> None:
         self.spec, self.pool_max = spec, pool_max
         self.driver = None
+        self.async_driver = None
 
     @property
     def uri(self) -> str:
         return self.spec.uri
 
+    def _driver_options(self) -> dict:
+        user, password = env_secret(self.spec.user_env), env_secret(self.spec.password_env)
+        return {"auth": (user or "neo4j", password) if password else None, "max_connection_pool_size": self.pool_max,
+                "connection_timeout": self.spec.connect_timeout_s,
+                "connection_acquisition_timeout": self.spec.connect_timeout_s, "max_transaction_retry_time": 0,
+                "notifications_min_severity": "OFF"}
+
     def connect(self) -> None:
         import neo4j
 
-        user, password = env_secret(self.spec.user_env), env_secret(self.spec.password_env)
-        auth = (user or "neo4j", password) if password else None
-        self.driver = neo4j.GraphDatabase.driver(
-            self.spec.uri, auth=auth, max_connection_pool_size=self.pool_max,
-            connection_timeout=self.spec.connect_timeout_s, connection_acquisition_timeout=self.spec.connect_timeout_s,
-            max_transaction_retry_time=0, notifications_min_severity="OFF")
+        self.driver = neo4j.GraphDatabase.driver(self.spec.uri, **self._driver_options())
         try:
             self.driver.verify_connectivity()
         except Exception as err:  # the driver raises several unrelated classes for "not there"
             self.close()
             raise unavailable("neo4j", self.uri, err) from None
 
+    async def open_async(self) -> None:
+        """Serve from an ``AsyncDriver`` on the running loop; the sync driver is closed, so the server never
+        holds two pools' connections for one client."""
+        import neo4j
+
+        if self.async_driver is not None:
+            return
+        if self.driver is not None:
+            self.driver.close()
+            self.driver = None
+        driver = neo4j.AsyncGraphDatabase.driver(self.spec.uri, **self._driver_options())
+        try:
+            await driver.verify_connectivity()
+        except Exception as err:
+            await driver.close()
+            raise unavailable("neo4j", self.uri, err) from None
+        self.async_driver = driver
+
     def run(self, cypher: str, **params) -> list:
         """One auto-commit query, every record read."""
         records, _, _ = self.driver.execute_query(cypher, params, database_=self.spec.database)
         return records
+
+    async def run_async(self, cypher: str, params: dict) -> tuple[list, int, int]:
+        """``run`` on the async driver, with the clock's stamps around it."""
+        if self.async_driver is None:
+            await self.open_async()
+        clock = process_clock()
+        sent_ns = clock.now_ns()
+        records, _, _ = await self.async_driver.execute_query(cypher, params, database_=self.spec.database)
+        return records, sent_ns, clock.now_ns()
 
     def fingerprint(self) -> str | None:
         rows = self.run("MATCH (m:PerfrayMeta {key: 'catalogue'}) RETURN m.value AS v")
@@ -116,21 +157,14 @@ class Neo4jStore:
 
     def expand(self, seeds: np.ndarray, hops: int, limit: int) -> np.ndarray:
         """Items within 1..``hops`` SIMILAR_TO edges of ``seeds``: the first ``limit`` by id."""
-        rows = self.run(EXPAND_CYPHER.replace("{hops}", str(int(hops))), seeds=[int(s) for s in seeds],
-                        limit=int(limit))
-        return np.asarray(rows[0]["ids"] if rows else [], dtype=np.int64)
+        return expanded(self.run(expand_cypher(hops), **expand_params(seeds, limit)))
 
     def baseline(self, vector: np.ndarray, user: int, spec, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(vector-index ids, ranked items) from the single Neo4j-only query."""
-        cypher = BASELINE_CYPHER.replace("{index}", VECTOR_INDEX).replace("{hops}", str(int(spec.hops)))
-        rows = self.run(cypher, vector=[float(x) for x in vector], candidates=int(spec.candidates),
-                        seeds=int(spec.seeds), limit=int(spec.expand_limit), user=int(user), k=int(k))
-        if not rows:
-            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-        return np.asarray(rows[0]["vector_ids"], dtype=np.int64), np.asarray(rows[0]["ranked"], dtype=np.int64)
+        return baseline_ids(self.run(baseline_cypher(spec), **baseline_params(vector, user, spec, k)))
 
     def stats(self) -> dict[str, int]:
-        pool = getattr(self.driver, "_pool", None)  # the driver has no public pool gauge
+        pool = getattr(self.async_driver or self.driver, "_pool", None)  # the driver has no public pool gauge
         connections = getattr(pool, "connections", None) if pool is not None else None
         if not isinstance(connections, dict):
             return {}
@@ -142,6 +176,37 @@ class Neo4jStore:
         if self.driver is not None:
             self.driver.close()
             self.driver = None
+        driver, self.async_driver = self.async_driver, None
+        if driver is not None:
+            close_on_loop(driver)
+
+
+def expand_cypher(hops: int) -> str:
+    return EXPAND_CYPHER.replace("{hops}", str(int(hops)))
+
+
+def expand_params(seeds: np.ndarray, limit: int) -> dict:
+    return {"seeds": [int(s) for s in seeds], "limit": int(limit)}
+
+
+def expanded(records: list) -> np.ndarray:
+    return np.asarray(records[0]["ids"] if records else [], dtype=np.int64)
+
+
+def baseline_cypher(spec) -> str:
+    return BASELINE_CYPHER.replace("{index}", VECTOR_INDEX).replace("{hops}", str(int(spec.hops)))
+
+
+def baseline_params(vector: np.ndarray, user: int, spec, k: int) -> dict:
+    return {"vector": [float(x) for x in vector], "candidates": int(spec.candidates), "seeds": int(spec.seeds),
+            "limit": int(spec.expand_limit), "user": int(user), "k": int(k)}
+
+
+def baseline_ids(records: list) -> tuple[np.ndarray, np.ndarray]:
+    """(vector-index ids, ranked items) of a baseline query's one record."""
+    if not records:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    return np.asarray(records[0]["vector_ids"], dtype=np.int64), np.asarray(records[0]["ranked"], dtype=np.int64)
 
 
 def _rows(catalogue, step: str) -> list:
@@ -167,12 +232,19 @@ def _rows(catalogue, step: str) -> list:
     return [[int(u), int(g), float(c.policy_weight[u, g])] for u, g in zip(users, genres, strict=True)]
 
 
-class _Neo4jBase(StoreSystem):
+class _Neo4jBase(AsyncStoreSystem):
     stores = ("neo4j",)
     requires = ("neo4j",)
 
     def make_store(self) -> Neo4jStore:
         return Neo4jStore(self.stores_spec.neo4j, self.workload.load.concurrency)
+
+    def run_all(self, queries: np.ndarray, k: int, rows: np.ndarray) -> list:
+        """Each row's query on the sync driver: its records."""
+        return [self.store.run(self.cypher, **p) for p in self.params(queries, k, rows)]
+
+    async def run_all_async(self, queries: np.ndarray, k: int, rows: np.ndarray) -> tuple[list, int, int]:
+        return await each_in_turn(self.store.run_async, self.cypher, self.params(queries, k, rows))
 
 
 class Neo4jSystem(_Neo4jBase):
@@ -181,12 +253,24 @@ class Neo4jSystem(_Neo4jBase):
     name = "neo4j"
     supported_ops = frozenset({"expand"})
 
-    def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
+    def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
+        super().prepare(catalogue)
+        self.cypher = expand_cypher(self.workload.hybrid.hops)
+
+    def request_params(self, vector: np.ndarray, row: int, k: int) -> dict:
         h = self.workload.hybrid
+        return expand_params(seed_items(self.catalogue, np.array([row]), h.seeds)[0], h.expand_limit)
+
+    def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
         stages: dict = {}
         with span(stages, "graph_ns"):
-            items = [self.store.expand(s, h.hops, h.expand_limit) for s in seed_items(self.catalogue, rows, h.seeds)]
-        return Answer(items=items, stages=stages)
+            found = self.run_all(queries, k, rows)
+        return Answer(items=[expanded(r) for r in found], stages=stages)
+
+    async def execute_async(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
+        found, sent_ns, done_ns = await self.run_all_async(queries, k, rows)
+        return Answer(items=[expanded(r) for r in found], stages={"graph_ns": done_ns - sent_ns}, sent_ns=sent_ns,
+                      done_ns=done_ns)
 
 
 class Neo4jBaselineSystem(_Neo4jBase):
@@ -198,14 +282,30 @@ class Neo4jBaselineSystem(_Neo4jBase):
     def label(self) -> str:
         return "Neo4j only (vector index + graph + policy)"
 
-    def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
-        users = self.catalogue.user_of(rows)
-        ids = np.full((queries.shape[0], k), -1, dtype=np.int64)
+    def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
+        super().prepare(catalogue)
+        self.cypher = baseline_cypher(self.workload.hybrid)
+
+    def request_params(self, vector: np.ndarray, row: int, k: int) -> dict:
+        user = int(self.catalogue.user_of(np.array([row]))[0])
+        return baseline_params(vector, user, self.workload.hybrid, k)
+
+    @staticmethod
+    def _answer(found: list, k: int, stages: dict, **stamps) -> Answer:
+        ids = np.full((len(found), k), -1, dtype=np.int64)
         items = []
+        for i, records in enumerate(found):
+            vector_ids, ranked = baseline_ids(records)
+            ids[i, : min(k, vector_ids.size)] = vector_ids[:k]
+            items.append(ranked)
+        return Answer(ids=ids, items=items, stages=stages, **stamps)
+
+    def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
         stages: dict = {}
         with span(stages, "vector_ns"):  # one query: every stage happens inside it
-            for i, (vector, user) in enumerate(zip(queries, users, strict=True)):
-                vector_ids, ranked = self.store.baseline(vector, int(user), self.workload.hybrid, k)
-                ids[i, : min(k, vector_ids.size)] = vector_ids[:k]
-                items.append(ranked)
-        return Answer(ids=ids, items=items, stages=stages)
+            found = self.run_all(queries, k, rows)
+        return self._answer(found, k, stages)
+
+    async def execute_async(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
+        found, sent_ns, done_ns = await self.run_all_async(queries, k, rows)
+        return self._answer(found, k, {"vector_ns": done_ns - sent_ns}, sent_ns=sent_ns, done_ns=done_ns)

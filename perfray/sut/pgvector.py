@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from perfray.sut.base import Answer, span
-from perfray.sut.postgres import META_SQL, AsyncPostgresSystem, PostgresStore
+from perfray.sut.base import Answer, AsyncStoreSystem, each_in_turn, span
+from perfray.sut.postgres import META_SQL, PostgresStore, ids_of
 
 SEARCH_SQL = "SELECT id FROM perfray_vectors ORDER BY embedding <-> %s::vector LIMIT %s"
 
@@ -49,22 +49,14 @@ class PgvectorStore(PostgresStore):
             progress(catalogue.n_items)
         return {"store": self.store, "loaded": True, "items": catalogue.n_items, "index": spec.index}
 
-    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
-        ids = np.full((queries.shape[0], k), -1, dtype=np.int64)
-        with self.pool.connection() as conn:
-            for i, vector in enumerate(queries):
-                rows = conn.execute(SEARCH_SQL, (_vector_text(vector), int(k)), prepare=True).fetchall()
-                ids[i, : len(rows)] = [r[0] for r in rows]
-        return ids
 
-    async def search_async(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, int, int]:
-        ids = np.full((queries.shape[0], k), -1, dtype=np.int64)
-        sent_ns = done_ns = 0
-        for i, vector in enumerate(queries):
-            rows, sent, done_ns = await self.fetch_async(SEARCH_SQL, (_vector_text(vector), int(k)))
-            sent_ns = sent_ns or sent
-            ids[i, : len(rows)] = [r[0] for r in rows]
-        return ids, sent_ns, done_ns
+
+def _top_k(found: list[list], k: int) -> np.ndarray:
+    """Each query's hit rows as one id matrix (-1 where fewer than k came back)."""
+    ids = np.full((len(found), k), -1, dtype=np.int64)
+    for i, rows in enumerate(found):
+        ids[i, : len(rows)] = ids_of(rows)
+    return ids
 
 
 def _setting(name: str) -> str:
@@ -74,7 +66,7 @@ def _setting(name: str) -> str:
     return name
 
 
-class PgvectorSystem(AsyncPostgresSystem):
+class PgvectorSystem(AsyncStoreSystem):
     """Vector search in PostgreSQL with pgvector; recall against exact ground truth."""
 
     name = "pgvector"
@@ -90,12 +82,15 @@ class PgvectorSystem(AsyncPostgresSystem):
         spec = self.stores_spec.pgvector
         return PgvectorStore(spec, spec.pool_max or self.workload.load.concurrency)
 
+    def request_params(self, vector: np.ndarray, row: int, k: int) -> tuple[str, int]:
+        return _vector_text(vector), int(k)
+
     def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
         stages: dict = {}
         with span(stages, "vector_ns"):
-            ids = self.store.search(queries, k)
-        return Answer(ids=ids, stages=stages)
+            found = [self.store.fetch(SEARCH_SQL, p) for p in self.params(queries, k, rows)]
+        return Answer(ids=_top_k(found, k), stages=stages)
 
     async def execute_async(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
-        ids, sent_ns, done_ns = await self.store.search_async(queries, k)
-        return Answer(ids=ids, stages={"vector_ns": done_ns - sent_ns}, sent_ns=sent_ns, done_ns=done_ns)
+        found, sent_ns, done_ns = await each_in_turn(self.store.fetch_async, SEARCH_SQL, self.params(queries, k, rows))
+        return Answer(ids=_top_k(found, k), stages={"vector_ns": done_ns - sent_ns}, sent_ns=sent_ns, done_ns=done_ns)

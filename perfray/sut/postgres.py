@@ -3,11 +3,18 @@ the query that ranks a user's candidate items under their policies."""
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 
-from perfray.sut.base import Answer, StoreSystem, env_secret, seed_items, span, unavailable
+from perfray.sut.base import (
+    Answer,
+    AsyncStoreSystem,
+    close_on_loop,
+    each_in_turn,
+    env_secret,
+    seed_items,
+    span,
+    unavailable,
+)
 from perfray.timing import process_clock
 
 RANK_SQL = """
@@ -114,6 +121,11 @@ class PostgresStore:
             done_ns = clock.now_ns()
         return rows, sent_ns, done_ns
 
+    def fetch(self, sql: str, params) -> list:
+        """Rows of one prepared query, read to the end (the sync pool)."""
+        with self.pool.connection() as conn:
+            return conn.execute(sql, params, prepare=True).fetchall()
+
     def fingerprint(self) -> str | None:
         with self.pool.connection() as conn:
             exists = conn.execute("SELECT to_regclass('perfray_meta')").fetchone()[0]
@@ -150,13 +162,7 @@ class PostgresStore:
 
     def rank(self, user: int, candidates: np.ndarray, k: int) -> np.ndarray:
         """The user's top-k of ``candidates`` under their policies (the cursor is read to the end)."""
-        with self.pool.connection() as conn:
-            rows = conn.execute(RANK_SQL, _rank_params(user, candidates, k), prepare=True).fetchall()
-        return _ids(rows)
-
-    async def rank_async(self, user: int, candidates: np.ndarray, k: int) -> tuple[np.ndarray, int, int]:
-        rows, sent_ns, done_ns = await self.fetch_async(RANK_SQL, _rank_params(user, candidates, k))
-        return _ids(rows), sent_ns, done_ns
+        return ids_of(self.fetch(RANK_SQL, rank_params(user, candidates, k)))
 
     def stats(self) -> dict[str, int]:
         pool = self.async_pool or self.pool
@@ -172,40 +178,19 @@ class PostgresStore:
             self.pool = None
         pool, self.async_pool = self.async_pool, None
         if pool is not None:
-            close_async(pool)
+            close_on_loop(pool)
 
 
-def _rank_params(user: int, candidates: np.ndarray, k: int) -> dict:
+def rank_params(user: int, candidates: np.ndarray, k: int) -> dict:
     return {"user": int(user), "ids": [int(c) for c in candidates], "k": int(k)}
 
 
-def _ids(rows: list) -> np.ndarray:
+def ids_of(rows: list) -> np.ndarray:
+    """The first column of ``rows`` (an id per row)."""
     return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
 
-def close_async(pool) -> None:
-    """Close an async pool from sync code: on its loop when that loop is running, else on a loop of its own."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        try:
-            asyncio.run(pool.close())
-        except RuntimeError:  # its loop is gone: its connections went with it
-            pass
-    else:
-        loop.create_task(pool.close())
-
-
-class AsyncPostgresSystem(StoreSystem):
-    """A PostgreSQL-served system on the load actor's loop (psycopg's async pool): ``warm`` opens the pool."""
-
-    async_native = True
-
-    async def warm(self, queries: np.ndarray, k: int) -> None:
-        await self.store.open_async()
-
-
-class PostgresSystem(AsyncPostgresSystem):
+class PostgresSystem(AsyncStoreSystem):
     """Policy ranking alone: each request ranks ``hybrid.candidates`` catalogue items for the query's user."""
 
     name = "postgres"
@@ -216,18 +201,18 @@ class PostgresSystem(AsyncPostgresSystem):
     def make_store(self) -> PostgresStore:
         return PostgresStore(self.stores_spec.postgres, self.stores_spec.postgres.pool_max or self.workload.load.concurrency)
 
+    def request_params(self, vector: np.ndarray, row: int, k: int) -> dict:
+        rows = np.array([row])
+        user = int(self.catalogue.user_of(rows)[0])
+        return rank_params(user, seed_items(self.catalogue, rows, self.workload.hybrid.candidates)[0], k)
+
     def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
         stages: dict = {}
-        candidates = seed_items(self.catalogue, rows, self.workload.hybrid.candidates)
-        users = self.catalogue.user_of(rows)
         with span(stages, "policy_ns"):
-            items = [self.store.rank(u, c, k) for u, c in zip(users, candidates, strict=True)]
+            items = [ids_of(self.store.fetch(RANK_SQL, p)) for p in self.params(queries, k, rows)]
         return Answer(items=items, stages=stages)
 
     async def execute_async(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
-        candidates = seed_items(self.catalogue, rows, self.workload.hybrid.candidates)
-        users = self.catalogue.user_of(rows)
-        calls = [await self.store.rank_async(u, c, k) for u, c in zip(users, candidates, strict=True)]
-        sent_ns, done_ns = calls[0][1], calls[-1][2]
-        return Answer(items=[items for items, _, _ in calls], stages={"policy_ns": done_ns - sent_ns},
-                      sent_ns=sent_ns, done_ns=done_ns)
+        found, sent_ns, done_ns = await each_in_turn(self.store.fetch_async, RANK_SQL, self.params(queries, k, rows))
+        return Answer(items=[ids_of(f) for f in found], stages={"policy_ns": done_ns - sent_ns}, sent_ns=sent_ns,
+                      done_ns=done_ns)

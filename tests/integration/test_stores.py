@@ -1,6 +1,8 @@
 """Each store's client against a real server: answers equal the catalogue's reference, loads are
 idempotent, and a store that is not there is one line naming it."""
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from perfray.data import load_dataset
 from perfray.data.catalogue import build_catalogue, expand, rank
 from perfray.data.groundtruth import ground_truth
 from perfray.errors import UnavailableError
+from perfray.load.targets import SystemEndpoint
 from perfray.sut.base import seed_items
 from perfray.sut.session import make_system
 from perfray.systems_config import StoresSpec
@@ -147,6 +150,56 @@ def test_pgvector_exact_scan_is_exact_and_hnsw_recall_is_measured(stores_spec, c
         ids = system.execute(catalogue.dataset.queries[:50], 10, np.arange(50)).ids
         overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), gt_ids[:50, :10].tolist(), strict=True)])
         assert 0.3 < overlap <= 1.0  # an approximate index: recall measured against exact ground truth
+    finally:
+        system.close()
+
+
+def _store_answer(name, system, catalogue, row, gt_ids):
+    """(ids, items) of one row's request from the store's own (sync, separately tested) calls."""
+    spec, query = WORKLOAD.hybrid, catalogue.dataset.queries[row]
+    user = int(catalogue.user_of(np.array([row]))[0])
+    if name == "postgres":
+        return None, system.store.rank(user, seed_items(catalogue, np.array([row]), spec.candidates)[0], 10)
+    if name == "neo4j":
+        return None, system.store.expand(seed_items(catalogue, np.array([row]), spec.seeds)[0], spec.hops,
+                                         spec.expand_limit)
+    if name == "neo4j_baseline":
+        hits, ranked = system.store.baseline(query, user, spec, 10)
+        return hits[:10], ranked
+    return gt_ids[row, :10], None  # pgvector, exact scan
+
+
+@pytest.mark.parametrize("name", ["postgres", "pgvector", "neo4j", "neo4j_baseline"])
+def test_async_driver_on_the_loop_answers_like_the_store(name, stores_spec, catalogue, tmp_path):
+    """Load actors serve these systems from the store's async driver on their event loop (no client thread):
+    each request, one of several queries included, answers what the store's own calls give, stamped around
+    the query."""
+    system = _system(name, stores_spec, catalogue)
+    gt_ids, _ = ground_truth(catalogue.dataset, 10, tmp_path)
+    queries, rows = catalogue.dataset.queries, np.array([0, 1, 2, 3, 4, 5, 1])
+    try:
+        expected = [_store_answer(name, system, catalogue, int(r), gt_ids) for r in rows]
+        endpoint = SystemEndpoint(system, 2)
+        assert endpoint.mode == "async"
+
+        async def serve():
+            await endpoint.warm(queries[:20], 10)  # opens the async driver, builds each row's parameters
+            singles = [await system.execute_async(queries[r:r + 1], 10, rows[i:i + 1]) for i, r in enumerate(rows[:6])]
+            several = await system.execute_async(queries[rows[4:]], 10, rows[4:])
+            return singles, several, await endpoint.call(queries[2:3], 10, rows[2:3])
+
+        singles, several, reply = asyncio.run(serve())
+        sync_client = "driver" if name.startswith("neo4j") else "pool"
+        assert getattr(system.store, sync_client) is None  # closed: the server holds one pool per client
+        got = [(a.ids[0] if a.ids is not None else None, a.items[0] if a.items else None) for a in singles] + [
+            (several.ids[i] if several.ids is not None else None, several.items[i] if several.items else None)
+            for i in range(3)]
+        for answer in [*singles, several]:
+            assert 0 < answer.sent_ns < answer.done_ns and min(answer.stages.values()) > 0
+        for (ids, items), (want_ids, want_items) in zip(got, expected[:6] + expected[4:], strict=True):  # rows[4:] last
+            assert (ids is None) == (want_ids is None) and (ids is None or ids.tolist() == want_ids.tolist())
+            assert (items is None) == (want_items is None) and (items is None or items.tolist() == want_items.tolist())
+        assert 0 < reply["sent_ns"] < reply["done_ns"]
     finally:
         system.close()
 

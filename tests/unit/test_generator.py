@@ -133,3 +133,61 @@ def test_drain_hands_out_each_row_once():
     assert len(batches) >= 3
     seq = np.concatenate([b.column("seq").to_numpy() for b in batches])
     assert np.array_equal(np.sort(seq), np.arange(1000))
+
+
+class _SlowAsyncSystem:
+    """An async-native client whose every request takes 20 ms on the loop; it notes how many run at once."""
+
+    async_native = True
+
+    def __init__(self) -> None:
+        self.clock, self.running, self.most, self.started = Clock(), 0, 0, []
+
+    async def execute_async(self, queries, k, rows):
+        from perfray.sut.base import Answer
+
+        self.running += 1
+        self.most = max(self.most, self.running)
+        self.started.append(int(rows[0]))
+        sent = self.clock.now_ns()
+        try:
+            await asyncio.sleep(0.02)
+        finally:
+            self.running -= 1
+        return Answer(sent_ns=sent, done_ns=self.clock.now_ns())
+
+
+def test_async_client_path_runs_at_most_concurrency_requests_and_queues_the_rest():
+    """One request per pooled connection at a time: the rest wait in order at the endpoint, and that wait is
+    schedule lag, not service time."""
+    from perfray.load.generator import QueryPool
+    from perfray.load.targets import SystemEndpoint
+
+    system = _SlowAsyncSystem()
+    endpoint = SystemEndpoint(system, 2)
+    pool = QueryPool(np.zeros((200, 4), dtype=np.float32))
+    table, stats = run_plan(make_plan(500, 0.2, timeout_ms=5000), endpoint, pool)  # 5x what 2 slots serve
+    assert endpoint.mode == "async" and system.most == 2 and len(system.started) == 100
+    rows = table.to_pandas()
+    assert (rows.status == "ok").all() and len(rows) == 100
+    assert rows.service_ns.median() < 30e6 and rows.schedule_lag_ns.max() > 100e6  # the wait is lag
+    assert stats["client_handoff_p99_ns"] > 100e6
+
+
+def test_a_request_given_up_while_waiting_for_a_slot_is_never_started():
+    from perfray.load.targets import SystemEndpoint
+
+    system = _SlowAsyncSystem()
+    endpoint = SystemEndpoint(system, 1)
+    replies = []
+
+    async def go():
+        q = np.zeros((1, 4), dtype=np.float32)
+        for row in (1, 2, 3):
+            handle = endpoint.send(q, 10, np.array([row]), lambda **r: replies.append(r))
+            if row == 2:
+                handle.cancel()  # what a timeout does
+        await asyncio.sleep(0.1)
+
+    asyncio.run(go())
+    assert system.started == [1, 3] and system.most == 1 and len(replies) == 2
