@@ -5,32 +5,55 @@ from __future__ import annotations
 
 import numpy as np
 
-from perfray.sut.base import Answer, StoreSystem, env_secret, span, unavailable
+from perfray.sut.base import Answer, AsyncStoreSystem, close_on_loop, env_secret, span, unavailable
+from perfray.timing import process_clock
 
 INSERT_BATCH = 5_000
 
 
 class MilvusStore:
-    """One MilvusClient on one collection of item vectors (id = catalogue item id)."""
+    """One MilvusClient on one collection of item vectors (id = catalogue item id); in a load actor served by a
+    server, an ``AsyncMilvusClient`` on the actor's event loop instead (``open_async``)."""
 
     def __init__(self, spec) -> None:
         self.spec = spec
         self.client = None
+        self.async_client = None
 
     @property
     def uri(self) -> str:
         return self.spec.uri
 
+    def _client_options(self) -> dict:
+        token = env_secret(self.spec.token_env)
+        return {"uri": self.uri, **({"token": token} if token else {}), "timeout": 10}
+
     def connect(self) -> None:
         from pymilvus import MilvusClient
 
-        token = env_secret(self.spec.token_env)
         try:
-            self.client = MilvusClient(uri=self.uri, **({"token": token} if token else {}), timeout=10)
+            self.client = MilvusClient(**self._client_options())
             self.client.list_collections()
         except Exception as err:  # pymilvus raises its own and grpc's classes for "not there"
             self.client = None
             raise unavailable("milvus", self.spec.uri, err) from None
+
+    async def open_async(self) -> None:
+        """Serve searches from an ``AsyncMilvusClient`` on the running loop (the sync client is closed)."""
+        from pymilvus import AsyncMilvusClient
+
+        if self.async_client is not None:
+            return
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        client = AsyncMilvusClient(**self._client_options())
+        try:
+            await client.load_collection(self.spec.collection)
+        except Exception as err:
+            await client.close()
+            raise unavailable("milvus", self.spec.uri, err) from None
+        self.async_client = client
 
     @property
     def _marker_prefix(self) -> str:
@@ -87,25 +110,45 @@ class MilvusStore:
         schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)
         self.client.create_collection(meta, schema=schema)
 
-    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
-        """Top-k ids per query (every hit read)."""
-        hits = self.client.search(self.spec.collection, data=[q.tolist() for q in queries], limit=int(k),
-                                  output_fields=["id"], search_params={"metric_type": "L2",
-                                                                       "params": dict(self.spec.search_params)})
-        ids = np.full((queries.shape[0], k), -1, dtype=np.int64)
-        for i, row in enumerate(hits):
-            found = [h["id"] for h in row]
-            ids[i, : len(found)] = found
-        return ids
+    def _search_args(self, vectors, k: int) -> dict:
+        data = vectors.tolist() if isinstance(vectors, np.ndarray) else vectors
+        return {"collection_name": self.spec.collection, "data": data, "limit": int(k), "output_fields": ["id"],
+                "search_params": {"metric_type": "L2", "params": dict(self.spec.search_params)}}
+
+    def search(self, vectors, k: int) -> np.ndarray:
+        """Top-k ids per query vector (an array, or lists), in one call (every hit read)."""
+        return _top_k(self.client.search(**self._search_args(vectors, k)), len(vectors), k)
+
+    async def search_async(self, vectors: list[list[float]], k: int) -> tuple[np.ndarray, int, int]:
+        """``search`` on the async client, with the clock's stamps around the call."""
+        if self.async_client is None:
+            await self.open_async()
+        clock = process_clock()
+        sent_ns = clock.now_ns()
+        hits = await self.async_client.search(**self._search_args(vectors, k))
+        done_ns = clock.now_ns()
+        return _top_k(hits, len(vectors), k), sent_ns, done_ns
 
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
             self.client = None
+        client, self.async_client = self.async_client, None
+        if client is not None:
+            close_on_loop(client)
 
 
-class MilvusSystem(StoreSystem):
-    """Vector search in Milvus; recall against exact ground truth."""
+def _top_k(hits, n: int, k: int) -> np.ndarray:
+    ids = np.full((n, k), -1, dtype=np.int64)
+    for i, row in enumerate(hits):
+        found = [h["id"] for h in row]
+        ids[i, : len(found)] = found
+    return ids
+
+
+class MilvusSystem(AsyncStoreSystem):
+    """Vector search in Milvus; recall against exact ground truth. On a load actor's loop through pymilvus'
+    async client when Milvus is a server (a Lite file opened in-process has no async client)."""
 
     name = "milvus"
     stores = ("milvus",)
@@ -118,8 +161,19 @@ class MilvusSystem(StoreSystem):
     def make_store(self) -> MilvusStore:
         return MilvusStore(self.stores_spec.milvus)
 
+    @property
+    def async_native(self) -> bool:  # type: ignore[override]
+        return not self.stores_spec.milvus.embedded
+
+    def request_params(self, vector: np.ndarray, row: int, k: int) -> list[float]:
+        return vector.tolist()
+
     def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
         stages: dict = {}
         with span(stages, "vector_ns"):
-            ids = self.store.search(queries, k)
+            ids = self.store.search(self.params(queries, k, rows), k)
         return Answer(ids=ids, stages=stages)
+
+    async def execute_async(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
+        ids, sent_ns, done_ns = await self.store.search_async(self.params(queries, k, rows), k)
+        return Answer(ids=ids, stages={"vector_ns": done_ns - sent_ns}, sent_ns=sent_ns, done_ns=done_ns)

@@ -83,6 +83,8 @@ def test_phase1_on_the_other_vector_stores(tmp_path, store_args, system, label):
     assert summary["system"] == label and summary["recall_mean"] == 1.0
     assert summary["ok"] > 5 and summary["vector_p50_ms"] > 0
     assert label in (run / "report.md").read_text()
+    stats = manifest(run)["cells"][0]["actor_stats"][0]  # the embedded file is served to load actors: async clients
+    assert stats["client_path"] == "async" and stats["client_handoff_p50_ns"] > 0
 
 
 def test_hybrid_vector_stage_micro_batches_across_clients(tmp_path, store_args):

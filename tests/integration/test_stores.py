@@ -116,6 +116,7 @@ def test_milvus_lite_flat_search_is_exact(stores_spec, catalogue, tmp_path):
     gt_ids, _ = ground_truth(catalogue.dataset, 10, tmp_path)
     try:
         assert system.label() == "Milvus Lite (embedded)"
+        assert SystemEndpoint(system, 1).mode == "threads"  # a file opened in-process has no async client
         assert system.load(catalogue)["loaded"] is False
         answer = system.execute(catalogue.dataset.queries[:8], 10, np.arange(8))
         assert answer.ids.tolist() == gt_ids[:8, :10].tolist()
@@ -166,14 +167,27 @@ def _store_answer(name, system, catalogue, row, gt_ids):
     if name == "neo4j_baseline":
         hits, ranked = system.store.baseline(query, user, spec, 10)
         return hits[:10], ranked
-    return gt_ids[row, :10], None  # pgvector, exact scan
+    return gt_ids[row, :10], None  # pgvector (exact scan), milvus (FLAT)
 
 
-@pytest.mark.parametrize("name", ["postgres", "pgvector", "neo4j", "neo4j_baseline"])
-def test_async_driver_on_the_loop_answers_like_the_store(name, stores_spec, catalogue, tmp_path):
+@pytest.fixture
+def milvus_served(tmp_path):
+    """Milvus Lite as a server (what load actors reach): pymilvus' async client needs one."""
+    from perfray.services.milvus_lite import LocalMilvusLite
+
+    server = LocalMilvusLite(tmp_path / "served.db").start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("name", ["postgres", "pgvector", "neo4j", "neo4j_baseline", "milvus"])
+def test_async_driver_on_the_loop_answers_like_the_store(name, stores_spec, catalogue, tmp_path, request):
     """Load actors serve these systems from the store's async driver on their event loop (no client thread):
     each request, one of several queries included, answers what the store's own calls give, stamped around
     the query."""
+    if name == "milvus":
+        server = request.getfixturevalue("milvus_served")
+        stores_spec = stores_spec.model_copy(update={"milvus": stores_spec.milvus.model_copy(update={"uri": server.uri})})
     system = _system(name, stores_spec, catalogue)
     gt_ids, _ = ground_truth(catalogue.dataset, 10, tmp_path)
     queries, rows = catalogue.dataset.queries, np.array([0, 1, 2, 3, 4, 5, 1])
@@ -189,7 +203,7 @@ def test_async_driver_on_the_loop_answers_like_the_store(name, stores_spec, cata
             return singles, several, await endpoint.call(queries[2:3], 10, rows[2:3])
 
         singles, several, reply = asyncio.run(serve())
-        sync_client = "driver" if name.startswith("neo4j") else "pool"
+        sync_client = {"neo4j": "driver", "neo4j_baseline": "driver", "milvus": "client"}.get(name, "pool")
         assert getattr(system.store, sync_client) is None  # closed: the server holds one pool per client
         got = [(a.ids[0] if a.ids is not None else None, a.items[0] if a.items else None) for a in singles] + [
             (several.ids[i] if several.ids is not None else None, several.items[i] if several.items else None)
