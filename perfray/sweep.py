@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -15,13 +16,14 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from perfray.analysis.cells import cell_labels, comparison_keys, gpu_usage, summarize_phases
+from perfray.analysis.cells import cell_labels, comparison_keys, gpu_usage, progress_label, summarize_phases
 from perfray.analysis.summary import add_baseline, add_scaling, check_targets
 from perfray.cluster import actors, runtime
 from perfray.config import SweepConfig, Workload, phase_rates
 from perfray.data import load_dataset
 from perfray.data.groundtruth import ground_truth
 from perfray.errors import EXIT_OK, EXIT_TARGET_FAILED, UnavailableError
+from perfray.load import calibration
 from perfray.load.generator import CellPlan, QueryPool
 from perfray.load.profiles import op_mix
 from perfray.load.schedules import PhaseRates
@@ -66,14 +68,14 @@ class SweepDriver:
         self.config, self.run_dir, self.run_id = config, Path(run_dir), run_id
         self.progress = progress or Progress(enabled=False)
         self.hooks = hooks or Hooks()
-        self.cells: list[Workload] = config.cells()
+        self.cells, calibrated = calibration.size_load_actors(config.cells(), os.cpu_count() or 1)
         self.cache_dir = config.cache_dir or self.run_dir.parent / ".cache"
         self.writer = RequestWriter(self.run_dir)
         self.manifest = Manifest(
             self.run_dir, run_id=run_id, name=config.name, command=argv or sys.argv,
             config=config.model_dump(mode="json"),
             cells=[{"cell": i, "status": "pending", "workload": c.model_dump(mode="json")}
-                   for i, c in enumerate(self.cells)],
+                   for i, c in enumerate(self.cells)], calibration=calibrated,
         )
         self.summary: list[dict] = []
         self.phase_summary: list[dict] = []
@@ -196,7 +198,7 @@ class SweepDriver:
                  for i in range(len(loaders))]
         entry.update(status="running", start_unix_ns=start_ns)
         self.manifest.write()
-        label = _label(cell, group, system)
+        label = progress_label(cell, group.described, system.label if system is not None else None)
         self.progress.cell_started(index, len(self.cells), label, sum(p.duration_s for p in phases))
         counters_before = self._gpu_counters(group)
         refs = {i: loaders[i].run_cell.remote(plans[i], ds.pool_ref, group.handles, cell.search.topology,
@@ -264,7 +266,8 @@ class SweepDriver:
         """Summary rows of a cell (all measured phases) and of each phase, from its Parquet rows;
         ``until_ns`` cuts windows short (an interrupted cell is measured over the time it ran)."""
         cell, entry = self.cells[index], self.manifest.doc["cells"][index]
-        labels = cell_labels(cell, self._gpu_described if self._needs_gpu_actors(cell) else [], entry)
+        labels = cell_labels(cell, self._gpu_described if self._needs_gpu_actors(cell) else [], entry,
+                             (self.manifest.doc.get("calibration") or {}).get("ceilings_qps", {}))
         row, phase_rows = summarize_phases(read_cell(self.run_dir, index), cell, index, status,
                                            entry.get("start_unix_ns", 0), until_ns or 2**62, labels)
         self.summary.append(row)
@@ -406,16 +409,6 @@ def _ray():
     import ray
 
     return ray
-
-
-def _label(cell: Workload, group: _GpuGroup, system: SystemPlan | None) -> str:
-    if system is not None:
-        return (f"{system.label} k={cell.search.k} | {cell.offered_qps:,.0f} QPS {cell.load.arrival} "
-                f"x{cell.load.actors} actors x{cell.load.concurrency} clients")
-    sim = " (simulated GPUs)" if any(d["simulated"] for d in group.described) else ""
-    return (f"{cell.search.n_gpus} GPU{sim} {cell.search.topology} {group.described[0]['backend']} "
-            f"k={cell.search.k} | {cell.offered_qps:,.0f} QPS {cell.load.arrival} x{cell.load.actors} "
-            f"actors | batch<={cell.load.batch_max} window {cell.load.batch_window_ms:g} ms")
 
 
 def main(argv: list[str] | None = None) -> int:

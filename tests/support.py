@@ -74,9 +74,10 @@ def manifest(run_dir: Path) -> dict:
 
 
 def write_fake_run(run_dir: Path, latencies_ms_by_cell: list, n_gpus=None, qps: float = 1000.0,
-                   lag_ms_by_cell: list | None = None) -> Path:
-    """A run directory with known per-request latencies (all ok, one measured phase) and schedule lags (default
-    0), written through the real recorder, Parquet writer, summary and manifest code."""
+                   lag_ms_by_cell: list | None = None, ceiling_qps_by_cell: list | None = None) -> Path:
+    """A run directory with known per-request latencies (all ok, one measured phase), schedule lags (default
+    0) and calibrated generator ceilings (default none), written through the real recorder, Parquet writer,
+    summary and manifest code."""
     from perfray.analysis.summary import add_scaling, summarize_cell
     from perfray.config import LoadSpec, SearchSpec, Workload
     from perfray.load.recorder import Recorder
@@ -110,7 +111,8 @@ def write_fake_run(run_dir: Path, latencies_ms_by_cell: list, n_gpus=None, qps: 
                 "window_end_ns": start + int(n / qps * 1e9) + 10**10,
                 "labels": {"n_gpus": gpus, "k": 10, "topology": "replicated", "backend": "numpy", "simulated": True,
                            "load_actors": 1, "arrival": "constant", "op_mix": "simple", "batch_max": 64,
-                           "batch_window_ms": 1.0, "scale_with_gpus": False, "dataset": "{}"}}
+                           "batch_window_ms": 1.0, "scale_with_gpus": False, "dataset": "{}", "client_path": "async",
+                           "generator_ceiling_qps": ceiling_qps_by_cell[cell] if ceiling_qps_by_cell else float("nan")}}
         summary.append(summarize_cell(read_cell(run_dir, cell), meta))
     add_scaling(summary, ["same"] * len(summary))
     write_table(run_dir / "summary.parquet", pa.Table.from_pylist(summary))

@@ -59,10 +59,24 @@ def comparison_keys(cell: Workload) -> tuple[str, str]:
     return baseline, json.dumps(key, sort_keys=True)
 
 
-def cell_labels(cell: Workload, described: list[dict], entry: dict) -> dict:
-    """Labels every summary row of the cell carries: settings, system, GPU usage means."""
+def cell_labels(cell: Workload, described: list[dict], entry: dict, ceilings: dict | None = None) -> dict:
+    """Labels every summary row of the cell carries: settings, system, GPU usage means, and the client path its
+    load actors used with that path's calibrated ceiling on this host (``ceilings``: path -> req/s)."""
+    path = ((entry.get("actor_stats") or [{}])[0]).get("client_path", "gpu")
     return {**_labels(cell, described), "system": (entry.get("system") or {}).get("label", cell.system),
-            "system_name": cell.system, **_usage_means(entry)}
+            "system_name": cell.system, **_usage_means(entry), "client_path": path,
+            "generator_ceiling_qps": (ceilings or {}).get(path, float("nan"))}
+
+
+def progress_label(cell: Workload, described: list[dict], system_label: str | None) -> str:
+    """How the progress display names a running cell."""
+    if system_label is not None:
+        return (f"{system_label} k={cell.search.k} | {cell.offered_qps:,.0f} QPS {cell.load.arrival} "
+                f"x{cell.load.actors} actors x{cell.load.concurrency} clients")
+    sim = " (simulated GPUs)" if any(d["simulated"] for d in described) else ""
+    return (f"{cell.search.n_gpus} GPU{sim} {cell.search.topology} {described[0]['backend']} "
+            f"k={cell.search.k} | {cell.offered_qps:,.0f} QPS {cell.load.arrival} x{cell.load.actors} "
+            f"actors | batch<={cell.load.batch_max} window {cell.load.batch_window_ms:g} ms")
 
 
 def _labels(cell: Workload, described: list[dict]) -> dict:

@@ -10,8 +10,9 @@ from pathlib import Path
 from perfray.analysis import figures
 from perfray.analysis.runs import Run, open_run
 from perfray.analysis.scaling_model import T4, fit_usl, paper_qps
-from perfray.analysis.summary import GENERATOR_LAG_LIMIT_MS, check_targets, scaling_curves
+from perfray.analysis.summary import check_targets, scaling_curves
 from perfray.config import TargetSpec
+from perfray.schema import GENERATOR_LAG_LIMIT_MS, GENERATOR_SHARE_LIMIT
 
 # The seed's service-level objectives: (metric, bound, goal, stretch, higher is better).
 MIN_SPEEDUP = 1.5  # the seed's "hybrid vs Neo4j-only" goal (same default as perfray compare)
@@ -114,20 +115,37 @@ def render(run: Run, figure_paths: list[Path]) -> str:
 
 
 def generator_section(run: Run) -> list[str]:
-    """Cells whose load actors fell behind their schedule: their latencies include perfray's own queueing."""
-    limited = [r for r in run.summary
-               if _finite(r.get("generator_lag_p99_ms")) and r["generator_lag_p99_ms"] > GENERATOR_LAG_LIMIT_MS]
+    """Cells the generator, not the system, may have limited: their load actors fell behind their schedule, or
+    each was offered more than half of what its client path holds on this host (``perfray calibrate``)."""
+    limited = []
+    for r in run.summary:
+        late = _finite(r.get("generator_lag_p99_ms")) and r["generator_lag_p99_ms"] > GENERATOR_LAG_LIMIT_MS
+        share = generator_share(r)
+        if late or (share is not None and share > GENERATOR_SHARE_LIMIT):
+            limited.append((r, share))
     if not limited:
         return []
     lines = ["", "## Generator-limited cells", "",
-             f"The generator, not the system, limited these cells: their load actors sent requests more than "
-             f"{GENERATOR_LAG_LIMIT_MS:g} ms late (p99 of schedule lag beyond the micro-batch window), so part of each "
-             "latency is perfray's own queueing. Add load actors (`load.actors`) or lower the rate per actor.", "",
-             "| cell | offered QPS | load actors | generator lag p99 ms |", "|---|---|---|---|"]
-    for r in limited:
+             f"The generator, not the system, limited these cells (or may have): their load actors sent requests more "
+             f"than {GENERATOR_LAG_LIMIT_MS:g} ms late (p99 of schedule lag beyond the micro-batch window), or each was "
+             f"offered more than {GENERATOR_SHARE_LIMIT:.0%} of the highest rate its client path holds on this host "
+             "(`python -m perfray calibrate`), so part of each latency may be perfray's own queueing. Add load actors "
+             "(`load.actors`, or `auto`) or lower the rate per actor.", "",
+             "| cell | offered QPS | load actors | client path | per actor / ceiling | generator lag p99 ms |",
+             "|---|---|---|---|---|---|"]
+    for r, share in limited:
+        ceiling = f"{share:.0%} of {r['generator_ceiling_qps']:,.0f}/s" if share is not None else "not calibrated"
         lines.append(f"| {r['cell']} | {_fmt(r.get('offered_qps'))} | {r.get('load_actors', '–')} | "
-                     f"{_fmt(r['generator_lag_p99_ms'])} |")
+                     f"{r.get('client_path', '–')} | {ceiling} | {_fmt(r['generator_lag_p99_ms'])} |")
     return lines
+
+
+def generator_share(row: dict) -> float | None:
+    """The rate each load actor was offered, as a share of its client path's calibrated ceiling (None: none)."""
+    ceiling, offered, actors = row.get("generator_ceiling_qps"), row.get("offered_qps"), row.get("load_actors")
+    if not (_finite(ceiling) and ceiling > 0 and _finite(offered) and isinstance(actors, int | float) and actors > 0):
+        return None
+    return float(offered) / float(actors) / float(ceiling)
 
 
 def _system_or_backend(row: dict) -> str:

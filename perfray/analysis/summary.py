@@ -20,7 +20,6 @@ SUMMARY_METRICS = (
     "speedup_p50_vs_baseline", "speedup_p99_vs_baseline", "qps_ratio_vs_baseline",
 )
 STAGES = ("vector", "graph", "policy")
-GENERATOR_LAG_LIMIT_MS = 1.0  # beyond this p99, the generator, not the system, limited a cell
 
 
 def _ms(values: np.ndarray, q: float) -> float:

@@ -2,13 +2,14 @@
 kNN on the catalogue's vectors; perfray's rows carry its answers' recall and its stalls as queueing."""
 
 import asyncio
+import re
 import threading
 import time
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from support import sweep_cli
+from support import manifest, sweep_cli
 
 from perfray.services.process import free_port, wait_for_port
 
@@ -79,3 +80,33 @@ def test_http_service_rows_have_recall_and_stalls_show_as_queueing(tmp_path, knn
     assert rows.latency_ns.max() > 250e6 and (rows.latency_ns > 100e6).sum() >= 10
     summary = pq.read_table(tmp_path / "http" / "summary.parquet").to_pylist()[0]
     assert summary["system"] == f"HTTP {url}"
+
+
+def test_cells_asking_a_load_actor_for_over_half_its_ceiling_are_flagged_and_auto_sizes_actors(tmp_path, knn_service,
+                                                                                              monkeypatch):
+    """This host's calibration (here, a callback-path ceiling of 300 req/s put in the cache on purpose): at 200 QPS
+    one load actor is offered 67% of it (flagged in the report, named in the manifest); ``load.actors: auto``
+    starts 2 and stays under half."""
+    from perfray.load import calibration
+
+    url, _ = knn_service
+    monkeypatch.setenv("PERFRAY_CACHE_DIR", str(tmp_path / "cache"))
+    calibration.save({"callback": {"ceiling_qps": 300.0, "cpu_us_per_request": 30.0}})
+    out = sweep_cli("--config", "configs/smoke.yaml", "--results-dir", str(tmp_path), "--run-id", "share",
+                    "--set", "system=http", "--set", f"stores.http.url={url}", "--set", "dataset.n=2000",
+                    "--set", "dataset.dim=16", "--set", "dataset.n_queries=50", "--set", "load.target_qps=200",
+                    "--set", "load.duration_s=2", "--set", "load.warmup_s=0.5", "--set", "batch_window_ms=0",
+                    "--set", "batch_max=1", "--set", "microbench.enabled=false", "--set", "sweep={load.actors: [1, auto]}",
+                    "--set", "targets=[{metric: error_rate, max: 0.01}]",
+                    env={"PERFRAY_CACHE_DIR": str(tmp_path / "cache")}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    doc = manifest(tmp_path / "share")
+    assert doc["calibration"]["ceilings_qps"] == {"callback": 300.0}
+    assert [c["workload"]["load"]["actors"] for c in doc["cells"]] == [1, 2]
+    assert [len(c["actor_stats"]) for c in doc["cells"]] == [1, 2]
+    summary = pq.read_table(tmp_path / "share" / "summary.parquet").to_pylist()
+    assert [r["client_path"] for r in summary] == ["callback", "callback"]
+    section = (tmp_path / "share" / "report.md").read_text().split("## Generator-limited cells", 1)[1].split("\n## ")[0]
+    flagged = [line.split("|")[1].strip() for line in section.splitlines()
+               if line.startswith("| ") and not line.startswith("| cell")]
+    assert flagged == ["0"] and re.search(r"\| 6[5-8]% of 300/s \|", section)  # ~200 of 300 req/s

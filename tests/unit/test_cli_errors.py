@@ -20,6 +20,7 @@ def run_cli(*args, cwd=None):
     (["--run-id", "a/b"], "--run-id 'a/b'"),
     (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
     (["--set", "load.bogus=1"], "workload.load.bogus: Extra inputs are not permitted"),
+    (["--set", "load.actors=0"], "workload.load.actors: expected a number of load actors >= 1 or auto, got 0"),
     (["--set", "dataset={kind: file, path: /no/such.fvecs, queries_path: /no/q.fvecs}"],
      "dataset.path: no such file /no/such.fvecs"),
 ])

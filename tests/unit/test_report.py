@@ -42,7 +42,20 @@ def test_a_cell_whose_generator_fell_behind_is_flagged_and_only_that_one(tmp_pat
     table = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| cell")]
     assert [line.split("|")[1].strip() for line in table] == ["1"]
     expected = np.percentile(lag[1] - 1.0, 99)
-    assert abs(float(table[0].split("|")[4]) - expected) < 0.01
+    assert abs(float(table[0].split("|")[6]) - expected) < 0.01 and "not calibrated" in table[0]
 
     quiet = write_fake_run(tmp_path / "quiet", lat, lag_ms_by_cell=[lag[0], lag[0]])
     assert "Generator-limited" not in write_report(quiet)[0].read_text()
+
+
+def test_a_cell_that_asks_a_load_actor_for_over_half_its_calibrated_ceiling_is_flagged(tmp_path):
+    """1,000 QPS on one load actor: over half of a 1,500/s ceiling (cell 1), not of a 4,000/s one (cell 0),
+    even though neither fell behind."""
+    rng = np.random.default_rng(4)
+    lat = [rng.uniform(5, 9, 2000), rng.uniform(5, 9, 2000)]
+    run = write_fake_run(tmp_path / "run", lat, ceiling_qps_by_cell=[4000.0, 1500.0])
+    text = write_report(run)[0].read_text()
+    section = text.split("## Generator-limited cells", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| cell")]
+    assert [line.split("|")[1].strip() for line in table] == ["1"]
+    assert "67% of 1,500/s" in table[0] and "| async |" in table[0]

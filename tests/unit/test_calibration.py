@@ -1,0 +1,90 @@
+"""The ceiling search and the per-host cache behind ``perfray calibrate``."""
+
+import json
+
+import pytest
+
+from perfray.load import calibration
+from perfray.load.calibration import Step, actors_for, client_path, search
+
+
+def _fake(ceiling, flaky_at=()):
+    seen = []
+
+    def measure(qps):
+        seen.append(qps)
+        noisy = qps in flaky_at and seen.count(qps) == 1  # misses once, holds when measured again
+        return Step(qps, qps <= ceiling and not noisy, qps, 0.5, 30.0)
+    return measure, seen
+
+
+def test_search_grows_then_bisects_to_the_highest_held_rate():
+    measure, seen = _fake(11_000)
+    best, steps = search(measure, start_qps=2000, growth=2.0, bisections=4)
+    assert seen[:4] == [2000, 4000, 8000, 16_000] and 16_000 in seen
+    assert 10_000 <= best <= 11_000 and all(s.held == (s.qps <= 11_000) for s in steps)
+
+
+def test_a_step_that_misses_once_is_measured_again_before_it_counts():
+    measure, seen = _fake(11_000, flaky_at=(4000,))
+    best, _ = search(measure, start_qps=2000, growth=2.0, bisections=4)
+    assert seen.count(4000) == 2 and best >= 10_000
+    measure, _ = _fake(1000)
+    assert search(measure, start_qps=2000)[0] < 2000  # below the first step: found by bisection
+
+
+def test_actors_for_keeps_each_load_actor_under_half_its_ceiling():
+    assert actors_for(7000, 10_000, most=16) == 2
+    assert actors_for(100, 10_000, most=16) == 1
+    assert actors_for(1_000_000, 10_000, most=16) == 16  # capped by what the cluster has
+
+
+def test_client_path_follows_the_system_flags():
+    from perfray.sut import SYSTEMS
+
+    assert client_path(SYSTEMS.load("http")) == "callback"
+    assert client_path(SYSTEMS.load("postgres")) == "async"
+    assert client_path(SYSTEMS.load("hybrid")) == "threads"
+    assert client_path(SYSTEMS.load("gpu_search")) == "gpu"
+
+
+def test_cache_is_per_host_and_perfray_version(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERFRAY_CACHE_DIR", str(tmp_path))
+    assert calibration.cached() is None
+    calibration.save({"async": {"ceiling_qps": 30_000.0}})
+    calibration.save({"callback": {"ceiling_qps": 20_000.0}})
+    doc = calibration.cached()
+    assert calibration.ceiling_of(doc, "async") == 30_000 and calibration.ceiling_of(doc, "callback") == 20_000
+    assert calibration.ceiling_of(doc, "threads") is None
+    stale = json.loads(calibration.cache_file().read_text())
+    stale["key"]["perfray"] = "0.0.0"
+    calibration.cache_file().write_text(json.dumps(stale))
+    assert calibration.cached() is None  # measured by another perfray: measure again
+
+
+@pytest.mark.timeout(120)
+def test_calibrate_measures_a_real_path_and_caches_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERFRAY_CACHE_DIR", str(tmp_path))
+    seen = []
+    doc = calibration.calibrate(("async",), step_s=0.3, report=lambda path, result: seen.append(path))
+    result = doc["paths"]["async"]
+    assert seen == ["async"] and result["ceiling_qps"] >= 2000 and result["cpu_us_per_request"] > 0
+    assert calibration.cached() == doc
+
+
+def test_calibrate_command_prints_ceilings_and_rejects_unknown_paths(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PERFRAY_CACHE_DIR": str(tmp_path)}
+    bad = subprocess.run([sys.executable, "-m", "perfray", "calibrate", "--paths", "gpu"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "perfray: error: --paths: expected some of callback, async, threads, got 'gpu'"]
+    out = subprocess.run([sys.executable, "-m", "perfray", "calibrate", "--paths", "threads", "--step-s", "0.3"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = [x for x in out.stdout.splitlines() if x.startswith("threads")][0]
+    assert float(line.split()[1].replace(",", "")) > 0 and str(tmp_path) in out.stdout
+    assert json.loads(next(tmp_path.glob("calibration-*.json")).read_text())["paths"]["threads"]["ceiling_qps"] > 0
