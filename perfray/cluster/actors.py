@@ -37,8 +37,8 @@ class LoadActorBody:
             self.metrics.cell_started(plan.cell, plan.extra.get("target_qps", 0.0) / plan.n_actors)
         stats = await self.generator.run_cell(plan, pool, target)
         stats["nice"] = stats_nice
+        stats["client_path"] = "gpu" if system is None else self._endpoint.mode
         if self.system is not None:  # client pools at the end of the cell, for the manifest
-            stats["client_path"] = self._endpoint.mode
             stats["pools"] = self.system.pool_stats()
             cache = getattr(self.system, "cache_stats", None)
             stats["cache"] = cache() if cache else None
@@ -200,3 +200,36 @@ def start_gpu_actor(run_id: str, index: int, backend: str, cpus: float, generati
     return gpu_actor_class().options(
         name=f"perfray-{run_id}-gpu-{index}-g{generation}", num_gpus=1, num_cpus=cpus,
     ).remote(backend, index)
+
+
+class NoopSearchBody:
+    """A search actor that answers at once with nothing found: the GPU path's own cost, for calibration."""
+
+    async def search(self, queries, k: int):
+        import numpy as np
+
+        n = len(queries)
+        return np.full((n, k), -1, dtype=np.int64), np.full((n, k), np.inf, dtype=np.float32)
+
+
+class NoopSearchPath:
+    """``with NoopSearchPath() as make:`` — Ray (started here unless it already is) and one no-op search actor;
+    ``make()`` gives a load actor's target for it (a router over a coalescing endpoint, as in sweeps) and a
+    no-op close."""
+
+    def __enter__(self):
+        import ray
+
+        self._started = not ray.is_initialized()
+        if self._started:
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, log_to_driver=False, include_dashboard=False)
+        self.actor = ray.remote(max_restarts=0)(NoopSearchBody).options(max_concurrency=1000).remote()
+        ray.get(self.actor.search.remote([[0.0]], 1))
+        return lambda: (make_router("replicated", [CoalescingEndpoint(RayEndpoint(self.actor))]), lambda: None)
+
+    def __exit__(self, *exc) -> None:
+        import ray
+
+        ray.kill(self.actor)
+        if self._started:
+            ray.shutdown()

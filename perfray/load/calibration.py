@@ -5,7 +5,8 @@ half of its ceiling, and ``load.actors: auto`` sizes load actors from them.
 
 Paths, named as a load actor's ``client_path``: ``callback`` (the lean HTTP client against
 ``perfray.services.http_responder`` on loopback), ``async`` (a store call on the loop that returns at once),
-``threads`` (the same call on client threads). The micro-batched GPU path is not calibrated yet. The generator
+``threads`` (the same call on client threads), and ``gpu`` (micro-batches, 1 ms window, through Ray to a search
+actor that answers at once: its endpoint is given by ``perfray.cluster.actors.NoopSearchPath``). The generator
 runs in this process, as in a load actor, on uvloop when installed.
 """
 
@@ -30,7 +31,9 @@ from perfray.load.schedules import PhaseRates
 from perfray.load.targets import SystemEndpoint
 from perfray.schema import GENERATOR_LAG_LIMIT_MS, GENERATOR_SHARE_LIMIT
 
-PATHS = ("callback", "async", "threads")
+PATHS = ("callback", "async", "threads")  # measured without Ray
+GPU_PATH = "gpu"
+GPU_WINDOW_NS, GPU_BATCH_MAX = 1_000_000, 64  # the load spec's defaults
 FORMAT = 1  # bump when what is measured changes: older caches are then measured again
 CONCURRENCY = 64  # connections / client threads per generator while calibrating
 
@@ -71,8 +74,8 @@ def size_load_actors(cells: list, most: int, measure=None) -> tuple[list, dict |
     for i, path in auto.items():
         ceiling = ceiling_of(doc, path)
         if ceiling is None:
-            raise UsageError(f"cell {i}: load.actors: auto needs the {path} client path's ceiling, which perfray does "
-                             "not calibrate yet; set load.actors to a number")
+            raise UsageError(f"cell {i}: load.actors: auto needs this host's {path} path ceiling: run "
+                             f"python -m perfray calibrate --paths {path} once, or set load.actors to a number")
         load = cells[i].load.model_copy(update={"actors": actors_for(cells[i].offered_qps, ceiling, most)})
         sized[i] = cells[i].model_copy(update={"load": load})
     if doc is None:
@@ -169,18 +172,23 @@ class _NoopStore:
         return self.execute(queries, k, rows)
 
 
-def measure_step(make_endpoint, qps: float, seconds: float, warmup_s: float = 0.3) -> Step:
-    """One constant-rate Poisson step (after a short warm-up) against ``make_endpoint() -> (endpoint, close)``."""
+def measure_step(make_endpoint, qps: float, seconds: float, warmup_s: float = 0.3, window_ns: int = 0,
+                 batch_max: int = 1) -> Step:
+    """One Poisson step at ``qps`` (after a short warm-up) against ``make_endpoint() -> (endpoint, close)``; lag is
+    counted beyond the micro-batch window, as in summaries."""
     queries = np.random.default_rng(0).standard_normal((256, 16)).astype(np.float32)
     generator = LoadGenerator(0)
     endpoint, close = make_endpoint()
 
     async def go():
-        await endpoint.warm(queries, 10)
+        warm = getattr(endpoint, "warm", None)
+        if warm is not None:
+            await warm(queries, 10)
         plan = CellPlan(cell=0, actor=0, n_actors=1, start_unix_ns=time.time_ns() + 100_000_000,
                         phases=[PhaseRates("warmup", warmup_s, qps, qps, False),
                                 PhaseRates("step", seconds, qps, qps, True)],
-                        arrival="poisson", ops=op_mix("simple", 10, 100), seed=1, batch_window_ns=0, batch_max=1,
+                        arrival="poisson", ops=op_mix("simple", 10, 100), seed=1, batch_window_ns=window_ns,
+                        batch_max=batch_max,
                         max_in_flight=100_000, timeout_ns=2_000_000_000)
         return await generator.run_cell(plan, QueryPool(queries), endpoint)
 
@@ -194,7 +202,8 @@ def measure_step(make_endpoint, qps: float, seconds: float, warmup_s: float = 0.
     ok = rows.status == "ok"
     step = rows[rows.phase == "step"]
     answered = int((step.status == "ok").sum())
-    lag_p99 = float(step.schedule_lag_ns.quantile(0.99)) / 1e6 if len(step) else float("inf")
+    lag = np.maximum(step.schedule_lag_ns.to_numpy() - window_ns, 0)
+    lag_p99 = float(np.percentile(lag, 99)) / 1e6 if len(step) else float("inf")
     held = bool(ok.all()) and lag_p99 <= GENERATOR_LAG_LIMIT_MS  # every scheduled request answered, none sent late
     return Step(qps=float(qps), held=held, achieved_qps=answered / seconds, lag_p99_ms=lag_p99,
                 cpu_us_per_request=cpu / max(int(ok.sum()), 1) * 1e6)
@@ -244,17 +253,22 @@ class _LoopbackHttp:
         return make
 
 
-def calibrate(paths=PATHS, step_s: float = 1.0, report=print) -> dict:
-    """Measure each path's ceiling here, save them in this host's cache, and return the cache document."""
+def calibrate(paths=PATHS, step_s: float = 1.0, report=print, gpu_path=None) -> dict:
+    """Measure each path's ceiling here, save them in this host's cache, and return the cache document.
+    ``gpu_path``: a context manager giving the ``gpu`` path's endpoint factory (it needs Ray)."""
     results = {}
     for path in paths:
-        if path not in PATHS:
-            raise ValueError(f"calibration path {path!r}: expected one of {', '.join(PATHS)}")
-        if path == "callback":
+        if path == GPU_PATH and gpu_path is not None:
+            with gpu_path() as make:
+                best, steps = search(lambda q: measure_step(make, q, step_s, window_ns=GPU_WINDOW_NS,
+                                                            batch_max=GPU_BATCH_MAX))
+        elif path == "callback":
             with _LoopbackHttp() as server:
                 best, steps = search(lambda q, s=server: measure_step(s.endpoint(), q, step_s))
-        else:
+        elif path in PATHS:
             best, steps = search(lambda q, m=path: measure_step(_store_endpoint(m), q, step_s))
+        else:
+            raise ValueError(f"calibration path {path!r}: expected one of {', '.join((*PATHS, GPU_PATH))}")
         at_best = [s for s in steps if s.qps == best and s.held]
         results[path] = {"ceiling_qps": best, "cpu_us_per_request": at_best[-1].cpu_us_per_request if at_best else None,
                          "step_s": step_s, "steps": [asdict(s) for s in steps]}

@@ -78,10 +78,10 @@ def test_calibrate_command_prints_ceilings_and_rejects_unknown_paths(tmp_path):
     import sys
 
     env = {**os.environ, "PERFRAY_CACHE_DIR": str(tmp_path)}
-    bad = subprocess.run([sys.executable, "-m", "perfray", "calibrate", "--paths", "gpu"], capture_output=True,
-                         text=True, env=env, timeout=60)
+    bad = subprocess.run([sys.executable, "-m", "perfray", "calibrate", "--paths", "async,quantum"],
+                         capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        "perfray: error: --paths: expected some of callback, async, threads, got 'gpu'"]
+        "perfray: error: --paths: expected some of callback, async, threads, gpu, got 'async,quantum'"]
     out = subprocess.run([sys.executable, "-m", "perfray", "calibrate", "--paths", "threads", "--step-s", "0.3"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
