@@ -153,7 +153,7 @@ class TargetSpec(Strict):
 
     @model_validator(mode="after")
     def _one_bound(self) -> TargetSpec:
-        from perfray.analysis.summary import SUMMARY_METRICS
+        from perfray.schema import SUMMARY_METRICS
 
         if self.metric not in SUMMARY_METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; known: {', '.join(SUMMARY_METRICS)}")

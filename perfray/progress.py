@@ -38,8 +38,9 @@ class Progress:
 
     def cell_finished(self, row: dict) -> None:
         self._say(f"  done: {row['achieved_qps']:,.0f} QPS (target {row['target_qps']:,.0f}) | "
-                  f"p50 {row['p50_ms']:.2f} ms p99 {row['p99_ms']:.2f} ms | errors {row['error_rate']:.2%} "
-                  f"drops {row['drop_rate']:.2%} | recall {row['recall_mean']:.4f}")
+                  f"p50 {row['p50_ms']:.2f} ms p99 {row['p99_ms']:.2f} ms | failed {row['failure_rate']:.2%} "
+                  f"(errors {row['error_rate']:.2%}, drops {row['drop_rate']:.2%}, lost {row['lost_rate']:.2%}) | "
+                  f"recall {row['recall_mean']:.4f}{' | ' + row['status'] if row['status'] != 'complete' else ''}")
 
     def note(self, text: str) -> None:
         self._say(text)

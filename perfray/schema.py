@@ -6,7 +6,8 @@ import pyarrow as pa
 
 from perfray import SCHEMA_VERSION
 
-STATUSES = ("pending", "ok", "error", "timeout", "dropped")
+STATUSES = ("pending", "ok", "error", "timeout", "dropped", "lost")  # lost: scheduled, its load actor died first
+FAILURES = ("error", "timeout", "dropped", "lost")  # what failure_rate counts
 STATUS_CODE = {name: i for i, name in enumerate(STATUSES)}
 STAGES = ("vector_ns", "graph_ns", "policy_ns")
 
@@ -65,3 +66,15 @@ MICROBENCH_SCHEMA = pa.schema(
 # or each load actor offered more than this share of its client path's calibrated ceiling (perfray calibrate).
 GENERATOR_LAG_LIMIT_MS = 1.0
 GENERATOR_SHARE_LIMIT = 0.5
+
+# The metrics a summary row carries (targets name them).
+SUMMARY_METRICS = (
+    "p50_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms", "service_p50_ms", "service_p99_ms",
+    "schedule_lag_p99_ms", "generator_lag_p99_ms", "achieved_qps", "offered_qps", "qps_ratio", "failure_rate",
+    "error_rate", "timeout_rate", "drop_rate", "lost_rate", "recall_mean", "recall_min", "batch_size_mean",
+    "scaling_qps_ratio", "scaling_efficiency",
+    "gpu_busy_mean", "gpu_util_mean",
+    "vector_p50_ms", "vector_p99_ms", "graph_p50_ms", "graph_p99_ms", "policy_p50_ms", "policy_p99_ms",
+    "cache_hit_rate", "first_error_s", "last_error_s",
+    "speedup_p50_vs_baseline", "speedup_p99_vs_baseline", "qps_ratio_vs_baseline",
+)

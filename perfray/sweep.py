@@ -19,6 +19,7 @@ import pyarrow as pa
 from perfray.analysis.cells import cell_labels, comparison_keys, gpu_usage, progress_label, summarize_phases
 from perfray.analysis.summary import add_baseline, add_scaling, check_targets
 from perfray.cluster import actors, runtime
+from perfray.cluster.gathering import RowGatherer
 from perfray.config import SweepConfig, Workload, phase_rates
 from perfray.data import load_dataset
 from perfray.data.groundtruth import ground_truth
@@ -89,9 +90,8 @@ class SweepDriver:
         self._load: dict[int, object] = {}
         self._gpu_described: list[dict] = []
         self._ray: runtime.RayInfo | None = None
-        self._live: set[int] = set()
         self._devices: dict[str, int] = {}  # device model -> most actors seen on it at once
-        self._drain_s, self._drains = 0.0, 0
+        self.gather = RowGatherer(self.run_dir, self.writer, self.manifest, self.progress, self._load)
         self._systems_checked = systems is not None
         self.systems = systems or SystemSession(config.stores)
         self._catalogue_refs: dict[str, object] = {}
@@ -141,7 +141,7 @@ class SweepDriver:
         running = [c for c in self.manifest.doc["cells"] if c["status"] == "running"]
         for entry in running:
             try:  # what the live actors still hold (< 1 s of rows)
-                self._drain(entry["cell"], self._live)
+                self.gather.drain(entry["cell"])
             except (KeyboardInterrupt, Exception) as err:  # a second Ctrl-C or a dying cluster: keep going
                 self.manifest.doc["final_drain_error"] = type(err).__name__
         try:
@@ -185,7 +185,6 @@ class SweepDriver:
         loaders = self._load_actors(cell.load.actors)
         self._prime(loaders, group, ds, cell.search.k, system, catalogue_ref)
         load_ready_s = time.perf_counter() - started
-        self._drain_s, self._drains = 0.0, 0
         phases = [PhaseRates(p.name, p.duration_s, *phase_rates(p, cell.offered_qps), p.measured)
                   for p in cell.load.phase_plan()]
         ops = op_mix(cell.load.op_mix, cell.search.k, ds.dataset.n)
@@ -206,61 +205,32 @@ class SweepDriver:
                 for i in range(len(loaders))}
         if self.hooks.on_cell_start:
             self.hooks.on_cell_start(index, list(loaders), list(group.handles))
-        live = self._live = set(refs)
+        self.gather.start_cell(refs)
         stats = []
         while refs:
             ready, _ = _ray().wait(list(refs.values()), num_returns=len(refs),
                                    timeout=self.config.cluster.drain_interval_s)
-            self._drain(index, live)
+            self.gather.drain(index)
             for i in [i for i, ref in refs.items() if ref in ready]:
                 ref = refs.pop(i)
                 try:
                     stats.append(_ray().get(ref))
                 except _ray().exceptions.RayActorError as err:
-                    self._actor_failed("load", i, index, err, live)
-        self._drain(index, live)
+                    self.gather.actor_failed("load", i, index, err)
+        self.gather.drain(index)
         counters_after = self._gpu_counters(group)
         entry["gpu_usage"] = gpu_usage(counters_before, counters_after)
         self._check_gpu_group(index, counters_after)
         self.writer.close_cell(index)
-        entry.update(status="complete", actor_stats=stats, timings={
+        # A dead actor's unreported requests are rows too (lost); a cell that lost an actor is degraded.
+        lost = self.gather.account_lost(index, plans, ds.dataset.queries.shape[0])
+        status = "degraded" if self.gather.failed_in(index) else "complete"
+        entry.update(status=status, actor_stats=stats, lost_rows=lost, timings={
             "gpu_actors_ready_s": round(gpu_ready_s, 3), "load_actors_ready_s": round(load_ready_s, 3),
-            "gather_s": round(self._drain_s, 3), "drains": self._drains})
-        self._summarize(index, "complete")
+            "gather_s": round(self.gather.seconds, 3), "drains": self.gather.drains})
+        self._summarize(index, status)
         self.progress.cell_finished(self.summary[-1])
         self.manifest.write()
-
-    def _drain(self, cell: int, live: set[int]) -> None:
-        started = time.perf_counter()
-        try:
-            self._drain_once(cell, live)
-        finally:
-            self._drain_s += time.perf_counter() - started
-            self._drains += 1
-
-    def _drain_once(self, cell: int, live: set[int]) -> None:
-        pending = {i: self._load[i].drain.remote() for i in sorted(live)}
-        for i, ref in pending.items():
-            try:
-                batch = _ray().get(ref, timeout=60)
-            except _ray().exceptions.RayActorError as err:
-                self._actor_failed("load", i, cell, err, live)
-                continue
-            if batch is not None and batch.num_rows:
-                self.writer.write(cell, i, batch)
-                self.progress.rows(batch)
-
-    def _actor_failed(self, role: str, index: int, cell: int, err: Exception, live: set[int] | None) -> None:
-        """Record a dead actor once (its drain and its run call both notice)."""
-        if live is not None:
-            if index not in live:
-                return
-            live.discard(index)
-        if role == "load":
-            self._load.pop(index, None)
-        self.manifest.add_failure(role=role, actor=index, cell=cell, error=type(err).__name__,
-                                  detail=str(err).splitlines()[0][:300])
-        self.progress.note(f"  [red]{role} actor {index} failed in cell {cell}: {type(err).__name__}[/red]")
 
     def _summarize(self, index: int, status: str, until_ns: int | None = None) -> None:
         """Summary rows of a cell (all measured phases) and of each phase, from its Parquet rows;
@@ -347,7 +317,7 @@ class SweepDriver:
         """Record the first GPU actor that did not answer; the group is rebuilt for the next cell."""
         for i, answer in enumerate(counters):
             if isinstance(answer, Exception):
-                self._actor_failed("gpu", i, cell, answer, None)
+                self.gather.actor_failed("gpu", i, cell, answer)
                 self._group = None
                 return
 

@@ -19,8 +19,12 @@ MIN_SPEEDUP = 1.5  # the seed's "hybrid vs Neo4j-only" goal (same default as per
 SLOS = (
     ("p99_ms", "p99 latency (ms)", 10.0, 8.7, False),
     ("achieved_qps", "sustained QPS", 7_000.0, 10_000.0, True),
-    ("error_rate", "error rate", 0.01, 0.001, False),
+    ("failure_rate", "failure rate (errors, timeouts, drops, lost)", 0.01, 0.001, False),
 )
+
+
+def _pct(value) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2%}"
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -95,15 +99,16 @@ def render(run: Run, figure_paths: list[Path]) -> str:
         lines.append(f"| {row['cell']} | " + " | ".join(cells) + " |")
     lines += ["", "## Cells", "",
               "| cell | GPUs | topology | system / backend | target QPS | achieved QPS | p50 ms | p99 ms | p99.9 ms | "
-              "max ms | errors | drops | recall | lag p99 ms | scaling eff. | status |",
+              "max ms | failed | errors | recall | lag p99 ms | scaling eff. | status |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in run.summary:
         lines.append(
             f"| {r['cell']} | {r['n_gpus']}{' (sim)' if r.get('simulated') else ''} | {r.get('topology')} | "
             f"{_system_or_backend(r)} | {_fmt(r['target_qps'])} | {_fmt(r['achieved_qps'])} | {_fmt(r['p50_ms'])} | "
-            f"{_fmt(r['p99_ms'])} | {_fmt(r['p999_ms'])} | {_fmt(r['max_ms'])} | {r['error_rate']:.2%} | "
-            f"{r['drop_rate']:.2%} | {_fmt(r['recall_mean'], 4)} | {_fmt(r['schedule_lag_p99_ms'])} | "
+            f"{_fmt(r['p99_ms'])} | {_fmt(r['p999_ms'])} | {_fmt(r['max_ms'])} | {_pct(r.get('failure_rate'))} | "
+            f"{r['error_rate']:.2%} | {_fmt(r['recall_mean'], 4)} | {_fmt(r['schedule_lag_p99_ms'])} | "
             f"{_fmt(r.get('scaling_efficiency'))} | {r.get('status')} |")
+    lines += degraded_section(run)
     lines += generator_section(run)
     lines += phase_section(run)
     lines += systems_section(run)
@@ -112,6 +117,22 @@ def render(run: Run, figure_paths: list[Path]) -> str:
               "over the raw rows of measured phases (ok and timeout rows).", "", "## Figures", ""]
     lines += [f"![{p.stem}]({p.name})" for p in figure_paths]
     return "\n".join(lines) + "\n"
+
+
+def degraded_section(run: Run) -> list[str]:
+    """Cells that lost an actor while running: what failed, and how many scheduled requests it never sent."""
+    cells = [r for r in run.summary if r.get("status") == "degraded"]
+    if not cells:
+        return []
+    failures = run.manifest.get("failures", [])
+    lines = ["", "## Degraded cells", "",
+             "An actor died during these cells. Every scheduled request is still a row: those its load actor never "
+             "reported are `lost` and count as failures, like errors, timeouts and drops.", "",
+             "| cell | actors that failed | lost requests | failure rate |", "|---|---|---|---|"]
+    for r in cells:
+        dead = ", ".join(f"{f['role']} {f['actor']} ({f['error']})" for f in failures if f.get("cell") == r["cell"])
+        lines.append(f"| {r['cell']} | {dead or '–'} | {r.get('lost', 0):,} | {_pct(r.get('failure_rate'))} |")
+    return lines
 
 
 def generator_section(run: Run) -> list[str]:

@@ -10,15 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SUMMARY_METRICS = (
-    "p50_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms", "service_p50_ms", "service_p99_ms",
-    "schedule_lag_p99_ms", "generator_lag_p99_ms", "achieved_qps", "offered_qps", "qps_ratio", "error_rate", "timeout_rate",
-    "drop_rate", "recall_mean", "recall_min", "batch_size_mean", "scaling_qps_ratio", "scaling_efficiency",
-    "gpu_busy_mean", "gpu_util_mean",
-    "vector_p50_ms", "vector_p99_ms", "graph_p50_ms", "graph_p99_ms", "policy_p50_ms", "policy_p99_ms",
-    "cache_hit_rate", "first_error_s", "last_error_s",
-    "speedup_p50_vs_baseline", "speedup_p99_vs_baseline", "qps_ratio_vs_baseline",
-)
+from perfray.schema import FAILURES
+
 STAGES = ("vector", "graph", "policy")
 
 
@@ -32,19 +25,20 @@ def summarize_cell(rows: pa.Table, meta: dict) -> dict:
                                     value_set=pa.array(meta["measured_phases"], pa.string())))
     status = pc.cast(measured["status"], pa.string()).to_numpy(zero_copy_only=False)
     n = int(measured.num_rows)
-    counts = {s: int((status == s).sum()) for s in ("ok", "error", "timeout", "dropped")}
+    counts = {s: int((status == s).sum()) for s in ("ok", *FAILURES)}
     timed = (status == "ok") | (status == "timeout")
     latency = measured["latency_ns"].to_numpy(zero_copy_only=False)[timed].astype(np.float64)
     service = measured["service_ns"].to_numpy(zero_copy_only=False)[timed].astype(np.float64)
     lag = measured["schedule_lag_ns"].to_numpy(zero_copy_only=False)
-    lag = lag[status != "dropped"].astype(np.float64)
+    sent = (status != "dropped") & (status != "lost")
+    lag = lag[sent].astype(np.float64)
     done = measured["done_ns"].to_numpy(zero_copy_only=False)
     ok_in_window = int(((status == "ok") & (done <= meta["window_end_ns"])).sum())
     window_s = meta["measured_s"]
     recall = measured["recall"].to_numpy(zero_copy_only=False)
     recall = recall[~np.isnan(recall)] if recall.size else recall
     batch = measured["batch_size"].to_numpy(zero_copy_only=False)
-    batch = batch[status != "dropped"]
+    batch = batch[sent]
     achieved = ok_in_window / window_s if window_s > 0 else float("nan")
     p50, p95, p99, p999 = (np.percentile(latency, [50, 95, 99, 99.9]) / 1e6 if latency.size
                            else [float("nan")] * 4)
@@ -60,9 +54,12 @@ def summarize_cell(rows: pa.Table, meta: dict) -> dict:
         "achieved_qps": achieved,
         # vs the offered rate (the requests actually scheduled): Poisson count noise is not a shortfall.
         "qps_ratio": achieved * window_s / n if n else float("nan"),
+        # every scheduled request is a row, so n is the schedule: error, timeout, dropped and lost all fail it
+        "failure_rate": sum(counts[s] for s in FAILURES) / n if n else float("nan"),
         "error_rate": counts["error"] / n if n else float("nan"),
         "timeout_rate": counts["timeout"] / n if n else float("nan"),
         "drop_rate": counts["dropped"] / n if n else float("nan"),
+        "lost_rate": counts["lost"] / n if n else float("nan"),
         "p50_ms": float(p50),
         "p95_ms": float(p95),
         "p99_ms": float(p99),
@@ -129,7 +126,7 @@ def recovery_s(rows: pa.Table, lo_ns: int, hi_ns: int, steady_p99_ms: float, buc
         here = bucket == b
         if not here.any():
             continue
-        failed = np.isin(status[here], ("error", "timeout", "dropped")).any()
+        failed = np.isin(status[here], FAILURES).any()
         timed = latency[here][status[here] == "ok"]
         bad[b] = failed or (timed.size > 0 and np.percentile(timed, 99) > limit)
     if not bad.any():

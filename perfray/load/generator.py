@@ -66,6 +66,21 @@ def plan_requests(plan: CellPlan, n_pool: int):
     return seq, plan.start_unix_ns + offsets[mine], phase[mine], op[mine], query_start[mine]
 
 
+def lost_rows(plan: CellPlan, n_pool: int, recorded_seq: np.ndarray, error: str):
+    """Rows for this actor's share of the cell that it never reported (it died): status ``lost``, the error
+    class that ended it, no sent or done time. Returns a record batch, or None when nothing is missing."""
+    seq, intended, phase, op, _ = plan_requests(plan, n_pool)
+    missing = ~np.isin(seq, recorded_seq)
+    if not missing.any():
+        return None
+    op_k = np.array([o.k for o in plan.ops], dtype=np.int32)
+    op_q = np.array([o.n_queries for o in plan.ops], dtype=np.int32)
+    rec = Recorder(plan.cell, plan.actor, seq[missing], intended[missing], phase[missing], op[missing], op_k, op_q,
+                   [p.name for p in plan.phases], [o.name for o in plan.ops])
+    rec.finish(0, len(rec), "lost", error=error)
+    return rec.drain()
+
+
 class LoadGenerator:
     """Plain class (no Ray): a Ray actor wraps it; tests and the GPU box call it directly."""
 

@@ -18,7 +18,7 @@ from perfray.results.writer import prepare_run_dir, read_cell
 from perfray.sweep import Hooks, SweepDriver
 
 FAULT_RUN = ["sweep={}", "duration_s=3", "warmup_s=0", "target_qps=300", "arrival=constant", "load.actors=2",
-             "search.n_gpus=2", "microbench.enabled=false", "targets=[]"]
+             "search.n_gpus=2", "microbench.enabled=false", "targets=[{metric: failure_rate, max: 0.01}]"]
 
 
 def run_with_kill(tmp_path, role: str):
@@ -42,31 +42,44 @@ def run_with_kill(tmp_path, role: str):
     return code, run_dir, killed
 
 
-def test_kill_9_of_a_load_actor_keeps_other_rows_and_flushed_ones(tmp_path):
+def test_kill_9_of_a_load_actor_keeps_every_scheduled_request_as_a_row_and_fails_the_cell(tmp_path):
     code, run_dir, killed = run_with_kill(tmp_path, "load")
-    assert code == 0 and killed
+    assert code == 1 and killed  # the failure-rate target counts what the dead actor never sent
     doc = manifest(run_dir)
-    assert doc["status"] == "complete"
+    assert doc["status"] == "complete" and doc["cells"][0]["status"] == "degraded"
     assert [(f["role"], f["actor"], f["cell"]) for f in doc["failures"]] == [("load", 1, 0)]
     rows = read_cell(run_dir, 0)
-    actor = rows["actor"].to_numpy()
+    assert rows.num_rows == 900 and np.unique(rows["seq"].to_numpy()).size == 900  # 300 QPS x 3 s, each once
     survivor = rows.filter(pc.equal(rows["actor"], 0))
-    assert survivor.num_rows == 450  # 300 QPS x 3 s, every other request: intact
+    assert survivor.num_rows == 450  # every other request: intact
     assert (pc.cast(survivor["status"], "string").to_numpy(zero_copy_only=False) == "ok").all()
     dead = rows.filter(pc.equal(rows["actor"], 1))
-    # rows leave an actor at least once a second: at most the last second before the kill is lost
+    status = pc.cast(dead["status"], "string").to_numpy(zero_copy_only=False)
+    # rows leave an actor at least once a second: at most the last second before the kill was never reported
     alive_s = (killed["at_ns"] - doc["cells"][0]["start_unix_ns"]) / 1e9
-    assert 0.5 < alive_s < 3.0
-    assert dead.num_rows >= (alive_s - 1.0) * 150 - 3
-    assert dead["intended_ns"].to_numpy().max() < killed["at_ns"]
-    assert np.unique(rows["seq"].to_numpy()).size == actor.size
+    assert 0.5 < alive_s < 3.0 and dead.num_rows == 450
+    reported = dead.filter(pc.invert(pc.equal(pc.cast(dead["status"], "string"), "lost")))
+    assert reported.num_rows >= (alive_s - 1.0) * 150 - 3 and reported["intended_ns"].to_numpy().max() < killed["at_ns"]
+    lost = dead.filter(pc.equal(pc.cast(dead["status"], "string"), "lost"))
+    assert lost.num_rows == (status == "lost").sum() == doc["cells"][0]["lost_rows"] > 0
+    assert set(pc.cast(lost["error"], "string").to_pylist()) == {"ActorDiedError"} and lost["done_ns"].null_count == \
+        lost.num_rows
+    summary = pq.read_table(run_dir / "summary.parquet").to_pylist()[0]
+    assert summary["status"] == "degraded" and summary["requests"] == 900
+    assert summary["lost_rate"] == pytest.approx(lost.num_rows / 900) and summary["failure_rate"] >= summary["lost_rate"]
+    assert summary["offered_qps"] == pytest.approx(300, rel=0.01)  # the schedule, not what survived
+    assert [(v["metric"], v["passed"]) for v in doc["verdicts"]] == [("failure_rate", False)]
+    from perfray.analysis.report import write_report
+
+    section = write_report(run_dir)[0].read_text().split("## Degraded cells", 1)[1].split("\n## ")[0]
+    assert f"| 0 | load 1 (ActorDiedError) | {lost.num_rows:,} |" in section
 
 
 def test_kill_9_of_a_gpu_actor_turns_its_requests_into_errors_and_the_run_finishes(tmp_path):
     code, run_dir, killed = run_with_kill(tmp_path, "gpu")
-    assert code == 0 and killed
+    assert code == 0 and killed  # the live replica took over: < 1% of the cell failed
     doc = manifest(run_dir)
-    assert doc["status"] == "complete"
+    assert doc["status"] == "complete" and doc["cells"][0]["status"] == "degraded"
     assert [(f["role"], f["actor"]) for f in doc["failures"]] == [("gpu", 1)]
     rows = read_cell(run_dir, 0)
     assert rows.num_rows == 900  # every scheduled request has a row

@@ -102,14 +102,14 @@ def test_hybrid_vector_stage_micro_batches_across_clients(tmp_path, store_args):
 
 def test_phase4_sustained_short_run_checks_the_7k_target(tmp_path, store_args):
     """The 10-minute phase, made short with --set duration_s: it runs, and on this box the 7,000 QPS
-    must-pass target fails the run like a failing test (exit 1) while the error-rate target passes."""
+    must-pass target fails the run like a failing test (exit 1) while the failure-rate target passes."""
     out, run = _run(tmp_path, "4-sustained.yaml", "p4", store_args, "--set", "duration_s=3", "--set", "warmup_s=1",
                     "--set", "load.concurrency=8")
     assert out.returncode == 1, out.stderr[-3000:]
     verdicts = {(v["metric"], v["bound"]): v for v in manifest(run)["verdicts"]}
     assert verdicts[("achieved_qps", ">= 7000")]["passed"] is False
     assert verdicts[("achieved_qps", ">= 7000")]["must_pass"] is True
-    assert verdicts[("error_rate", "<= 0.01")]["passed"] is True
+    assert verdicts[("failure_rate", "<= 0.01")]["passed"] is True
     assert "FAIL" in out.stderr and "achieved_qps" in out.stderr
     rows = pq.read_table(run / "requests")
     phases = set(pc.unique(pc.cast(rows["phase"], "string")).to_pylist())
@@ -127,5 +127,5 @@ def test_phase7_production_readiness_with_short_phases(tmp_path, store_args):
     assert phases["burst"]["offered_qps"] > 1.5 * phases["sustained"]["offered_qps"]
     assert phases["recovery"]["recovery_s"] == phases["recovery"]["recovery_s"]  # computed (not NaN)
     metrics = {v["metric"] for v in manifest(run)["verdicts"]}
-    assert metrics == {"p99_ms", "qps_ratio", "error_rate", "recall_mean"}
+    assert metrics == {"p99_ms", "qps_ratio", "failure_rate", "recall_mean"}
     assert "recovery s" in (run / "report.md").read_text()

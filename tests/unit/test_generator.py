@@ -191,3 +191,19 @@ def test_a_request_given_up_while_waiting_for_a_slot_is_never_started():
 
     asyncio.run(go())
     assert system.started == [1, 3] and system.most == 1 and len(replies) == 2
+
+
+def test_a_dead_actors_unreported_share_becomes_lost_rows():
+    """What the driver writes for a load actor that died: exactly its share of the schedule that it never
+    reported, each at its intended time, status lost, with the error class that ended the actor."""
+    from perfray.load.generator import lost_rows, plan_requests
+
+    plan = make_plan(200, 1.0, actor=1, n_actors=2)
+    seq = plan_requests(plan, 16)[0]
+    reported = seq[: seq.size // 3]
+    batch = lost_rows(plan, 16, reported, "ActorDiedError")
+    rows = batch.to_pandas()
+    assert sorted(rows.seq) == sorted(set(seq) - set(reported)) and (rows.actor == 1).all()
+    assert (rows.status == "lost").all() and (rows.error == "ActorDiedError").all()
+    assert rows.done_ns.isna().all() and rows.sent_ns.isna().all() and rows.intended_ns.notna().all()
+    assert lost_rows(plan, 16, seq, "ActorDiedError") is None

@@ -14,8 +14,8 @@ def recorder_table(latencies_ms, statuses, phase_names=("warmup", "sustained"), 
                    np.array(phases if phases is not None else [1] * n, np.int16), np.zeros(n, np.int16),
                    np.array([10]), np.array([1]), list(phase_names), ["knn"])
     for i, (lat, status) in enumerate(zip(latencies_ms, statuses, strict=True)):
-        if status == "dropped":
-            rec.finish(i, i + 1, "dropped")
+        if status in ("dropped", "lost"):
+            rec.finish(i, i + 1, status, error="ActorDiedError" if status == "lost" else None)
             continue
         rec.sent(i, i + 1, int(rec.intended_ns[i]), i, 1)
         rec.finish(i, i + 1, status, done_ns=int(rec.intended_ns[i]) + int(lat * 1e6),
@@ -30,16 +30,17 @@ def meta(n, **kw):
 
 def test_exact_percentiles_and_rates_from_raw_rows():
     lat = list(np.arange(1, 1001, dtype=float))  # 1..1000 ms
-    status = ["ok"] * 990 + ["timeout"] * 5 + ["error"] * 3 + ["dropped"] * 2
+    status = ["ok"] * 986 + ["timeout"] * 5 + ["error"] * 3 + ["dropped"] * 2 + ["lost"] * 4
     table = recorder_table(lat, status)
     row = summarize_cell(table, meta(1000))
-    timed = np.array(lat[:995])
+    timed = np.array(lat[:991])
     assert row["p50_ms"] == pytest.approx(np.percentile(timed, 50))
     assert row["p99_ms"] == pytest.approx(np.percentile(timed, 99))
-    assert row["max_ms"] == pytest.approx(995)
+    assert row["max_ms"] == pytest.approx(991)
     assert row["error_rate"] == pytest.approx(0.003) and row["timeout_rate"] == pytest.approx(0.005)
-    assert row["drop_rate"] == pytest.approx(0.002)
-    assert row["ok"] == 990 and row["requests"] == 1000
+    assert row["drop_rate"] == pytest.approx(0.002) and row["lost_rate"] == pytest.approx(0.004)
+    assert row["failure_rate"] == pytest.approx(0.014)  # one definition of failure: all four
+    assert row["ok"] == 986 and row["requests"] == 1000 and row["offered_qps"] == pytest.approx(1000)
     assert row["recall_mean"] == 1.0
 
 
