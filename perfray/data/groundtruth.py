@@ -61,9 +61,21 @@ def _to_cache(cache_dir: Path, fingerprint: str, ids: np.ndarray, dists: np.ndar
 
 
 def recall(found_ids: np.ndarray, gt_ids: np.ndarray, gt_dists: np.ndarray, k: int) -> np.ndarray:
-    """Per query: share of the k returned ids that are true k-nearest neighbours (within tolerance)."""
+    """Per query: share of the k returned ids that are true k-nearest neighbours (within tolerance). Each id
+    counts once however often a reply repeats it; -1 and ids outside the dataset are misses."""
     found = found_ids[:, :k]
     threshold = gt_dists[:, k - 1 : k] * (1 + RECALL_REL_TOL) + 1e-12
     accepted = gt_dists <= threshold
-    hits = (found[:, :, None] == gt_ids[:, None, :]) & accepted[:, None, :]
-    return hits.any(axis=2).sum(axis=1) / k
+    hits = ((found[:, :, None] == gt_ids[:, None, :]) & accepted[:, None, :]).any(axis=2)
+    return (hits & _first_occurrence(found)).sum(axis=1) / k
+
+
+def _first_occurrence(found: np.ndarray) -> np.ndarray:
+    """True where an id appears in its row for the first time."""
+    order = np.argsort(found, axis=1, kind="stable")
+    ranked = np.take_along_axis(found, order, axis=1)
+    repeat = np.zeros(found.shape, dtype=bool)
+    repeat[:, 1:] = ranked[:, 1:] == ranked[:, :-1]
+    first = np.empty(found.shape, dtype=bool)
+    np.put_along_axis(first, order, ~repeat, axis=1)
+    return first

@@ -25,7 +25,7 @@ def knn_service():
     base = load_dataset(SyntheticDataset(n=2000, dim=16, n_queries=50, clusters=32, seed=7)).base
     norms = (base * base).sum(1)
     port = free_port()
-    state = {"stall_until": 0.0, "requests": 0}
+    state = {"stall_until": 0.0, "requests": 0, "repeat_first": False}
 
     async def search(request):
         body = await request.json()
@@ -35,6 +35,8 @@ def knn_service():
         q = np.asarray(body["vector"], dtype=np.float32)
         d = norms - 2 * base @ q
         ids = np.lexsort((np.arange(d.size), d))[: body["k"]]
+        if state["repeat_first"]:  # the nearest neighbour k times: one true id, not k
+            ids = np.repeat(ids[:1], body["k"])
         return web.json_response({"ids": ids.tolist()})
 
     async def head(request):
@@ -110,3 +112,17 @@ def test_cells_asking_a_load_actor_for_over_half_its_ceiling_are_flagged_and_aut
     flagged = [line.split("|")[1].strip() for line in section.splitlines()
                if line.startswith("| ") and not line.startswith("| cell")]
     assert flagged == ["0"] and re.search(r"\| 6[5-8]% of 300/s \|", section)  # ~200 of 300 req/s
+
+
+def test_a_service_that_repeats_one_true_neighbour_scores_one_hit_not_k(tmp_path, knn_service):
+    url, state = knn_service
+    state["repeat_first"] = True
+    out = sweep_cli("--config", "configs/smoke.yaml", "--results-dir", str(tmp_path), "--run-id", "dups",
+                    "--set", "system=http", "--set", f"stores.http.url={url}", "--set", "dataset.n=2000",
+                    "--set", "dataset.dim=16", "--set", "dataset.n_queries=50", "--set", "load.target_qps=50",
+                    "--set", "load.duration_s=1", "--set", "load.warmup_s=0.2", "--set", "batch_window_ms=0",
+                    "--set", "batch_max=1", "--set", "microbench.enabled=false", "--set", "sweep={}",
+                    "--set", "targets=[{metric: recall_mean, min: 0.999}]", timeout=300)
+    assert out.returncode == 1, out.stderr[-3000:]  # the recall target fails, as it must
+    rows = pq.read_table(tmp_path / "dups" / "requests").to_pandas()
+    assert (rows.status == "ok").all() and np.allclose(rows.recall, 0.1)  # k = 10: one true id in ten

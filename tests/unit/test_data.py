@@ -67,3 +67,10 @@ def test_recall_counts_only_true_neighbours_with_tolerance_for_ties():
     gt_d = np.array([[0.1, 0.2, 0.3, 0.3]])  # 3 and 4 tie at the 3rd place
     assert recall(np.array([[1, 2, 4]]), gt_ids, gt_d, 3)[0] == 1.0
     assert recall(np.array([[1, 9, 3]]), gt_ids, gt_d, 3)[0] == pytest.approx(2 / 3)
+
+
+def test_recall_counts_each_returned_id_once_and_missing_or_foreign_ids_as_misses():
+    gt_ids = np.array([[5, 6, 7], [5, 6, 7]])
+    gt_d = np.array([[0.1, 0.2, 0.3], [0.1, 0.2, 0.3]])
+    assert recall(np.array([[5, 5, 5], [6, 5, 6]]), gt_ids, gt_d, 3).tolist() == pytest.approx([1 / 3, 2 / 3])
+    assert recall(np.array([[-1, 5, 10**9], [7, -1, -1]]), gt_ids, gt_d, 3).tolist() == pytest.approx([1 / 3, 1 / 3])
