@@ -32,7 +32,7 @@ from perfray.progress import Progress
 from perfray.results.manifest import Manifest
 from perfray.results.writer import RequestWriter, read_cell, write_table
 from perfray.schema import MICROBENCH_SCHEMA
-from perfray.sut.session import SystemPlan, SystemSession, make_system
+from perfray.sut.session import SystemPlan, SystemSession, effective_batching, make_system
 
 # Time between choosing a cell's start and its first request: actors must receive the plan first.
 START_LEAD_NS = 700_000_000
@@ -69,7 +69,8 @@ class SweepDriver:
         self.config, self.run_dir, self.run_id = config, Path(run_dir), run_id
         self.progress = progress or Progress(enabled=False)
         self.hooks = hooks or Hooks()
-        self.cells, calibrated = calibration.size_load_actors(config.cells(), os.cpu_count() or 1)
+        cells = [effective_batching(c) for c in config.cells()]  # the manifest records what actually runs
+        self.cells, calibrated = calibration.size_load_actors(cells, os.cpu_count() or 1)
         self.cache_dir = config.cache_dir or self.run_dir.parent / ".cache"
         self.writer = RequestWriter(self.run_dir)
         self.manifest = Manifest(

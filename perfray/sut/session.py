@@ -26,6 +26,15 @@ def make_system(name: str, workload, stores):
     return SYSTEMS.load(name)(workload, stores)
 
 
+def effective_batching(cell):
+    """The cell as its load actors run it: a system that answers one request per call gets one request per call
+    (no micro-batch window, ``batch_max`` 1) whatever the config says; the micro-batched GPU search path keeps
+    the configured window and size."""
+    if SYSTEMS.load(cell.system).micro_batched or (cell.load.batch_max == 1 and cell.load.batch_window_ms == 0):
+        return cell
+    return cell.model_copy(update={"load": cell.load.model_copy(update={"batch_window_ms": 0.0, "batch_max": 1})})
+
+
 class SystemSession:
     """Stores used by a sweep's cells: ``check()`` connects to each once; ``plan(cell, catalogue)`` loads
     (idempotently) and returns the SystemPlan for load actors; ``close()`` stops what it started."""
