@@ -188,12 +188,15 @@ def scaling_curves(summary: list[dict]) -> list[list[dict]]:
 
 
 def check_targets(summary: list[dict], targets) -> list[dict]:
-    """One verdict per (target, cell). A NaN value fails (nothing measured is not a pass)."""
+    """One verdict per (target, cell). A NaN value fails (nothing measured is not a pass), and so does a target
+    whose ``where`` matches no cell."""
     verdicts = []
     for target in targets:
+        matched = False
         for row in summary:
             if target.where and any(row.get(k) != v for k, v in target.where.items()):
                 continue
+            matched = True
             value = row.get(target.metric, float("nan"))
             value = float("nan") if value is None else float(value)
             if target.max is not None:
@@ -204,4 +207,8 @@ def check_targets(summary: list[dict], targets) -> list[dict]:
                 bound = f">= {target.min:g}"
             verdicts.append({"cell": row["cell"], "metric": target.metric, "bound": bound, "value": value,
                              "passed": passed, "must_pass": target.must_pass})
+        if not matched and summary:  # a target that checks nothing is not met (cell -1: none)
+            limit = f"<= {target.max:g}" if target.max is not None else f">= {target.min:g}"
+            verdicts.append({"cell": -1, "metric": target.metric, "bound": f"{limit} (no cell matched {target.where})",
+                             "value": float("nan"), "passed": False, "must_pass": target.must_pass})
     return verdicts

@@ -103,20 +103,20 @@ def test_hybrid_vector_stage_micro_batches_across_clients(tmp_path, store_args):
     assert usage["calls"] < 0.8 * usage["rows"]  # in shared calls
 
 
-def test_phase4_sustained_short_run_checks_the_7k_target(tmp_path, store_args):
-    """The 10-minute phase, made short with --set duration_s: it runs, and on this box the 7,000 QPS
-    must-pass target fails the run like a failing test (exit 1) while the failure-rate target passes."""
+def test_phase4_sustained_short_run_checks_its_own_targets(tmp_path, store_args):
+    """The 10-minute phase, made short with --set duration_s: it runs, every shipped target gets a verdict, and
+    the exit code is 1 exactly when a must-pass one failed."""
     out, run = _run(tmp_path, "4-sustained.yaml", "p4", store_args, "--set", "duration_s=3", "--set", "warmup_s=1",
                     "--set", "load.concurrency=8")
-    assert out.returncode == 1, out.stderr[-3000:]
     verdicts = {(v["metric"], v["bound"]): v for v in manifest(run)["verdicts"]}
-    assert verdicts[("achieved_qps", ">= 7000")]["passed"] is False
-    assert verdicts[("achieved_qps", ">= 7000")]["must_pass"] is True
-    assert verdicts[("failure_rate", "<= 0.01")]["passed"] is True
-    assert "FAIL" in out.stderr and "achieved_qps" in out.stderr
+    assert set(verdicts) == {("qps_ratio", ">= 0.99"), ("p99_ms", "<= 10"), ("p99_ms", "<= 8.7"),
+                             ("failure_rate", "<= 0.01"), ("failure_rate", "<= 0.001")}
+    assert verdicts[("qps_ratio", ">= 0.99")]["passed"] and verdicts[("failure_rate", "<= 0.01")]["passed"]
+    failed = [v for v in verdicts.values() if v["must_pass"] and not v["passed"]]
+    assert out.returncode == (1 if failed else 0), out.stderr[-3000:]
     rows = pq.read_table(run / "requests")
     phases = set(pc.unique(pc.cast(rows["phase"], "string")).to_pylist())
-    assert phases == {"warmup", "sustained"} and 100 < rows.num_rows < 250  # 40 QPS for 1 + 3 s
+    assert phases == {"warmup", "sustained"} and rows.num_rows == 160  # 40 QPS for 1 + 3 s, exactly
 
 
 def test_phase7_production_readiness_with_short_phases(tmp_path, store_args):
@@ -124,7 +124,8 @@ def test_phase7_production_readiness_with_short_phases(tmp_path, store_args):
              " {name: stretch, duration_s: 1, rate: 1.428571}, {name: burst, duration_s: 1, rate: 2.142857},"
              " {name: recovery, duration_s: 3}]")
     out, run = _run(tmp_path, "7-production-readiness.yaml", "p7", store_args, "--set", short)
-    assert out.returncode in (0, 1), out.stderr[-3000:]
+    failed = [v for v in manifest(run)["verdicts"] if v["must_pass"] and not v["passed"]]
+    assert out.returncode == (1 if failed else 0), out.stderr[-3000:]  # exit 1 exactly when a must-pass failed
     phases = {r["phase"]: r for r in pq.read_table(run / "phases.parquet").to_pylist()}
     assert list(phases) == ["warmup", "sustained", "stretch", "burst", "recovery"]
     assert phases["burst"]["offered_qps"] > 1.5 * phases["sustained"]["offered_qps"]

@@ -123,6 +123,9 @@ def test_baseline_speedups_and_filtered_targets():
     verdicts = check_targets(summary, [TargetSpec(metric="speedup_p99_vs_baseline", min=1.5,
                                                   where={"system_name": "hybrid"})])
     assert [(v["cell"], v["passed"]) for v in verdicts] == [(0, True)]
+    nothing = check_targets(summary, [TargetSpec(metric="p99_ms", max=10, where={"system_name": "milvus"})])
+    assert [(v["cell"], v["passed"]) for v in nothing] == [(-1, False)]  # a target that checks nothing fails
+    assert "no cell matched" in nothing[0]["bound"]
 
 
 def test_result_cache_is_lru():

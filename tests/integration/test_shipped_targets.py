@@ -1,0 +1,43 @@
+"""Every shipped config's own targets, run (scaled down with --set) against a system that answers at once and
+exactly: a target a perfect system cannot meet is a broken target, and fails here."""
+
+import json
+
+import pytest
+import yaml
+from support import REPO, manifest, sweep_cli
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "configs" / "phases").glob("*.yaml"))
+RATE = 100.0  # QPS for every scaled-down cell; phases keep their rates relative to it
+# Metrics that compare cells (GPU counts, a baseline system): one instant cell has nothing to compare with.
+ACROSS_CELLS = ("scaling_", "speedup_", "qps_ratio_vs_baseline")
+
+
+def _scaled(raw: dict) -> list[str]:
+    load = raw["workload"].get("load", {})
+    args = ["--set", "system=instant", "--set", "sweep={}", "--set", "dataset.n=2000", "--set", "dataset.dim=16",
+            "--set", "dataset.n_queries=50", "--set", f"load.target_qps={RATE:g}", "--set", "load.actors=1",
+            "--set", "search.n_gpus=1", "--set", "microbench.enabled=false"]
+    if load.get("phases"):
+        scale = RATE / load["target_qps"]
+        phases = [{**p, "duration_s": min(p["duration_s"], 1.5 if p.get("measured", True) else 0.5),
+                   **({"qps": p["qps"] * scale} if "qps" in p else {})} for p in load["phases"]]
+        args += ["--set", f"load.phases={json.dumps(phases)}"]
+    else:
+        args += ["--set", "load.duration_s=2", "--set", "load.warmup_s=0.5"]
+    return args
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_target_is_met_by_a_system_that_answers_at_once(tmp_path, path):
+    raw = yaml.safe_load(path.read_text())
+    targets = raw.get("targets") or []
+    own = [t for t in targets if not t["metric"].startswith(ACROSS_CELLS)]
+    args = _scaled(raw)
+    if len(own) != len(targets):
+        args += ["--set", f"targets={json.dumps(own)}"]
+    out = sweep_cli("--config", str(path), "--results-dir", str(tmp_path), "--run-id", "t", *args, timeout=300)
+    verdicts = manifest(tmp_path / "t")["verdicts"]
+    missed = [v for v in verdicts if not v["passed"]]
+    assert out.returncode == 0 and not missed, (missed, out.stderr[-2000:])
+    assert {(v["metric"]) for v in verdicts} == {t["metric"] for t in own}  # each target was checked
