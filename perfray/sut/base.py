@@ -172,6 +172,18 @@ def close_on_loop(client) -> None:
         loop.create_task(client.close())
 
 
+def load_fingerprint(catalogue, *settings) -> str:
+    """What a store's loaded data must match to be reused: the catalogue and the settings it was built with
+    (index type and parameters), so a changed index is rebuilt rather than reported under the new name."""
+    if not settings:
+        return catalogue.fingerprint
+    import hashlib
+    import json
+
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return f"{catalogue.fingerprint}_{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
 def unavailable(store: str, uri: str, err: BaseException) -> UnavailableError:
     """The one-line error for a store that cannot be reached."""
     detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from perfray.sut.base import Answer, AsyncStoreSystem, close_on_loop, env_secret, span, unavailable
+from perfray.sut.base import (
+    Answer,
+    AsyncStoreSystem,
+    close_on_loop,
+    env_secret,
+    load_fingerprint,
+    span,
+    unavailable,
+)
 from perfray.timing import process_clock
 
 INSERT_BATCH = 5_000
@@ -76,7 +84,8 @@ class MilvusStore:
         from pymilvus import DataType
 
         c, spec = self.spec.collection, self.spec
-        if self.fingerprint() == catalogue.fingerprint:
+        wanted = load_fingerprint(catalogue, spec.index_type, dict(spec.index_params))
+        if self.fingerprint() == wanted:
             if progress is not None:
                 progress(catalogue.n_items)
             self.client.load_collection(c)
@@ -98,7 +107,7 @@ class MilvusStore:
         index.add_index("embedding", index_type=spec.index_type, metric_type="L2", params=dict(spec.index_params))
         self.client.create_index(c, index)
         self.client.load_collection(c)
-        self._mark(catalogue.fingerprint)
+        self._mark(wanted)
         return {"store": "milvus", "loaded": True, "items": catalogue.n_items, "index_type": spec.index_type}
 
     def _mark(self, fingerprint: str) -> None:

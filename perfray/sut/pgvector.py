@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from perfray.sut.base import Answer, AsyncStoreSystem, each_in_turn, span
+from perfray.sut.base import Answer, AsyncStoreSystem, each_in_turn, load_fingerprint, span
 from perfray.sut.postgres import META_SQL, PostgresStore, ids_of
 
 SEARCH_SQL = "SELECT id FROM perfray_vectors ORDER BY embedding <-> %s::vector LIMIT %s"
@@ -25,7 +25,8 @@ class PgvectorStore(PostgresStore):
 
     def load(self, catalogue, progress=None) -> dict:
         """Vectors into ``perfray_vectors`` and the configured index, in one transaction."""
-        if self.fingerprint() == catalogue.fingerprint:
+        wanted = load_fingerprint(catalogue, self.spec.index, dict(self.spec.index_params))
+        if self.fingerprint() == wanted:
             if progress is not None:
                 progress(catalogue.n_items)
             return {"store": self.store, "loaded": False, "items": catalogue.n_items}
@@ -44,7 +45,7 @@ class PgvectorStore(PostgresStore):
                 conn.execute(f"CREATE INDEX ON perfray_vectors USING {spec.index} (embedding vector_l2_ops)"
                              + (f" WITH ({params})" if params else ""))
             conn.execute("ANALYZE perfray_vectors")
-            conn.execute("INSERT INTO perfray_meta VALUES (%s, %s)", (self.meta_key, catalogue.fingerprint))
+            conn.execute("INSERT INTO perfray_meta VALUES (%s, %s)", (self.meta_key, wanted))
         if progress is not None:
             progress(catalogue.n_items)
         return {"store": self.store, "loaded": True, "items": catalogue.n_items, "index": spec.index}

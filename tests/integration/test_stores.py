@@ -120,18 +120,31 @@ def test_milvus_lite_flat_search_is_exact(stores_spec, catalogue, tmp_path):
         assert system.load(catalogue)["loaded"] is False
         answer = system.execute(catalogue.dataset.queries[:8], 10, np.arange(8))
         assert answer.ids.tolist() == gt_ids[:8, :10].tolist()
+        assert system.store.client.describe_index(own.milvus.collection, "embedding")["index_type"] == "FLAT"
     finally:
         system.close()
+    # The same file, now with an HNSW index: the fingerprint covers the index settings, so it is rebuilt.
     hnsw = own.model_copy(update={"milvus": own.milvus.model_copy(update={
-        "uri": str(tmp_path / "hnsw.db"), "index_type": "HNSW", "index_params": {"M": 4, "efConstruction": 8},
-        "search_params": {"ef": 10}})})
+        "index_type": "HNSW", "index_params": {"M": 4, "efConstruction": 8}, "search_params": {"ef": 10}})})
     system = _system("milvus", hnsw, catalogue)
     try:
+        assert system.load(catalogue)["loaded"] is False  # rebuilt once (by _system), then reused
+        described = system.store.client.describe_index(hnsw.milvus.collection, "embedding")
+        assert described["index_type"] == "HNSW" and described["indexed_rows"] == catalogue.n_items
         ids = system.execute(catalogue.dataset.queries[:50], 10, np.arange(50)).ids
         overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), gt_ids[:50, :10].tolist(), strict=True)])
         assert 0.3 < overlap <= 1.0 and (ids >= 0).all()  # the index from config, its recall measured
     finally:
         system.close()
+
+
+def _explain(system, vector) -> str:
+    from perfray.sut.pgvector import SEARCH_SQL, _vector_text
+
+    with system.store.pool.connection() as conn:
+        for sql in system.store.session_sql():
+            conn.execute(sql)
+        return "\n".join(r[0] for r in conn.execute("EXPLAIN " + SEARCH_SQL, (_vector_text(vector), 10)).fetchall())
 
 
 def test_pgvector_exact_scan_is_exact_and_hnsw_recall_is_measured(stores_spec, catalogue, tmp_path):
@@ -141,13 +154,15 @@ def test_pgvector_exact_scan_is_exact_and_hnsw_recall_is_measured(stores_spec, c
         assert system.label() == "pgvector (exact scan)" and system.load(catalogue)["loaded"] is False
         answer = system.execute(catalogue.dataset.queries[:8], 10, np.arange(8))
         assert answer.ids.tolist() == gt_ids[:8, :10].tolist() and answer.stages["vector_ns"] > 0
+        assert "Seq Scan" in _explain(system, catalogue.dataset.queries[0])
     finally:
         system.close()
     hnsw = stores_spec.model_copy(update={"pgvector": stores_spec.pgvector.model_copy(update={
         "index": "hnsw", "index_params": {"m": 4, "ef_construction": 8}, "search_params": {"hnsw.ef_search": 10}})})
-    system = _system("pgvector", hnsw, catalogue)
+    system = _system("pgvector", hnsw, catalogue)  # same server: the index changed, so the table is rebuilt
     try:
-        assert system.label() == "pgvector (hnsw)"
+        assert system.label() == "pgvector (hnsw)" and system.load(catalogue)["loaded"] is False
+        assert "Index Scan using" in _explain(system, catalogue.dataset.queries[0])
         ids = system.execute(catalogue.dataset.queries[:50], 10, np.arange(50)).ids
         overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), gt_ids[:50, :10].tolist(), strict=True)])
         assert 0.3 < overlap <= 1.0  # an approximate index: recall measured against exact ground truth
