@@ -13,6 +13,7 @@ from pathlib import Path
 
 from perfray.cluster.runtime import restore_interrupt_handlers
 from perfray.errors import PerfrayError, UsageError
+from perfray.redact import redact
 
 
 class _Parser(argparse.ArgumentParser):
@@ -176,7 +177,7 @@ def run_sweep_command(args) -> int:
         if progress.enabled:
             progress.note(f"  [red]{line}[/red]")
         else:
-            print(f"perfray: {line}", file=sys.stderr)
+            print(f"perfray: {redact(line)}", file=sys.stderr)
     if status == "interrupted":
         print(f"perfray: interrupted; results so far were written to {run_dir}", file=sys.stderr)
     return code
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     except PerfrayError as err:
         if debug:
             raise
-        print(f"perfray: error: {err}", file=sys.stderr)
+        print(f"perfray: error: {redact(str(err))}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("perfray: interrupted; results so far were written", file=sys.stderr)

@@ -9,6 +9,8 @@ import numpy as np
 import pyarrow.compute as pc
 from rich.console import Console
 
+from perfray.redact import redact
+
 
 class Progress:
     """Prints cell progress to stderr; never used for reported figures."""
@@ -69,4 +71,4 @@ class Progress:
 
     def _say(self, text: str) -> None:
         if self.enabled:
-            self.console.print(text)
+            self.console.print(redact(text))

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from perfray import SCHEMA_VERSION, __version__
+from perfray.redact import redact
 
 PACKAGES = ("ray", "numpy", "pyarrow", "pydantic", "faiss-cpu", "faiss-gpu", "cupy", "cupy-cuda12x",
             "cupy-cuda13x", "h5py")
@@ -67,5 +68,5 @@ class Manifest:
 
     def write(self) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.doc, indent=2, default=str, sort_keys=False))
+        tmp.write_text(redact(json.dumps(self.doc, indent=2, default=str, sort_keys=False)))
         os.replace(tmp, self.path)

@@ -186,8 +186,10 @@ def load_fingerprint(catalogue, *settings) -> str:
 
 def unavailable(store: str, uri: str, err: BaseException) -> UnavailableError:
     """The one-line error for a store that cannot be reached."""
+    from perfray.redact import redact
+
     detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-    return UnavailableError(f"{store} at {uri} is not reachable ({detail}); start it or fix stores.{store}")
+    return UnavailableError(redact(f"{store} at {uri} is not reachable ({detail}); start it or fix stores.{store}"))
 
 
 @contextmanager

@@ -17,6 +17,7 @@ try:  # ~8x faster than json on the replies scored for recall
 except ImportError:
     from json import loads as _json_loads
 
+from perfray.redact import redact
 from perfray.sut.base import Answer, PerRow, SystemUnderTest, env_secret, unavailable
 from perfray.sut.http_client import Exchange, HttpPool
 from perfray.timing import process_clock
@@ -30,7 +31,7 @@ class HttpSystem(SystemUnderTest):
     requires = ("httptools",)
 
     def label(self) -> str:
-        return f"HTTP {self.stores_spec.http.url}"
+        return f"HTTP {redact(self.stores_spec.http.url)}"
 
     def connect(self) -> None:
         """Check that the service's port accepts connections (the pool opens on the actor's loop)."""

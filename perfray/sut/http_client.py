@@ -10,9 +10,10 @@ written, so that wait is the client's schedule lag, never the server's service t
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl as ssl_module
 from collections import deque
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -81,6 +82,9 @@ class HttpPool:
         self.port = parts.port or (443 if self.tls else 80)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         authority = parts.netloc.rpartition("@")[2]  # never a userinfo part on the wire as a Host header
+        if parts.username is not None and not any(k.lower() == "authorization" for k in headers):
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            headers = {**headers, "Authorization": "Basic " + base64.b64encode(credentials).decode()}
         head = [f"{method} {path} HTTP/1.1", f"Host: {authority}", *(f"{k}: {v}" for k, v in headers.items())]
         self._prefix = ("\r\n".join(head) + "\r\nContent-Length: ").encode("latin-1")
         self.max_connections, self.connect_timeout_s = max_connections, connect_timeout_s

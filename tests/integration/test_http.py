@@ -25,9 +25,11 @@ def knn_service():
     base = load_dataset(SyntheticDataset(n=2000, dim=16, n_queries=50, clusters=32, seed=7)).base
     norms = (base * base).sum(1)
     port = free_port()
-    state = {"stall_until": 0.0, "requests": 0, "repeat_first": False}
+    state = {"stall_until": 0.0, "requests": 0, "repeat_first": False, "authorization": None}
 
     async def search(request):
+        if state["authorization"] is not None and request.headers.get("Authorization") != state["authorization"]:
+            return web.Response(status=401)
         body = await request.json()
         state["requests"] += 1
         while time.monotonic() < state["stall_until"]:
@@ -126,3 +128,37 @@ def test_a_service_that_repeats_one_true_neighbour_scores_one_hit_not_k(tmp_path
     assert out.returncode == 1, out.stderr[-3000:]  # the recall target fails, as it must
     rows = pq.read_table(tmp_path / "dups" / "requests").to_pandas()
     assert (rows.status == "ok").all() and np.allclose(rows.recall, 0.1)  # k = 10: one true id in ten
+
+
+@pytest.mark.parametrize("how", ["userinfo", "token_env"])
+def test_credentials_reach_the_service_and_appear_nowhere_in_the_run_or_its_output(tmp_path, knn_service, how):
+    """A credential perfray really sends (the service answers 401 without it): in the URL's userinfo (HTTP
+    Basic) or in the token variable (Bearer). Neither appears in any file of the run directory or in its output."""
+    import base64
+
+    url, state = knn_service
+    secret, env = "s3cr3t-Pa55w0rd", {}
+    if how == "userinfo":
+        url = url.replace("http://", f"http://perfray:{secret}@")
+        state["authorization"] = "Basic " + base64.b64encode(f"perfray:{secret}".encode()).decode()
+    else:
+        env = {"PERFRAY_HTTP_TOKEN": secret}
+        state["authorization"] = f"Bearer {secret}"
+    out = sweep_cli("--config", "configs/smoke.yaml", "--results-dir", str(tmp_path), "--run-id", "cred",
+                    "--set", "system=http", "--set", f"stores.http.url={url}", "--set", "dataset.n=2000",
+                    "--set", "dataset.dim=16", "--set", "dataset.n_queries=50", "--set", "load.target_qps=50",
+                    "--set", "load.duration_s=1", "--set", "load.warmup_s=0.2", "--set", "microbench.enabled=false",
+                    "--set", "sweep={}", "--set", "targets=[{metric: failure_rate, max: 0.0}]", env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]  # every request was answered: the credential was sent
+    written = [p for p in (tmp_path / "cred").rglob("*") if p.is_file()]
+    assert len(written) > 5
+    for path in written:
+        assert secret.encode() not in path.read_bytes(), path
+    assert secret not in out.stdout + out.stderr
+    assert "perfray:***@" in (tmp_path / "cred" / "manifest.json").read_text() or how == "token_env"
+    # the same URL that cannot be reached: the one-line error names it, without the credential
+    down = sweep_cli("--config", "configs/smoke.yaml", "--results-dir", str(tmp_path), "--run-id", "down",
+                     "--set", "system=http", "--set", f"stores.http.url=http://perfray:{secret}@127.0.0.1:9/search",
+                     "--set", "stores.http.connect_timeout_s=1", timeout=120)
+    assert down.returncode == 3 and secret not in down.stdout + down.stderr
+    assert "http://perfray:***@127.0.0.1:9/search" in down.stderr

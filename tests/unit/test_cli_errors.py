@@ -52,3 +52,12 @@ def test_existing_run_id_is_never_overwritten(tmp_path):
     (tmp_path / "r" / "taken").mkdir(parents=True)
     out = run_cli("--results-dir", str(tmp_path / "r"), "--run-id", "taken")
     assert out.returncode == 2 and "already exists" in out.stderr
+
+
+def test_redact_masks_uri_credentials_and_credential_parameters():
+    from perfray.redact import redact
+
+    assert redact("http://u:p%40ss@h:1/x") == "http://u:***@h:1/x"
+    assert redact("bolt://neo4j:pw@h:7687 and https://TOKEN@host/x") == "bolt://neo4j:***@h:7687 and https://***@host/x"
+    assert redact("http://h/x?k=1&token=abc#f") == "http://h/x?k=1&token=***#f"
+    assert redact("http://host/path@x, plain text") == "http://host/path@x, plain text"
