@@ -186,6 +186,8 @@ class MetricsSpec(Strict):
     export_port: int | None = Field(None, ge=1, le=65535,
                                     description="embedded Ray's metrics port (Prometheus scrapes it); default: Ray picks")
     report_interval_ms: int = Field(2000, ge=100, description="how often actors push metrics (embedded Ray)")
+    final_scrape_s: float = Field(0.0, ge=0, description="keep the metrics endpoint up this long after the last "
+                                  "cell, so a scraper sees the final counts (>= report interval + scrape interval)")
 
 
 class SweepConfig(Strict):

@@ -130,6 +130,8 @@ class SweepDriver:
             raise
         finally:
             self._finish(status)
+            if self._ray is not None and self.config.metrics.enabled and self.config.metrics.final_scrape_s:
+                time.sleep(self.config.metrics.final_scrape_s)  # the last drains' counts reach the scraper
             runtime.shutdown(self._ray)
             self.systems.close()
         verdicts = self.manifest.doc.get("verdicts", [])

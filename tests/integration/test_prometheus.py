@@ -9,6 +9,7 @@ import time
 import urllib.parse
 import urllib.request
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from support import REPO
@@ -78,7 +79,7 @@ def test_every_panel_and_alert_query_has_data_for_a_run(prometheus, tmp_path):
     base, metrics_port = prometheus
     config = load_config(None, ["sweep={}", "duration_s=8", "warmup_s=0.5", "microbench.enabled=false",
                                 "targets=[]", f"metrics.export_port={metrics_port}", "metrics.report_interval_ms=500",
-                                "op_mix=mixed", "target_qps=300"])
+                                "op_mix=mixed", "target_qps=300", "metrics.final_scrape_s=2.5"])
     start = time.time()
     assert SweepDriver(config, prepare_run_dir(tmp_path, "prom"), "prom").run() == 0
     end = time.time()
@@ -98,6 +99,13 @@ def test_every_panel_and_alert_query_has_data_for_a_run(prometheus, tmp_path):
     assert [name for name in recorded if not has_data(base, f'{name}{{run="prom"}}', start, end)] == []
     for alert in alerts:  # each alert compares a recorded series that has data for the run
         assert alert["expr"].split()[0] in recorded
+    # The values, not only their presence: requests Prometheus counted match the rows written (within 1%).
+    query = urllib.parse.urlencode({"query": 'sum(ray_perfray_requests_total{run="prom"})', "start": start,
+                                    "end": end + 5, "step": "1"})
+    series = get(f"{base}/api/v1/query_range?{query}")["data"]["result"]
+    counted = max(float(v) for _, v in series[0]["values"])
+    rows = pq.read_table(tmp_path / "prom" / "requests").num_rows
+    assert abs(counted - rows) <= 0.01 * rows, (counted, rows)
 
 
 def test_cache_and_pool_panels_have_data_for_a_hybrid_run(prometheus, tmp_path, store_args):

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,12 +33,16 @@ def test_bad_usage_exits_2_with_one_line(tmp_path, args, message):
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_unwritable_results_dir_as_user(tmp_path):
+def test_unwritable_results_dir_exits_2_with_one_line(tmp_path):
+    """A directory this user may not write (root may write anywhere a mode allows: /proc refuses even root)."""
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    out = run_cli("--results-dir", str(locked / "r"))
-    assert out.returncode == 2 and "--results-dir" in out.stderr
+    for where in ([] if os.geteuid() == 0 else [locked / "r"]) + [Path("/proc/self/perfray-results")]:
+        out = run_cli("--results-dir", str(where))
+        assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+            f"perfray: error: --results-dir {where}: cannot create it (No such file or directory)"
+            if str(where).startswith("/proc") else out.stderr.strip()]
+        assert f"--results-dir {where}" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_results_dir_that_is_a_file_exits_2(tmp_path):
