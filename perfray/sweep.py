@@ -124,6 +124,8 @@ class SweepDriver:
         except UnavailableError as err:
             code = err.exit_code
             self.manifest.doc["error"] = str(err)
+            if all(c["status"] == "pending" for c in self.manifest.doc["cells"]):
+                status = "not_started"  # nothing was measured: the run directory says so, not "failed"
             raise
         except Exception as err:
             self.manifest.doc["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:500]

@@ -82,7 +82,8 @@ def test_unavailable_backend_exits_3_with_one_line_and_a_manifest(tmp_path):
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("perfray: error: backend 'cupy' is not available") and "Traceback" not in out.stderr
     doc = manifest(tmp_path / "nocupy")
-    assert doc["status"] == "failed" and "cupy" in doc["error"]
+    assert doc["status"] == "not_started" and "cupy" in doc["error"]  # nothing measured, and it says so
+    assert not any((tmp_path / "nocupy" / "requests").iterdir())
 
 
 def test_unreachable_cluster_exits_3_fast(tmp_path):
@@ -90,7 +91,7 @@ def test_unreachable_cluster_exits_3_fast(tmp_path):
                     timeout=60)
     assert out.returncode == 3
     assert out.stderr.strip().splitlines()[-1].startswith("perfray: error: no Ray cluster answers at 127.0.0.1:1")
-    assert manifest(tmp_path / "nocluster")["status"] == "failed"
+    assert manifest(tmp_path / "nocluster")["status"] == "not_started"
 
 
 def test_hdf5_dataset_sharded_faiss_sweep_is_exact(tmp_path):
