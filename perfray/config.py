@@ -98,6 +98,13 @@ class LoadSpec(Strict):
     concurrency: int = Field(8, ge=1, le=1024, description="client threads per load actor (database systems)")
     seed: int = 0
 
+    @field_validator("phases")
+    @classmethod
+    def _phases(cls, value):
+        if value is not None and len(value) == 0:
+            raise ValueError("empty; list phases, or leave it out for warm-up then duration_s")
+        return value
+
     @field_validator("actors")
     @classmethod
     def _actors(cls, value):
@@ -309,11 +316,18 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
     if not path.is_file():
         raise UsageError(f"--config {path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not UTF-8 text (byte {err.start}); expected a YAML config") from None
+    except OSError as err:
+        raise UsageError(f"--config {path}: cannot read it ({err.strerror})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise UsageError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        raise UsageError(f"{path}: the file is empty; expected a YAML mapping (e.g. configs/smoke.yaml)")
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a mapping at the top level")
     for text in overrides or []:

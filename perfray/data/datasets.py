@@ -72,6 +72,13 @@ def from_file(spec) -> Dataset:
         queries = queries[: spec.n_queries]
     if queries.shape[1] != base.shape[1]:
         raise UsageError(f"dataset: queries have dim {queries.shape[1]}, base vectors have dim {base.shape[1]}")
+    for what, vectors, file in (("base vector", base, path), ("query", queries, spec.queries_path or path)):
+        bad = ~np.isfinite(vectors).all(axis=1)
+        if bad.any():
+            raise UsageError(f"{file}: {what} {int(np.flatnonzero(bad)[0])} has a NaN or infinite value "
+                             f"({int(bad.sum())} such rows); distances to it are undefined")
+        if vectors.shape[0] == 0:
+            raise UsageError(f"{file}: no {what}s")
     digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True, default=str).encode())
     for file in (path, spec.queries_path):
         if file is not None:
