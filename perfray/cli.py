@@ -96,13 +96,14 @@ def run_calibrate_command(args) -> int:
 
 
 def run_report_command(args) -> int:
+    from perfray.analysis.intervals import measured_text
     from perfray.analysis.report import write_report
 
     path, verdicts = write_report(args.run_dir)
     failed = [v for v in verdicts if v["must_pass"] and not v["passed"]]
     for v in verdicts:
-        mark = "✓" if v["passed"] else "✗"
-        print(f"{mark} cell {v['cell']:>3} {v['metric']:<20} {v['value']:>12.4g}  want {v['bound']}"
+        mark = "✓" if v["passed"] else "?" if v.get("inconclusive") else "✗"
+        print(f"{mark} cell {v['cell']:>3} {v['metric']:<20} {measured_text(v)}  want {v['bound']}"
               f"{'' if v['must_pass'] else '  (reported only)'}")
     print(f"report: {path}")
     return 1 if failed else 0
@@ -140,6 +141,7 @@ def run_load_command(args) -> int:
 
 
 def run_sweep_command(args) -> int:
+    from perfray.analysis.intervals import measured_text
     from perfray.config import load_config
     from perfray.progress import Progress
     from perfray.results.writer import prepare_run_dir
@@ -172,7 +174,7 @@ def run_sweep_command(args) -> int:
     progress.note(f"perfray: {status}; {driver.writer.rows_written:,} request rows; {must - len(failed)}/{must} "
                   f"must-pass checks passed, {advisory_failed} advisory checks missed -> {run_dir}")
     for v in failed:
-        line = f"FAIL cell {v['cell']}: {v['metric']} = {v['value']:.4g} (want {v['bound']})"
+        line = f"FAIL cell {v['cell']}: {v['metric']} = {measured_text(v)} (want {v['bound']})"
         # the result, not progress: printed under --quiet too, like a failing test's name
         if progress.enabled:
             progress.note(f"  [red]{line}[/red]")

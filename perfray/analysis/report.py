@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from perfray.analysis import figures
+from perfray.analysis.intervals import measured_text
 from perfray.analysis.runs import Run, open_run
 from perfray.analysis.scaling_model import T4, fit_usl, paper_qps
 from perfray.analysis.summary import check_targets, scaling_curves
@@ -76,8 +77,12 @@ def render(run: Run, figure_paths: list[Path]) -> str:
     lines += ["## Targets", ""]
     if checks:
         lines += ["| cell | metric | want | measured | | must pass |", "|---|---|---|---|---|---|"]
-        lines += [f"| {v['cell']} | {v['metric']} | {v['bound']} | {_fmt(v['value'])} | "
-                  f"{'✓' if v['passed'] else '✗'} | {'yes' if v['must_pass'] else 'no'} |" for v in checks]
+        lines += [f"| {v['cell']} | {v['metric']} | {v['bound']} | {measured_text(v)} | "
+                  f"{'✓' if v['passed'] else '?' if v.get('inconclusive') else '✗'} | "
+                  f"{'yes' if v['must_pass'] else 'no'} |" for v in checks]
+        lines += ["", "Percentile targets are judged on their 95% confidence interval (order statistics, no "
+                  "assumption about the distribution): met when the whole interval meets the bound, `?` "
+                  "(inconclusive, counted as not met) when it straddles it."]
     else:
         lines += ["No targets configured."]
     lines += ["", "## Service-level objectives (goal / stretch)", "",

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from perfray.analysis.intervals import PERCENTILES, judge, percentile_intervals
 from perfray.schema import FAILURES
 
 STAGES = ("vector", "graph", "policy")
@@ -64,6 +65,7 @@ def summarize_cell(rows: pa.Table, meta: dict) -> dict:
         "p95_ms": float(p95),
         "p99_ms": float(p99),
         "p999_ms": float(p999),
+        **percentile_intervals(latency),  # 95% distribution-free intervals: p50_ms_lo, p50_ms_hi, ... and samples
         "max_ms": float(latency.max()) / 1e6 if latency.size else float("nan"),
         "mean_ms": float(latency.mean()) / 1e6 if latency.size else float("nan"),
         "service_p50_ms": _ms(service, 50),
@@ -199,14 +201,18 @@ def check_targets(summary: list[dict], targets) -> list[dict]:
             matched = True
             value = row.get(target.metric, float("nan"))
             value = float("nan") if value is None else float(value)
-            if target.max is not None:
-                passed = bool(value <= target.max)
-                bound = f"<= {target.max:g}"
-            else:
-                passed = bool(value >= target.min)
-                bound = f">= {target.min:g}"
-            verdicts.append({"cell": row["cell"], "metric": target.metric, "bound": bound, "value": value,
-                             "passed": passed, "must_pass": target.must_pass})
+            limit = target.max if target.max is not None else target.min
+            bound = f"<= {target.max:g}" if target.max is not None else f">= {target.min:g}"
+            passed = bool(value <= limit) if target.max is not None else bool(value >= limit)
+            verdict = {"cell": row["cell"], "metric": target.metric, "bound": bound, "value": value,
+                       "passed": passed, "must_pass": target.must_pass}
+            if target.metric in PERCENTILES and f"{target.metric}_lo" in row:
+                # a percentile is an estimate: met when its whole 95% interval is, inconclusive when it straddles
+                passed, inconclusive, more = judge(row, target.metric, limit, target.max is not None)
+                verdict.update(passed=passed, inconclusive=inconclusive, samples=row.get("samples"),
+                               interval=[row[f"{target.metric}_lo"], row[f"{target.metric}_hi"]],
+                               samples_to_decide=more)
+            verdicts.append(verdict)
         if not matched and summary:  # a target that checks nothing is not met (cell -1: none)
             limit = f"<= {target.max:g}" if target.max is not None else f">= {target.min:g}"
             verdicts.append({"cell": -1, "metric": target.metric, "bound": f"{limit} (no cell matched {target.where})",

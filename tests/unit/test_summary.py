@@ -69,3 +69,29 @@ def test_scaling_and_verdicts():
     assert np.isnan(summary[2]["scaling_efficiency"])  # no 1-GPU cell with the same settings
     verdicts = check_targets(summary, [TargetSpec(metric="p99_ms", max=10)])
     assert [v["passed"] for v in verdicts] == [True, False, False]  # NaN never passes
+
+
+def test_percentile_intervals_cover_the_truth_and_undecided_targets_are_inconclusive():
+    """Distribution-free 95% intervals: they cover the true p99 of a known distribution ~95% of the time; a
+    target inside the interval is inconclusive (not met), and too few samples for an end of it say how many."""
+    from perfray.analysis.intervals import percentile_intervals
+
+    rng = np.random.default_rng(5)
+    true_p99 = -np.log(0.01)
+    covered = [(lambda iv: iv["p99_ms_lo"] <= true_p99 <= iv["p99_ms_hi"])(percentile_intervals(rng.exponential(size=800), 1.0))
+               for _ in range(400)]
+    assert 0.92 <= np.mean(covered) <= 0.995
+    lat = list(rng.uniform(1, 20, 2000))
+    row = summarize_cell(recorder_table(lat, ["ok"] * 2000), meta(2000))
+    assert row["p99_ms_lo"] < row["p99_ms"] < row["p99_ms_hi"] and row["samples"] == 2000
+    verdicts = {v["bound"]: v for v in check_targets([row], [
+        TargetSpec(metric="p99_ms", max=row["p99_ms"]),       # inside the interval: undecided
+        TargetSpec(metric="p99_ms", max=25.0), TargetSpec(metric="p99_ms", max=10.0)])}
+    inside = verdicts[f"<= {row['p99_ms']:g}"]
+    assert inside["passed"] is False and inside["inconclusive"] and inside["samples_to_decide"] > 2000
+    assert verdicts["<= 25"]["passed"] and not verdicts["<= 25"]["inconclusive"]
+    assert not verdicts["<= 10"]["passed"] and not verdicts["<= 10"]["inconclusive"]
+    few = summarize_cell(recorder_table([1.0] * 100, ["ok"] * 100), meta(100))
+    assert few["p99_ms_hi"] == np.inf  # 100 samples cannot bound p99 from above at 95%
+    (v,) = check_targets([few], [TargetSpec(metric="p99_ms", max=10.0)])
+    assert v["inconclusive"] and v["samples_to_decide"] == 368
