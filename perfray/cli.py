@@ -103,7 +103,8 @@ def run_report_command(args) -> int:
     failed = [v for v in verdicts if v["must_pass"] and not v["passed"]]
     for v in verdicts:
         mark = "✓" if v["passed"] else "?" if v.get("inconclusive") else "✗"
-        print(f"{mark} cell {v['cell']:>3} {v['metric']:<20} {measured_text(v)}  want {v['bound']}"
+        where = f" ({v['phase']})" if v.get("phase") else ""
+        print(f"{mark} cell {v['cell']:>3}{where} {v['metric']:<20} {measured_text(v)}  want {v['bound']}"
               f"{'' if v['must_pass'] else '  (reported only)'}")
     print(f"report: {path}")
     return 1 if failed else 0
@@ -174,7 +175,8 @@ def run_sweep_command(args) -> int:
     progress.note(f"perfray: {status}; {driver.writer.rows_written:,} request rows; {must - len(failed)}/{must} "
                   f"must-pass checks passed, {advisory_failed} advisory checks missed -> {run_dir}")
     for v in failed:
-        line = f"FAIL cell {v['cell']}: {v['metric']} = {measured_text(v)} (want {v['bound']})"
+        where = f" ({v['phase']})" if v.get("phase") else ""
+        line = f"FAIL cell {v['cell']}{where}: {v['metric']} = {measured_text(v)} (want {v['bound']})"
         # the result, not progress: printed under --quiet too, like a failing test's name
         if progress.enabled:
             progress.note(f"  [red]{line}[/red]")

@@ -150,7 +150,7 @@ class Workload(Strict):
 
 class TargetSpec(Strict):
     """A threshold on a summary column, checked for every cell (or those whose summary labels match
-    ``where``, e.g. ``{system_name: hybrid}``)."""
+    ``where``, e.g. ``{system_name: hybrid}``; ``{phase: burst}`` checks that phase's own figures)."""
 
     metric: str
     max: float | None = None

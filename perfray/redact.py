@@ -1,6 +1,6 @@
 """Credentials never land in what a run writes: ``redact`` masks the password of a URI's userinfo
-(``scheme://user:secret@host`` -> ``scheme://user:***@host``; a userinfo without ``user:`` is masked whole, it may
-be a token) and credential-looking query parameters. Manifests, error lines, progress and system labels pass
+(``scheme://user:secret@host`` -> ``scheme://user:***@host``; a user name alone is kept: it names, it does not
+authenticate) and credential-looking query parameters. Manifests, error lines, progress and system labels pass
 through it; credentials themselves come from environment variables or URIs and are only handed to clients."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ MASK = "***"
 
 def _userinfo(match: re.Match) -> str:
     user, colon, _ = match["info"].partition(":")
-    return f"{match['scheme']}{user}:{MASK}@" if colon else f"{match['scheme']}{MASK}@"
+    return f"{match['scheme']}{user}:{MASK}@" if colon else match[0]
 
 
 def redact(text: str) -> str:

@@ -166,7 +166,7 @@ class SweepDriver:
         if self.microbench_rows:
             write_table(self.run_dir / "microbench.parquet",
                         pa.Table.from_pylist(self.microbench_rows, schema=MICROBENCH_SCHEMA))
-        verdicts = check_targets(self.summary, self.config.targets)
+        verdicts = check_targets(self.summary, self.config.targets, self.phase_summary)
         simulated = any(d["simulated"] for d in self._gpu_described) if self._gpu_described else None
         self.manifest.doc.setdefault("gpus", {}).update(simulated=simulated, models=self._devices,
                                                         actors=self._gpu_described)

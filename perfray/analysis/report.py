@@ -44,7 +44,7 @@ def _meets(value: float, bound: float, higher: bool) -> bool:
 
 def verdicts(run: Run) -> list[dict]:
     targets = [TargetSpec.model_validate(t) for t in run.manifest.get("config", {}).get("targets", [])]
-    return check_targets(run.summary, targets)
+    return check_targets(run.summary, targets, run.phases)
 
 
 def render(run: Run, figure_paths: list[Path]) -> str:
@@ -77,7 +77,8 @@ def render(run: Run, figure_paths: list[Path]) -> str:
     lines += ["## Targets", ""]
     if checks:
         lines += ["| cell | metric | want | measured | | must pass |", "|---|---|---|---|---|---|"]
-        lines += [f"| {v['cell']} | {v['metric']} | {v['bound']} | {measured_text(v)} | "
+        lines += [f"| {v['cell']}{' (' + v['phase'] + ')' if v.get('phase') else ''} | {v['metric']} | {v['bound']} | "
+                  f"{measured_text(v)} | "
                   f"{'✓' if v['passed'] else '?' if v.get('inconclusive') else '✗'} | "
                   f"{'yes' if v['must_pass'] else 'no'} |" for v in checks]
         lines += ["", "Percentile targets are judged on their 95% confidence interval (order statistics, no "

@@ -189,13 +189,15 @@ def scaling_curves(summary: list[dict]) -> list[list[dict]]:
             if len({r["n_gpus"] for r in rows}) > 1]
 
 
-def check_targets(summary: list[dict], targets) -> list[dict]:
+def check_targets(summary: list[dict], targets, phases: list[dict] | None = None) -> list[dict]:
     """One verdict per (target, cell). A NaN value fails (nothing measured is not a pass), and so does a target
-    whose ``where`` matches no cell."""
+    whose ``where`` matches no cell. A target whose ``where`` names a ``phase`` is checked on that phase's rows
+    (``phases``: per-phase summaries, e.g. p99 during a burst or ``recovery_s`` after it)."""
     verdicts = []
     for target in targets:
         matched = False
-        for row in summary:
+        per_phase = bool(target.where and "phase" in target.where)
+        for row in (phases or []) if per_phase else summary:
             if target.where and any(row.get(k) != v for k, v in target.where.items()):
                 continue
             matched = True
@@ -206,6 +208,8 @@ def check_targets(summary: list[dict], targets) -> list[dict]:
             passed = bool(value <= limit) if target.max is not None else bool(value >= limit)
             verdict = {"cell": row["cell"], "metric": target.metric, "bound": bound, "value": value,
                        "passed": passed, "must_pass": target.must_pass}
+            if per_phase:
+                verdict["phase"] = row["phase"]
             if target.metric in PERCENTILES and f"{target.metric}_lo" in row:
                 # a percentile is an estimate: met when its whole 95% interval is, inconclusive when it straddles
                 passed, inconclusive, more = judge(row, target.metric, limit, target.max is not None)

@@ -59,6 +59,16 @@ def knn_service():
     thread.join(5)
 
 
+def http_sweep(tmp_path, run_id: str, url: str, *settings: str, env=None):
+    """The smoke config as one cell against ``url`` on the catalogue the test service knows; ``settings`` are
+    further ``key=value`` overrides (rate, durations, targets …)."""
+    args = ["--config", "configs/smoke.yaml", "--results-dir", str(tmp_path), "--run-id", run_id]
+    for setting in ("system=http", f"stores.http.url={url}", "dataset.n=2000", "dataset.dim=16",
+                    "dataset.n_queries=50", "microbench.enabled=false", "sweep={}", *settings):
+        args += ["--set", setting]
+    return sweep_cli(*args, env=env, timeout=300)
+
+
 def test_http_service_rows_have_recall_and_stalls_show_as_queueing(tmp_path, knn_service):
     url, state = knn_service
 
@@ -69,13 +79,8 @@ def test_http_service_rows_have_recall_and_stalls_show_as_queueing(tmp_path, knn
         state["stall_until"] = time.monotonic() + 0.3
 
     threading.Thread(target=stall, daemon=True).start()
-    out = sweep_cli("--config", "configs/smoke.yaml", "--results-dir", str(tmp_path), "--run-id", "http",
-                    "--set", "system=http", "--set", f"stores.http.url={url}", "--set", "dataset.n=2000",
-                    "--set", "dataset.dim=16", "--set", "dataset.n_queries=50", "--set", "load.target_qps=100",
-                    "--set", "load.duration_s=3", "--set", "load.warmup_s=0.5", "--set", "batch_window_ms=0",
-                    "--set", "batch_max=1", "--set", "microbench.enabled=false", "--set", "sweep={}",
-                    "--set", "load.concurrency=64",
-                    "--set", "targets=[{metric: recall_mean, min: 0.999}]", timeout=300)
+    out = http_sweep(tmp_path, "http", url, "load.target_qps=100", "load.duration_s=3", "load.warmup_s=0.5",
+                     "load.concurrency=64", "targets=[{metric: recall_mean, min: 0.999}]")
     assert out.returncode == 0, out.stderr[-3000:]
     rows = pq.read_table(tmp_path / "http" / "requests").to_pandas()
     assert (rows.status == "ok").all() and (rows.recall == 1.0).all()
@@ -96,13 +101,9 @@ def test_cells_asking_a_load_actor_for_over_half_its_ceiling_are_flagged_and_aut
     url, _ = knn_service
     monkeypatch.setenv("PERFRAY_CACHE_DIR", str(tmp_path / "cache"))
     calibration.save({"callback": {"ceiling_qps": 300.0, "cpu_us_per_request": 30.0}})
-    out = sweep_cli("--config", "configs/smoke.yaml", "--results-dir", str(tmp_path), "--run-id", "share",
-                    "--set", "system=http", "--set", f"stores.http.url={url}", "--set", "dataset.n=2000",
-                    "--set", "dataset.dim=16", "--set", "dataset.n_queries=50", "--set", "load.target_qps=200",
-                    "--set", "load.duration_s=2", "--set", "load.warmup_s=0.5", "--set", "batch_window_ms=0",
-                    "--set", "batch_max=1", "--set", "microbench.enabled=false", "--set", "sweep={load.actors: [1, auto]}",
-                    "--set", "targets=[{metric: error_rate, max: 0.01}]",
-                    env={"PERFRAY_CACHE_DIR": str(tmp_path / "cache")}, timeout=300)
+    out = http_sweep(tmp_path, "share", url, "load.target_qps=200", "load.duration_s=2", "load.warmup_s=0.5",
+                     "sweep={load.actors: [1, auto]}", "targets=[{metric: error_rate, max: 0.01}]",
+                     env={"PERFRAY_CACHE_DIR": str(tmp_path / "cache")})
     assert out.returncode == 0, out.stderr[-3000:]
     doc = manifest(tmp_path / "share")
     assert doc["calibration"]["ceilings_qps"] == {"callback": 300.0}
@@ -119,12 +120,8 @@ def test_cells_asking_a_load_actor_for_over_half_its_ceiling_are_flagged_and_aut
 def test_a_service_that_repeats_one_true_neighbour_scores_one_hit_not_k(tmp_path, knn_service):
     url, state = knn_service
     state["repeat_first"] = True
-    out = sweep_cli("--config", "configs/smoke.yaml", "--results-dir", str(tmp_path), "--run-id", "dups",
-                    "--set", "system=http", "--set", f"stores.http.url={url}", "--set", "dataset.n=2000",
-                    "--set", "dataset.dim=16", "--set", "dataset.n_queries=50", "--set", "load.target_qps=50",
-                    "--set", "load.duration_s=1", "--set", "load.warmup_s=0.2", "--set", "batch_window_ms=0",
-                    "--set", "batch_max=1", "--set", "microbench.enabled=false", "--set", "sweep={}",
-                    "--set", "targets=[{metric: recall_mean, min: 0.999}]", timeout=300)
+    out = http_sweep(tmp_path, "dups", url, "load.target_qps=50", "load.duration_s=1", "load.warmup_s=0.2",
+                     "targets=[{metric: recall_mean, min: 0.999}]")
     assert out.returncode == 1, out.stderr[-3000:]  # the recall target fails, as it must
     rows = pq.read_table(tmp_path / "dups" / "requests").to_pandas()
     assert (rows.status == "ok").all() and np.allclose(rows.recall, 0.1)  # k = 10: one true id in ten
@@ -144,11 +141,8 @@ def test_credentials_reach_the_service_and_appear_nowhere_in_the_run_or_its_outp
     else:
         env = {"PERFRAY_HTTP_TOKEN": secret}
         state["authorization"] = f"Bearer {secret}"
-    out = sweep_cli("--config", "configs/smoke.yaml", "--results-dir", str(tmp_path), "--run-id", "cred",
-                    "--set", "system=http", "--set", f"stores.http.url={url}", "--set", "dataset.n=2000",
-                    "--set", "dataset.dim=16", "--set", "dataset.n_queries=50", "--set", "load.target_qps=50",
-                    "--set", "load.duration_s=1", "--set", "load.warmup_s=0.2", "--set", "microbench.enabled=false",
-                    "--set", "sweep={}", "--set", "targets=[{metric: failure_rate, max: 0.0}]", env=env, timeout=300)
+    out = http_sweep(tmp_path, "cred", url, "load.target_qps=50", "load.duration_s=1", "load.warmup_s=0.2",
+                     "targets=[{metric: failure_rate, max: 0.0}]", env=env)
     assert out.returncode == 0, out.stderr[-3000:]  # every request was answered: the credential was sent
     written = [p for p in (tmp_path / "cred").rglob("*") if p.is_file()]
     assert len(written) > 5
@@ -157,8 +151,6 @@ def test_credentials_reach_the_service_and_appear_nowhere_in_the_run_or_its_outp
     assert secret not in out.stdout + out.stderr
     assert "perfray:***@" in (tmp_path / "cred" / "manifest.json").read_text() or how == "token_env"
     # the same URL that cannot be reached: the one-line error names it, without the credential
-    down = sweep_cli("--config", "configs/smoke.yaml", "--results-dir", str(tmp_path), "--run-id", "down",
-                     "--set", "system=http", "--set", f"stores.http.url=http://perfray:{secret}@127.0.0.1:9/search",
-                     "--set", "stores.http.connect_timeout_s=1", timeout=120)
+    down = http_sweep(tmp_path, "down", f"http://perfray:{secret}@127.0.0.1:9/search", "stores.http.connect_timeout_s=1")
     assert down.returncode == 3 and secret not in down.stdout + down.stderr
     assert "http://perfray:***@127.0.0.1:9/search" in down.stderr

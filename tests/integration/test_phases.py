@@ -98,8 +98,11 @@ def test_hybrid_vector_stage_micro_batches_across_clients(tmp_path, store_args):
     summary = pq.read_table(run / "summary.parquet").to_pylist()[0]
     assert summary["recall_mean"] == 1.0 and summary["vector_p50_ms"] > 0
     usage = manifest(run)["cells"][0]["gpu_usage"][0]
-    requests = pq.read_table(run / "requests").num_rows
-    assert usage["rows"] >= requests - 5  # every request's query reached the GPU actor (a few in flight at the edges)
+    rows = pq.read_table(run / "requests")
+    answered = pc.sum(pc.equal(pc.cast(rows["status"], "string"), "ok")).as_py()
+    # Every answered request's query reached the GPU actor. (Counting every row here was racy: on a busy box a
+    # request can time out while it waits for a client thread, and then it never starts, so never reaches it.)
+    assert answered > 0.9 * rows.num_rows and usage["rows"] >= answered - 5  # (a few at the edges)
     assert usage["calls"] < 0.8 * usage["rows"]  # in shared calls
 
 

@@ -63,6 +63,6 @@ def test_redact_masks_uri_credentials_and_credential_parameters():
     from perfray.redact import redact
 
     assert redact("http://u:p%40ss@h:1/x") == "http://u:***@h:1/x"
-    assert redact("bolt://neo4j:pw@h:7687 and https://TOKEN@host/x") == "bolt://neo4j:***@h:7687 and https://***@host/x"
+    assert redact("bolt://neo4j:pw@h:7687 and postgresql://postgres@h/db") == "bolt://neo4j:***@h:7687 and postgresql://postgres@h/db"
     assert redact("http://h/x?k=1&token=abc#f") == "http://h/x?k=1&token=***#f"
     assert redact("http://host/path@x, plain text") == "http://host/path@x, plain text"

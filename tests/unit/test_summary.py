@@ -95,3 +95,15 @@ def test_percentile_intervals_cover_the_truth_and_undecided_targets_are_inconclu
     assert few["p99_ms_hi"] == np.inf  # 100 samples cannot bound p99 from above at 95%
     (v,) = check_targets([few], [TargetSpec(metric="p99_ms", max=10.0)])
     assert v["inconclusive"] and v["samples_to_decide"] == 368
+
+
+def test_a_target_on_a_phase_is_checked_on_that_phases_figures():
+    summary = [{"cell": 0, "p99_ms": 5.0}]
+    phases = [{"cell": 0, "phase": "steady", "failure_rate": 0.0, "recovery_s": float("nan")},
+              {"cell": 0, "phase": "burst", "failure_rate": 0.05, "recovery_s": float("nan")},
+              {"cell": 0, "phase": "recovery", "failure_rate": 0.0, "recovery_s": 4.0}]
+    verdicts = check_targets(summary, [TargetSpec(metric="failure_rate", max=0.01, where={"phase": "burst"}),
+                                       TargetSpec(metric="recovery_s", max=10, where={"phase": "recovery"}),
+                                       TargetSpec(metric="p99_ms", max=10)], phases)
+    assert [(v.get("phase"), v["metric"], v["passed"]) for v in verdicts] == [
+        ("burst", "failure_rate", False), ("recovery", "recovery_s", True), (None, "p99_ms", True)]
