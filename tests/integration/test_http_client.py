@@ -103,7 +103,8 @@ def test_http_errors_refusals_and_timeouts_become_rows_with_their_class(responde
     table, _ = run_plan(make_plan(200, 0.3, timeout_ms=30), endpoint, POOL)
     assert (statuses(table) == "timeout").all()
     latency_ms = table["latency_ns"].to_numpy() / 1e6
-    assert np.all((latency_ms >= 30) & (latency_ms < 35))
+    waited_ms = table["service_ns"].to_numpy() / 1e6  # done - sent: a timed-out row ends exactly at the timeout
+    assert np.all(latency_ms >= 30) and np.allclose(waited_ms, 30, atol=0.01)  # (late sends on a busy box: lag)
 
     dead = f"http://127.0.0.1:{free_port()}/search"
     workload = Workload.model_validate({"system": "http", "load": {"concurrency": 4}})
