@@ -38,6 +38,8 @@ def test_every_shipped_target_is_met_by_a_system_that_answers_at_once(tmp_path, 
         args += ["--set", f"targets={json.dumps(own)}"]
     out = sweep_cli("--config", str(path), "--results-dir", str(tmp_path), "--run-id", "t", *args, timeout=300)
     verdicts = manifest(tmp_path / "t")["verdicts"]
-    missed = [v for v in verdicts if not v["passed"]]
+    # Must-pass targets are met (exit 0); an advisory one may be inconclusive on a short scaled-down phase (a few
+    # hundred samples bound a p99 loosely on a busy box), never decisively missed.
+    missed = [v for v in verdicts if not v["passed"] and (v["must_pass"] or not v.get("inconclusive"))]
     assert out.returncode == 0 and not missed, (missed, out.stderr[-2000:])
     assert {(v["metric"]) for v in verdicts} == {t["metric"] for t in own}  # each target was checked
