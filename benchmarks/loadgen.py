@@ -104,8 +104,8 @@ def through_ray(qps: float, seconds: float, window_ms: float) -> dict:
     from pathlib import Path
 
     from perfray.config import load_config
+    from perfray.driver import SweepDriver
     from perfray.results.writer import prepare_run_dir
-    from perfray.sweep import SweepDriver
 
     overrides = ["sweep={}", "dataset={kind: synthetic, n: 10000, dim: 128, n_queries: 1000}",
                  f"target_qps={qps}", f"duration_s={seconds}", "warmup_s=1", "search.backend=numpy",

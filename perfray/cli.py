@@ -1,4 +1,5 @@
-"""Command line: ``perfray sweep`` (also ``python -m perfray.sweep``). Exit codes: 0 ran and every must-pass
+"""Command line: ``perfray sweep`` (also ``python -m perfray.sweep``), ``perfray capacity``, report, compare,
+calibrate, load, services. Exit codes: 0 ran and every must-pass
 target met; 1 a must-pass target failed; 2 bad usage or config; 3 could not proceed; 130 interrupted."""
 
 from __future__ import annotations
@@ -34,6 +35,23 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--quiet", action="store_true", help="no progress lines")
     sweep.add_argument("--no-report", action="store_true", help="skip report.md and figures at the end")
     sweep.add_argument("--debug", action="store_true", help="show tracebacks")
+    cap = sub.add_parser("capacity", help="find each cell's capacity: the highest rate at which every SLO holds")
+    cap.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/smoke.yaml)")
+    cap.add_argument("--slo", action="append", default=None, metavar="METRIC<=BOUND",
+                     help="e.g. 'p99_ms<=10' (repeatable; default p99_ms<=10 and failure_rate<=0.01)")
+    for flag, kind, text in (("--min-qps", float, "first step's rate"), ("--max-qps", float, "highest rate tried"),
+                             ("--resolution", float, "stop when the bracket is this narrow (0.02 = 2%%)"),
+                             ("--target-qps", float, "exit 1 unless every capacity reaches it"),
+                             ("--step-s", float, "measured seconds per step"),
+                             ("--max-step-s", float, "longest re-run of an undecided step")):
+        cap.add_argument(flag, type=kind, default=None, help=text)
+    cap.add_argument("--results-dir", type=Path, default=Path("results"))
+    cap.add_argument("--run-id", default=None, help="folder name under --results-dir (default: NAME-capacity-TIME)")
+    cap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value (repeatable)")
+    cap.add_argument("--quiet", action="store_true", help="no progress lines")
+    cap.add_argument("--no-report", action="store_true", help="skip report.md and figures at the end")
+    cap.add_argument("--debug", action="store_true", help="show tracebacks")
     report = sub.add_parser("report", help="write RUN_DIR/report.md and figures; exit 1 if a target failed")
     report.add_argument("run_dir", type=Path)
     report.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -57,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--min-speedup", type=float, default=1.5)
     comp.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def _where(v: dict) -> str:
+    if "search" in v:
+        return f"search {v['search']}"
+    return f"cell {v['cell']:>3}" + (f" ({v['phase']})" if v.get("phase") else "")
 
 
 def run_compare_command(args) -> int:
@@ -103,8 +127,7 @@ def run_report_command(args) -> int:
     failed = [v for v in verdicts if v["must_pass"] and not v["passed"]]
     for v in verdicts:
         mark = "✓" if v["passed"] else "?" if v.get("inconclusive") else "✗"
-        where = f" ({v['phase']})" if v.get("phase") else ""
-        print(f"{mark} cell {v['cell']:>3}{where} {v['metric']:<20} {measured_text(v)}  want {v['bound']}"
+        print(f"{mark} {_where(v)} {v['metric']:<20} {measured_text(v)}  want {v['bound']}"
               f"{'' if v['must_pass'] else '  (reported only)'}")
     print(f"report: {path}")
     return 1 if failed else 0
@@ -142,15 +165,29 @@ def run_load_command(args) -> int:
 
 
 def run_sweep_command(args) -> int:
-    from perfray.analysis.intervals import measured_text
     from perfray.config import load_config
+
+    return _run(load_config(args.config, args.overrides), args, "")
+
+
+def run_capacity_command(args) -> int:
+    from perfray.config import capacity_spec, load_config
+
+    config = load_config(args.config, args.overrides)
+    flags = ("slo", "min_qps", "max_qps", "resolution", "target_qps", "step_s", "max_step_s")
+    spec = capacity_spec(config.capacity, {k: getattr(args, k) for k in flags if getattr(args, k) is not None})
+    config = config.model_copy(update={"capacity": spec})
+    return _run(config, args, "-capacity")
+
+
+def _run(config, args, kind: str) -> int:
+    from perfray.analysis.intervals import measured_text
+    from perfray.driver import SweepDriver
     from perfray.progress import Progress
     from perfray.results.writer import prepare_run_dir
     from perfray.sut.session import SystemSession
-    from perfray.sweep import SweepDriver
 
-    config = load_config(args.config, args.overrides)
-    run_id = args.run_id or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    run_id = args.run_id or f"{config.name}{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     systems = SystemSession(config.stores)
     try:
         systems.check(config.cells())  # a store that is down stops the run before anything is written
@@ -167,6 +204,10 @@ def run_sweep_command(args) -> int:
 
         report, _ = write_report(run_dir)
         progress.note(f"perfray: report {report}")
+    for search in (driver.manifest.doc.get("capacity") or {}).get("searches", []):
+        print(f"perfray: search {search['search']}: capacity {search['capacity_qps']:,.0f} QPS at "
+              f"{search['slo']} (broke at {search['capacity_hi']:,.0f}; {len(search['steps'])} steps; ended: "
+              f"{search['limited_by']})")
     verdicts = driver.manifest.doc.get("verdicts", [])
     failed = [v for v in verdicts if v["must_pass"] and not v["passed"]]
     must = sum(1 for v in verdicts if v["must_pass"])
@@ -175,8 +216,7 @@ def run_sweep_command(args) -> int:
     progress.note(f"perfray: {status}; {driver.writer.rows_written:,} request rows; {must - len(failed)}/{must} "
                   f"must-pass checks passed, {advisory_failed} advisory checks missed -> {run_dir}")
     for v in failed:
-        where = f" ({v['phase']})" if v.get("phase") else ""
-        line = f"FAIL cell {v['cell']}{where}: {v['metric']} = {measured_text(v)} (want {v['bound']})"
+        line = f"FAIL {_where(v)}: {v['metric']} = {measured_text(v)} (want {v['bound']})"
         # the result, not progress: printed under --quiet too, like a failing test's name
         if progress.enabled:
             progress.note(f"  [red]{line}[/red]")
@@ -196,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "sweep":
             return run_sweep_command(args)
+        if args.command == "capacity":
+            return run_capacity_command(args)
         if args.command == "report":
             return run_report_command(args)
         if args.command == "compare":

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from perfray.errors import UsageError
 from perfray.systems_config import CatalogueSpec, HybridSpec, StoresSpec
+from perfray.targets_config import CapacitySpec, TargetSpec
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
 
@@ -148,27 +149,6 @@ class Workload(Strict):
         return self.load.target_qps * (self.search.n_gpus if self.load.scale_with_gpus else 1)
 
 
-class TargetSpec(Strict):
-    """A threshold on a summary column, checked for every cell (or those whose summary labels match
-    ``where``, e.g. ``{system_name: hybrid}``; ``{phase: burst}`` checks that phase's own figures)."""
-
-    metric: str
-    max: float | None = None
-    min: float | None = None
-    must_pass: bool = True
-    where: dict[str, Any] | None = None
-
-    @model_validator(mode="after")
-    def _one_bound(self) -> TargetSpec:
-        from perfray.schema import SUMMARY_METRICS
-
-        if self.metric not in SUMMARY_METRICS:
-            raise ValueError(f"unknown metric {self.metric!r}; known: {', '.join(SUMMARY_METRICS)}")
-        if (self.max is None) == (self.min is None):
-            raise ValueError("give exactly one of 'max' or 'min'")
-        return self
-
-
 class MicrobenchSpec(Strict):
     enabled: bool = True
     batch_sizes: tuple[Annotated[int, Field(ge=1)], ...] = (1, 16, 128)
@@ -197,6 +177,11 @@ class MetricsSpec(Strict):
                                   "cell, so a scraper sees the final counts (>= report interval + scrape interval)")
 
 
+def capacity_spec(base: CapacitySpec | None, changes: dict) -> CapacitySpec:
+    """``base`` (or the defaults) with ``changes`` (e.g. from command-line flags), validated."""
+    return _validate(CapacitySpec, {**(base or CapacitySpec()).model_dump(), **changes}, "capacity")
+
+
 class SweepConfig(Strict):
     name: str = "sweep"
     workload: Workload = Field(default_factory=Workload)
@@ -208,6 +193,8 @@ class SweepConfig(Strict):
     stores: StoresSpec = Field(default_factory=StoresSpec)
     baseline_system: str | None = Field(None, description="add speedups of every cell vs this system's cell")
     cache_dir: Path | None = Field(None, description="ground-truth cache; default RESULTS_DIR/.cache")
+    capacity: CapacitySpec | None = Field(None, description="search each cell's capacity at these SLOs instead "
+                                          "of running it at its own rate (perfray capacity)")
 
     @model_validator(mode="after")
     def _sweep_axes(self) -> SweepConfig:

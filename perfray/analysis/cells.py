@@ -62,10 +62,14 @@ def comparison_keys(cell: Workload) -> tuple[str, str]:
 def cell_labels(cell: Workload, described: list[dict], entry: dict, ceilings: dict | None = None) -> dict:
     """Labels every summary row of the cell carries: settings, system, GPU usage means, and the client path its
     load actors used with that path's calibrated ceiling on this host (``ceilings``: path -> req/s)."""
-    path = ((entry.get("actor_stats") or [{}])[0]).get("client_path", "gpu")
+    stats = entry.get("actor_stats") or [{}]
+    path = stats[0].get("client_path", "gpu")
+    late = [s["generator_lateness_p99_ns"] / 1e6 for s in stats if "generator_lateness_p99_ns" in s]
     return {**_labels(cell, described), "system": (entry.get("system") or {}).get("label", cell.system),
             "system_name": cell.system, **_usage_means(entry), "client_path": path,
-            "generator_ceiling_qps": (ceilings or {}).get(path, float("nan"))}
+            "generator_ceiling_qps": (ceilings or {}).get(path, float("nan")),
+            # the pacers' own lateness (the slowest load actor): the generator fell behind, not the system
+            "generator_lateness_p99_ms": max(late) if late else float("nan")}
 
 
 def progress_label(cell: Workload, described: list[dict], system_label: str | None) -> str:

@@ -8,12 +8,14 @@ import math
 from pathlib import Path
 
 from perfray.analysis import figures
+from perfray.analysis.capacity_report import capacity_curve, capacity_section, capacity_verdicts
 from perfray.analysis.intervals import measured_text
+from perfray.analysis.quality import generator_late_ms, quality_section
 from perfray.analysis.runs import Run, open_run
 from perfray.analysis.scaling_model import T4, fit_usl, paper_qps
 from perfray.analysis.summary import check_targets, scaling_curves
-from perfray.config import TargetSpec
 from perfray.schema import GENERATOR_LAG_LIMIT_MS, GENERATOR_SHARE_LIMIT
+from perfray.targets_config import TargetSpec
 
 # The seed's service-level objectives: (metric, bound, goal, stretch, higher is better).
 MIN_SPEEDUP = 1.5  # the seed's "hybrid vs Neo4j-only" goal (same default as perfray compare)
@@ -43,6 +45,9 @@ def _meets(value: float, bound: float, higher: bool) -> bool:
 
 
 def verdicts(run: Run) -> list[dict]:
+    """The run's verdicts, recomputed from its rows' summaries (a capacity run: one per search)."""
+    if run.manifest.get("capacity"):
+        return capacity_verdicts(run.manifest)
     targets = [TargetSpec.model_validate(t) for t in run.manifest.get("config", {}).get("targets", [])]
     return check_targets(run.summary, targets, run.phases)
 
@@ -77,7 +82,7 @@ def render(run: Run, figure_paths: list[Path]) -> str:
     lines += ["## Targets", ""]
     if checks:
         lines += ["| cell | metric | want | measured | | must pass |", "|---|---|---|---|---|---|"]
-        lines += [f"| {v['cell']}{' (' + v['phase'] + ')' if v.get('phase') else ''} | {v['metric']} | {v['bound']} | "
+        lines += [f"| {verdict_where(v)} | {v['metric']} | {v['bound']} | "
                   f"{measured_text(v)} | "
                   f"{'✓' if v['passed'] else '?' if v.get('inconclusive') else '✗'} | "
                   f"{'yes' if v['must_pass'] else 'no'} |" for v in checks]
@@ -114,6 +119,8 @@ def render(run: Run, figure_paths: list[Path]) -> str:
             f"{_fmt(r['p99_ms'])} | {_fmt(r['p999_ms'])} | {_fmt(r['max_ms'])} | {_pct(r.get('failure_rate'))} | "
             f"{r['error_rate']:.2%} | {_fmt(r['recall_mean'], 4)} | {_fmt(r['schedule_lag_p99_ms'])} | "
             f"{_fmt(r.get('scaling_efficiency'))} | {r.get('status')} |")
+    lines += capacity_section(run.manifest, next((p for p in figure_paths if p.stem == "capacity_curve"), None))
+    lines += quality_section(run.summary)
     lines += degraded_section(run)
     lines += generator_section(run)
     lines += phase_section(run)
@@ -121,8 +128,15 @@ def render(run: Run, figure_paths: list[Path]) -> str:
     lines += scaling_section(run)
     lines += ["", "Latency is measured from each request's intended send time (open loop); percentiles are exact, "
               "over the raw rows of measured phases (ok and timeout rows).", "", "## Figures", ""]
-    lines += [f"![{p.stem}]({p.name})" for p in figure_paths]
+    lines += [f"![{p.stem}]({p.name})" for p in figure_paths if p.stem != "capacity_curve"]
     return "\n".join(lines) + "\n"
+
+
+def verdict_where(v: dict) -> str:
+    """Where a verdict was checked: its cell (and phase), or its capacity search."""
+    if "search" in v:
+        return f"search {v['search']}"
+    return f"{v['cell']}{' (' + v['phase'] + ')' if v.get('phase') else ''}"
 
 
 def degraded_section(run: Run) -> list[str]:
@@ -146,7 +160,7 @@ def generator_section(run: Run) -> list[str]:
     each was offered more than half of what its client path holds on this host (``perfray calibrate``)."""
     limited = []
     for r in run.summary:
-        late = _finite(r.get("generator_lag_p99_ms")) and r["generator_lag_p99_ms"] > GENERATOR_LAG_LIMIT_MS
+        late = _finite(generator_late_ms(r)) and generator_late_ms(r) > GENERATOR_LAG_LIMIT_MS
         share = generator_share(r)
         if late or (share is not None and share > GENERATOR_SHARE_LIMIT):
             limited.append((r, share))
@@ -154,16 +168,17 @@ def generator_section(run: Run) -> list[str]:
         return []
     lines = ["", "## Generator-limited cells", "",
              f"The generator, not the system, limited these cells (or may have): their load actors sent requests more "
-             f"than {GENERATOR_LAG_LIMIT_MS:g} ms late (p99 of schedule lag beyond the micro-batch window), or each was "
+             f"than {GENERATOR_LAG_LIMIT_MS:g} ms late (p99 of their pacers' lateness; in runs without it, of schedule lag "
+             "beyond the micro-batch window), or each was "
              f"offered more than {GENERATOR_SHARE_LIMIT:.0%} of the highest rate its client path holds on this host "
              "(`python -m perfray calibrate`), so part of each latency may be perfray's own queueing. Add load actors "
              "(`load.actors`, or `auto`) or lower the rate per actor.", "",
-             "| cell | offered QPS | load actors | client path | per actor / ceiling | generator lag p99 ms |",
+             "| cell | offered QPS | load actors | client path | per actor / ceiling | generator late p99 ms |",
              "|---|---|---|---|---|---|"]
     for r, share in limited:
         ceiling = f"{share:.0%} of {r['generator_ceiling_qps']:,.0f}/s" if share is not None else "not calibrated"
         lines.append(f"| {r['cell']} | {_fmt(r.get('offered_qps'))} | {r.get('load_actors', '–')} | "
-                     f"{r.get('client_path', '–')} | {ceiling} | {_fmt(r['generator_lag_p99_ms'])} |")
+                     f"{r.get('client_path', '–')} | {ceiling} | {_fmt(generator_late_ms(r))} |")
     return lines
 
 
@@ -273,6 +288,8 @@ def write_report(run_dir: Path) -> tuple[Path, list[dict]]:
     """Write report.md and figures into the run directory; return the report path and target verdicts."""
     run = open_run(run_dir)
     paths = [p for p in (fig(run, run.path) for fig in figures.ALL) if p is not None]
+    curve = capacity_curve(run.manifest, run.path)
+    paths += [curve] if curve is not None else []
     report = run.path / "report.md"
     report.write_text(render(run, paths))
     return report, verdicts(run)

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from perfray.analysis.intervals import PERCENTILES, judge, percentile_intervals
+from perfray.analysis.quality import quality
 from perfray.schema import FAILURES
 
 STAGES = ("vector", "graph", "policy")
@@ -80,6 +81,11 @@ def summarize_cell(rows: pa.Table, meta: dict) -> dict:
         **_stages(measured, status),
         **_error_window(measured, status, meta.get("start_ns")),
     }
+    labels = meta["labels"]
+    batched = labels.get("batch_max", 1) > 1 and labels.get("batch_window_ms", 0.0) > 0
+    intended = measured["intended_ns"].to_numpy(zero_copy_only=False)[sent]
+    row.update(quality(intended, measured["sent_ns"].to_numpy(zero_copy_only=False)[sent], timed[sent], latency,
+                       batched))
     return row
 
 

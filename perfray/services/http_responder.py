@@ -1,7 +1,8 @@
 """A local keep-alive HTTP/1.1 responder of known behaviour, for calibration, tests and benchmarks.
 
 Every request gets the same small JSON body (``{"ids": [0..9]}``, status ``--status``) after ``--delay-ms``
-(0: at once). With
+(0: at once), or, with ``--service-ms S``, from a single FIFO server of deterministic service time S: each reply
+leaves at max(its arrival, the previous reply's departure) + S, so the capacity is exactly 1000 / S req/s. With
 ``--stall-every-s P --stall-ms H`` it holds every reply for the first H ms of each P-second period (periods
 count from ``--epoch-ns``, Unix ns) and releases them together at the end of the hold; each release is logged
 to ``--release-log`` as one JSON line ``{"period", "released_ns", "written_ns": [each reply's write, in order]}``
@@ -62,9 +63,11 @@ class Responder:
     """The server's behaviour: immediate, delayed, or held during stalls."""
 
     def __init__(self, delay_ms: float = 0.0, stall_every_s: float = 0.0, stall_ms: float = 0.0,
-                 epoch_ns: int = 0, release_log: str | None = None, status: int = 200) -> None:
+                 epoch_ns: int = 0, release_log: str | None = None, status: int = 200,
+                 service_ms: float = 0.0) -> None:
         self.response = response(status)
         self.delay_ns = int(delay_ms * 1e6)
+        self.service_ns, self._free_at = int(service_ms * 1e6), 0
         self._due: deque = deque()
         self._pacer = None
         self.period_ns, self.hold_ns = int(stall_every_s * 1e9), int(stall_ms * 1e6)
@@ -83,17 +86,20 @@ class Responder:
                     self._at(release_ns, self._release, period)
                 self.held[period].append(transport)
                 return
-        if self.delay_ns:
-            self._delayed(transport)
+        if self.service_ns:
+            self._free_at = max(time.perf_counter_ns(), self._free_at) + self.service_ns
+            self._delayed(transport, self._free_at)
+        elif self.delay_ns:
+            self._delayed(transport, time.perf_counter_ns() + self.delay_ns)
         else:
             transport.write(self.response)
 
-    def _delayed(self, transport) -> None:
-        """Reply ``delay_ns`` after arrival, to the tens of microseconds (a loop timer is up to 1 ms late)."""
+    def _delayed(self, transport, due: int) -> None:
+        """Reply at ``due`` (perf_counter ns), to the tens of microseconds (a loop timer is up to 1 ms late).
+        Dues arrive in order (a constant delay, or a FIFO server's departures)."""
         if self._pacer is None:
             self._pacer = Pacer(asyncio.get_running_loop())
-        due = time.perf_counter_ns() + self.delay_ns
-        self._due.append((due, transport))  # a constant delay keeps them in order
+        self._due.append((due, transport))
         if len(self._due) == 1:
             self._pacer.arm(due, self._reply_due)
 
@@ -145,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m perfray.services.http_responder", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--service-ms", type=float, default=0.0, help="a single FIFO server of this service time")
     parser.add_argument("--stall-every-s", type=float, default=0.0)
     parser.add_argument("--stall-ms", type=float, default=0.0)
     parser.add_argument("--epoch-ns", type=int, default=0)
@@ -155,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
     serve(args.port, Responder(args.delay_ms, args.stall_every_s, args.stall_ms, args.epoch_ns, args.release_log,
-                               args.status))
+                               args.status, args.service_ms))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ import pytest
 from support import REPO, manifest
 
 from perfray.config import load_config
+from perfray.driver import Hooks, SweepDriver
 from perfray.results.writer import prepare_run_dir, read_cell
-from perfray.sweep import Hooks, SweepDriver
 
 FAULT_RUN = ["sweep={}", "duration_s=3", "warmup_s=0", "target_qps=300", "arrival=constant", "load.actors=2",
              "search.n_gpus=2", "microbench.enabled=false", "targets=[{metric: failure_rate, max: 0.01}]"]

@@ -118,7 +118,7 @@ def test_cells_asking_a_load_actor_for_over_half_its_ceiling_are_flagged_and_aut
     from perfray.analysis.report import generator_share
 
     assert generator_share(summary[1]) < 0.5  # auto: each of 2 actors under half (flagged only if it fell behind)
-    assert "1" not in flagged or summary[1]["generator_lag_p99_ms"] > 1.0
+    assert "1" not in flagged or summary[1]["generator_lateness_p99_ms"] > 1.0
 
 
 def test_a_service_that_repeats_one_true_neighbour_scores_one_hit_not_k(tmp_path, knn_service):

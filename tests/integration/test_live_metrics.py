@@ -8,8 +8,8 @@ import urllib.request
 from support import manifest
 
 from perfray.config import load_config
+from perfray.driver import Hooks, SweepDriver
 from perfray.results.writer import prepare_run_dir
-from perfray.sweep import Hooks, SweepDriver
 
 
 def free_port() -> int:

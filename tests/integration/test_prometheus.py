@@ -15,8 +15,8 @@ import yaml
 from support import REPO
 
 from perfray.config import load_config
+from perfray.driver import SweepDriver
 from perfray.results.writer import prepare_run_dir
-from perfray.sweep import SweepDriver
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")

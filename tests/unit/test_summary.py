@@ -4,8 +4,8 @@ import pytest
 from support import ServiceTimeTarget, make_plan, run_plan
 
 from perfray.analysis.summary import add_scaling, check_targets, summarize_cell
-from perfray.config import TargetSpec
 from perfray.load.recorder import Recorder
+from perfray.targets_config import TargetSpec
 
 
 def recorder_table(latencies_ms, statuses, phase_names=("warmup", "sustained"), phases=None):

@@ -7,13 +7,14 @@ import pytest
 from support import make_plan, run_plan
 
 from perfray.analysis.summary import add_baseline, check_targets, recovery_s, summarize_cell
-from perfray.config import TargetSpec, Workload
+from perfray.config import Workload
 from perfray.data import load_dataset
 from perfray.data.catalogue import build_catalogue, expand, rank
 from perfray.errors import UsageError
 from perfray.sut.hybrid import ResultCache
 from perfray.sut.session import make_system
 from perfray.systems_config import CatalogueSpec, StoresSpec
+from perfray.targets_config import TargetSpec
 
 WORKLOAD = Workload.model_validate({"dataset": {"kind": "synthetic", "n": 500, "dim": 8, "n_queries": 20}})
 

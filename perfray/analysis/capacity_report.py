@@ -1,0 +1,148 @@
+"""What a capacity run reports: a verdict per search against the target rate, the USL fitted to capacity vs
+GPU count, the latency–throughput curve of each search (p50/p99/p99.9 vs offered rate, the SLO bounds, the
+capacity marked) and the report section. Everything comes from the manifest's account of the steps, which
+the driver took from the steps' own summary rows."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from perfray.analysis.scaling_model import fit_usl
+
+# A capacity row's columns that are results, not what was searched (scaling groups on the rest).
+_RESULT_COLUMNS = {"search", "base", "n_gpus", "capacity_qps", "capacity_lo", "capacity_hi", "limited_by", "steps",
+                   "step_cells", "meets_target", "target_qps", "simulated", "system"}
+
+
+def capacity_verdicts(manifest: dict) -> list[dict]:
+    """One must-pass verdict per search when the config sets ``capacity.target_qps``."""
+    capacity = manifest.get("capacity") or {}
+    target = (capacity.get("spec") or {}).get("target_qps")
+    if target is None:
+        return []
+    return [{"cell": -1, "search": s["search"], "metric": "capacity_qps", "bound": f">= {target:g}",
+             "value": s["capacity_qps"], "passed": bool(s["capacity_qps"] >= target), "must_pass": True,
+             "limited_by": s["limited_by"]} for s in capacity.get("searches", [])]
+
+
+def capacity_scaling(rows: list[dict]) -> list[dict]:
+    """Capacity against GPU count for every group of searches that differ only in ``n_gpus``, with the USL
+    fitted to those capacities (``ok`` False and a reason when it cannot be)."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        key = json.dumps({k: v for k, v in row.items() if k not in _RESULT_COLUMNS}, sort_keys=True, default=str)
+        groups.setdefault(key, []).append(row)
+    out = []
+    for key, members in groups.items():
+        members = sorted(members, key=lambda r: r.get("n_gpus") or 0)
+        if len({r.get("n_gpus") for r in members}) < 2:
+            continue
+        n = [r["n_gpus"] for r in members]
+        capacity = [r["capacity_qps"] for r in members]
+        # only a capacity an SLO bounded is the system's; the generator or max_qps gives a lower bound
+        bounded = [r for r in members if r["limited_by"] == "slo"]
+        fit = fit_usl([r["n_gpus"] for r in bounded], [r["capacity_qps"] for r in bounded])
+        out.append({"workload": json.loads(key), "n_gpus": n, "capacity_qps": capacity,
+                    "limited_by": [r["limited_by"] for r in members], "searches": [r["search"] for r in members],
+                    "usl": fit})
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:,.0f}"
+
+
+LIMITED_BY = {"slo": "an SLO broke above it", "generator": "the load generator fell behind (not the system's "
+              "limit: add load actors)", "max_qps": "max_qps reached with every SLO met",
+              "min_qps": "an SLO already broke at min_qps", "max_steps": "max_steps reached",
+              "unfinished": "the search did not finish"}
+
+
+def _searched(manifest: dict, search: dict) -> tuple[str, object, str]:
+    """(system label, GPU count, arrival process) of a search, from its first step's cell."""
+    cells = manifest.get("cells", [])
+    first = search.get("steps") or [{}]
+    entry = next((c for c in cells if c.get("cell") == first[0].get("cell")), {})
+    workload = entry.get("workload") or {}
+    system = (entry.get("system") or {}).get("label") or workload.get("system", "–")
+    return system, (workload.get("search") or {}).get("n_gpus", "–"), (workload.get("load") or {}).get("arrival", "")
+
+
+def capacity_section(manifest: dict, figure: Path | None) -> list[str]:
+    capacity = manifest.get("capacity")
+    if not capacity:
+        return []
+    spec = capacity.get("spec") or {}
+    lines = ["", "## Capacity at the SLO", "",
+             f"SLOs: `{'`, `'.join(spec.get('slo', []))}`. Open-loop steps from {spec.get('min_qps', 0):,.0f} QPS "
+             f"grown ×{spec.get('growth', 2):g} until one breaks, then bisected to {spec.get('resolution', 0):.0%}; "
+             "a percentile SLO counts as met only when its whole 95% interval is (an undecided step is re-run "
+             f"longer, up to {spec.get('max_step_s', 0):g} s). Capacity is the highest rate shown to hold.", "",
+             "| search | system | GPUs | capacity QPS | broke at QPS | steps | ended because |", "|---|---|---|---|---|---|---|"]
+    for s in capacity.get("searches", []):
+        system, gpus, _ = _searched(manifest, s)
+        lines.append(f"| {s['search']} | {system} | {gpus} | {_fmt(s['capacity_qps'])} | {_fmt(s['capacity_hi'])} | "
+                     f"{s['steps'] if isinstance(s['steps'], int) else len(s['steps'])} | "
+                     f"{LIMITED_BY.get(s['limited_by'], s['limited_by'])} |")
+    for s in capacity.get("searches", []):
+        lines += ["", f"Steps of search {s['search']}:", "",
+                  "| cell | offered QPS | s | p50 ms | p99 ms (95% CI) | p99.9 ms | failed | outcome |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for st in s.get("steps", []):
+            lines.append(f"| {st['cell']} | {st['qps']:,.0f} | {st['duration_s']:g} | {st['p50_ms']:.3g} | "
+                         f"{st['p99_ms']:.3g} ({st['p99_lo_ms']:.3g}–{st['p99_hi_ms']:.3g}) | {st['p999_ms']:.3g} | "
+                         f"{st['failure_rate']:.2%} | {st['outcome']}"
+                         f"{' (' + ', '.join(st['broken']) + ')' if st.get('broken') else ''} |")
+    for group in capacity.get("scaling", []):
+        fit = group["usl"]
+        pairs = ", ".join(f"{n} GPU: {_fmt(c)}{'' if why == 'slo' else ' (at least: ' + why + ')'}" for n, c, why in
+                          zip(group["n_gpus"], group["capacity_qps"], group["limited_by"], strict=True))
+        lines += ["", f"Capacity vs GPUs: {pairs}."]
+        if fit.get("ok"):
+            lines.append(f"USL fit on capacities (R² {fit['r2']:.3f}): σ = {fit['sigma']:.4f}, κ = {fit['kappa']:.2e}, "
+                         f"peak at N* = {fit['peak_n']:.3g}; predicted capacity at {fit['predict_at']} GPUs: "
+                         f"{fit['predicted_qps']:,.0f} QPS ({fit['predicted_qps_ci'][0]:,.0f}–"
+                         f"{fit['predicted_qps_ci'][1]:,.0f}).")
+        else:
+            lines.append(f"USL fit on capacities (those an SLO bounded): not made — {fit.get('reason')}.")
+    if figure is not None:
+        lines += ["", f"![latency vs offered rate]({figure.name})"]
+    return lines
+
+
+def capacity_curve(manifest: dict, out: Path) -> Path | None:
+    """Latency–throughput curve of every search: p50/p99/p99.9 against offered rate (the longest step at each
+    rate), the bounds of latency SLOs, the capacity (the knee) and the rate that broke."""
+    capacity = manifest.get("capacity")
+    searches = [s for s in (capacity or {}).get("searches", []) if s.get("steps")]
+    if not searches:
+        return None
+    from perfray.analysis.figures import _pyplot, _save
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(searches), figsize=(6.5 * len(searches), 4.5), squeeze=False)
+    bounds = [(slo.partition("<=")[0].strip(), float(slo.partition("<=")[2]))
+              for slo in capacity["spec"]["slo"] if "<=" in slo and slo.partition("<=")[0].strip().endswith("_ms")]
+    for ax, s in zip(axes[0], searches, strict=True):
+        steps: dict[float, dict] = {}
+        for st in s["steps"]:
+            if st["qps"] not in steps or st["duration_s"] >= steps[st["qps"]]["duration_s"]:
+                steps[st["qps"]] = st
+        rates = sorted(steps)
+        for key, label, style in (("p50_ms", "p50", "o-"), ("p99_ms", "p99", "s-"), ("p999_ms", "p99.9", "^-")):
+            ax.plot(rates, [steps[r][key] for r in rates], style, label=label, ms=4)
+        for metric, bound in bounds:
+            ax.axhline(bound, color="red", ls="--", lw=1, label=f"SLO {metric} <= {bound:g}")
+        if math.isfinite(s["capacity_qps"]):
+            ax.axvline(s["capacity_qps"], color="green", lw=1.5, label=f"capacity {s['capacity_qps']:,.0f} QPS")
+        if s.get("capacity_hi") is not None and math.isfinite(s["capacity_hi"]):
+            ax.axvline(s["capacity_hi"], color="grey", ls=":", lw=1, label=f"broke at {s['capacity_hi']:,.0f} QPS")
+        broken = [r for r in rates if steps[r]["outcome"] != "meets"]
+        ax.plot(broken, [steps[r]["p99_ms"] for r in broken], "x", color="red", ms=9, label="SLO not shown met")
+        system, gpus, arrival = _searched(manifest, s)
+        ax.set(xlabel="offered QPS", ylabel="latency (ms)", yscale="log",
+               title=f"search {s['search']}: {system[:40]}, {gpus} GPU, {arrival}")
+        ax.legend(fontsize=7)
+    return _save(fig, out, "capacity_curve.png")

@@ -1,0 +1,194 @@
+"""The actors a run keeps on Ray between cells: datasets in the object store (with exact ground truth), the
+GPU search group of the current cell (rebuilt when its shape changes), the load actors, and each database
+system's catalogue and plan. The driver asks; this module starts, primes and replaces actors."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from perfray.cluster import actors
+from perfray.config import SweepConfig, Workload
+from perfray.data import load_dataset
+from perfray.data.groundtruth import ground_truth
+from perfray.errors import UnavailableError
+from perfray.load.generator import QueryPool
+from perfray.load.profiles import op_mix
+from perfray.progress import Progress
+from perfray.sut.session import SystemPlan, SystemSession, make_system
+
+
+@dataclass
+class DatasetState:
+    dataset: object
+    base_ref: object
+    pool_ref: object
+    max_k: int
+
+
+@dataclass
+class GpuGroup:
+    key: tuple
+    handles: list
+    described: list = field(default_factory=list)
+
+
+def _ray():
+    import ray
+
+    return ray
+
+
+class Fleet:
+    """Actors and object-store data of one run. ``load``: index -> load actor (shared with the row gatherer,
+    which forgets a dead one); ``described``: the current GPU group's actors; ``devices``: device model -> the
+    most actors seen on it at once."""
+
+    def __init__(self, config: SweepConfig, run_id: str, cache_dir, progress: Progress,
+                 systems: SystemSession) -> None:
+        self.config, self.run_id, self.cache_dir, self.progress, self.systems = (
+            config, run_id, cache_dir, progress, systems)
+        self.load: dict[int, object] = {}
+        self.described: list[dict] = []
+        self.devices: dict[str, int] = {}
+        self.microbench_rows: list[dict] = []
+        self._datasets: dict[str, DatasetState] = {}
+        self._group: GpuGroup | None = None
+        self._group_generation = 0
+        self._benched: set[tuple] = set()
+        self._catalogue_refs: dict[str, object] = {}
+
+    def needs_gpu_actors(self, cell: Workload) -> bool:
+        return bool(make_system(cell.system, cell, self.config.stores).needs_gpu_actors)
+
+    def dataset(self, cell: Workload, cells: list[Workload]) -> DatasetState:
+        """The cell's dataset in the object store, with ground truth deep enough for every cell that uses it."""
+        key = json.dumps(cell.dataset.model_dump(mode="json"), sort_keys=True)
+        state = self._datasets.get(key)
+        if state is None:
+            dataset = load_dataset(cell.dataset)
+            max_k = max(op.k for c in cells if c.dataset == cell.dataset
+                        for op in op_mix(c.load.op_mix, c.search.k, dataset.n))
+            gt_ids, gt_dists = ground_truth(dataset, max_k, self.cache_dir)
+            ray = _ray()
+            state = DatasetState(dataset, ray.put(dataset.base),
+                                 ray.put(QueryPool(dataset.queries, gt_ids, gt_dists)), max_k)
+            self._datasets[key] = state
+            self.progress.note(f"dataset {dataset.name}: {dataset.n:,} x {dataset.dim}, "
+                               f"{dataset.queries.shape[0]:,} queries, exact top-{max_k} ground truth")
+        return state
+
+    def gpu_group(self, cell: Workload, ds: DatasetState) -> GpuGroup:
+        """The cell's GPU search actors, built on its dataset; the previous group is killed when the shape changes."""
+        s = cell.search
+        key = (ds.dataset.fingerprint, s.backend, s.topology, s.n_gpus)
+        if self._group is not None and self._group.key == key:
+            return self._group
+        ray = _ray()
+        if self._group is not None:
+            for handle in self._group.handles:
+                ray.kill(handle)
+        self._group_generation += 1
+        handles = [actors.start_gpu_actor(self.run_id, i, s.backend, self.config.cluster.gpu_actor_cpus,
+                                          self._group_generation) for i in range(s.n_gpus)]
+        shards = s.n_gpus if s.topology == "sharded" else 1
+        builds = [h.build.remote(ds.base_ref, i % shards, shards) for i, h in enumerate(handles)]
+        try:
+            described = ray.get(builds, timeout=self.config.cluster.actor_start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise UnavailableError(
+                f"{s.n_gpus} GPU search actors did not start within {self.config.cluster.actor_start_timeout_s:g} s;"
+                " check the cluster's free GPUs (ray status)") from None
+        except ray.exceptions.RayTaskError as err:
+            raise UnavailableError(str(err.cause) if err.cause else str(err).splitlines()[0]) from None
+        except ray.exceptions.RayActorError as err:
+            raise UnavailableError(f"a GPU search actor died while building its index ({type(err).__name__}); "
+                                   "check its memory and the Ray logs") from None
+        if self.config.metrics.enabled:
+            started = ray.get([h.start_metrics.remote(self.run_id, not d["simulated"])
+                               for h, d in zip(handles, described, strict=True)])
+            if not all(started):
+                self.progress.note("perfray: warning: NVML is not available on a GPU actor; GPU utilisation "
+                                   "is not reported (pip install nvidia-ml-py)")
+        self.described = described
+        for device, count in Counter(d["device"] for d in described).items():
+            self.devices[device] = max(self.devices.get(device, 0), count)
+        self._group = GpuGroup(key, handles, described)
+        return self._group
+
+    def gpu_counters(self, group: GpuGroup) -> list[dict | Exception]:
+        """Every GPU actor's running counters, asked in parallel; a dead or hung actor gives its error."""
+        ray = _ray()
+        refs = [handle.counters.remote() for handle in group.handles]
+        out: list[dict | Exception] = []
+        deadline = time.monotonic() + 30
+        for ref in refs:
+            try:
+                out.append(ray.get(ref, timeout=max(0.1, deadline - time.monotonic())))
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
+                out.append(err)
+        return out
+
+    def first_dead(self, counters: list[dict | Exception]) -> tuple[int, Exception] | None:
+        """The first GPU actor that did not answer (the group is rebuilt for the next cell), or None."""
+        for i, answer in enumerate(counters):
+            if isinstance(answer, Exception):
+                self._group = None
+                return i, answer
+        return None
+
+    def microbench(self, cell: Workload, ds: DatasetState, group: GpuGroup) -> None:
+        """Kernel microbenchmarks in the GPU actors, once per dataset, backend and topology."""
+        spec = self.config.microbench
+        key = (ds.dataset.fingerprint, cell.search.backend, cell.search.topology)
+        if not spec.enabled or key in self._benched:
+            return
+        self._benched.add(key)
+        queries = ds.dataset.queries[: max(spec.batch_sizes)]
+        rows = _ray().get([h.microbench.remote(queries, list(spec.batch_sizes), list(spec.ks), spec.repeats,
+                                               spec.warmup) for h in group.handles])
+        for per_actor in rows:
+            for row in per_actor:
+                self.microbench_rows.append({**row, "dataset": ds.dataset.name})
+
+    def prime(self, loaders: list, group: GpuGroup, ds: DatasetState, k: int, system: SystemPlan | None,
+              catalogue_ref) -> None:
+        """A few requests from every load actor to every GPU actor or store, so cells don't measure cold
+        paths (and every actor's clients are connected before the clock starts)."""
+        queries = ds.dataset.queries[:8]
+        k = min(k, ds.dataset.n)
+        if system is None:
+            refs = [a.prime.remote(group.handles, queries, k) for a in loaders]
+        else:
+            refs = [a.prime_system.remote(system, catalogue_ref, group.handles, ds.pool_ref, k) for a in loaders]
+        try:
+            _ray().get(refs, timeout=self.config.cluster.actor_start_timeout_s)
+        except _ray().exceptions.RayTaskError as err:
+            cause = err.cause if isinstance(err.cause, Exception) else None
+            if isinstance(cause, UnavailableError):
+                raise UnavailableError(str(cause)) from None
+            raise
+
+    def system(self, cell: Workload, ds: DatasetState, entry: dict) -> tuple[SystemPlan | None, object]:
+        """For a database system: the catalogue (in the object store) loaded into its stores, and its plan."""
+        if make_system(cell.system, cell, self.config.stores).micro_batched:
+            return None, None
+        catalogue = self.systems.catalogue(cell, ds.dataset)
+        if catalogue.fingerprint not in self._catalogue_refs:
+            self._catalogue_refs[catalogue.fingerprint] = _ray().put(catalogue)
+        started = time.perf_counter()
+        plan, info = self.systems.plan(cell, catalogue)
+        if info:
+            self.progress.note(f"catalogue {catalogue.fingerprint[:8]} loaded into {plan.label} "
+                               f"in {time.perf_counter() - started:.1f} s")
+        entry["system"] = {"name": plan.name, "label": plan.label, "catalogue": catalogue.fingerprint, "load": info}
+        return plan, self._catalogue_refs[catalogue.fingerprint]
+
+    def load_actors(self, count: int) -> list:
+        for i in range(count):
+            if i not in self.load:
+                self.load[i] = actors.start_load_actor(self.run_id, i, self.config.cluster.load_actor_cpus,
+                                                       self.config.metrics.enabled)
+        return [self.load[i] for i in range(count)]

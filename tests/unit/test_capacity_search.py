@@ -1,0 +1,145 @@
+"""The capacity search on its own (no Ray): steps against a synthetic system whose p99 at each rate is known."""
+
+import math
+
+import pytest
+
+from perfray.analysis.capacity_report import capacity_scaling, capacity_verdicts
+from perfray.capacity import BREAKS, GENERATOR, MEETS, UNDECIDED, CapacitySearch, judge_step
+from perfray.config import capacity_spec
+from perfray.errors import UsageError
+from perfray.targets_config import CapacitySpec, parse_slo
+
+
+def row(p99: float, half_width: float = 0.0, failure: float = 0.0, lateness: float = 0.01, samples: int = 10_000):
+    return {"cell": 0, "p50_ms": p99 / 3, "p99_ms": p99, "p999_ms": p99 * 1.5, "p99_ms_lo": p99 - half_width,
+            "p99_ms_hi": p99 + half_width, "p50_ms_lo": p99 / 3, "p50_ms_hi": p99 / 3, "p999_ms_lo": p99,
+            "p999_ms_hi": p99 * 2, "samples": samples, "failure_rate": failure, "achieved_qps": 1.0,
+            "generator_lateness_p99_ms": lateness}
+
+
+def run_search(spec: CapacitySpec, system) -> CapacitySearch:
+    search = CapacitySearch(spec)
+    cell = 0
+    while (step := search.next_step()) is not None:
+        search.record(step, system(step), cell)
+        cell += 1
+    return search
+
+
+def queue_like(capacity: float):
+    """p99 grows like a queue's as the rate nears ``capacity`` (1 ms at rest); above it, failures."""
+    def system(step):
+        rho = step.qps / capacity
+        if rho >= 1:
+            return row(5_000.0, failure=0.5)
+        return row(1.0 / (1.0 - rho))
+    return system
+
+
+@pytest.mark.parametrize("truth", [137.0, 950.0, 7_300.0, 42_000.0])
+def test_search_brackets_the_capacity_to_its_resolution(truth):
+    spec = CapacitySpec(slo=("p99_ms<=10",), min_qps=100, max_qps=100_000, resolution=0.02)
+    search = run_search(spec, queue_like(truth))
+    result = search.result()
+    slo_rate = truth * 0.9  # 1 / (1 - rho) = 10 at rho = 0.9
+    assert result["limited_by"] == "slo"
+    assert result["capacity_lo"] <= slo_rate < result["capacity_hi"]
+    assert (result["capacity_hi"] - result["capacity_lo"]) / result["capacity_lo"] <= 0.02
+    assert result["capacity_qps"] == result["capacity_lo"]
+    assert result["steps"] <= 20
+    # geometric growth until the first break, then bisection inside the bracket
+    rates = [s.qps for s in search.steps]
+    first_break = next(i for i, s in enumerate(search.steps) if s.outcome == BREAKS)
+    assert all(b == pytest.approx(a * 2) for a, b in zip(rates[:first_break], rates[1:first_break + 1], strict=False))
+
+
+def test_an_undecided_step_is_rerun_longer_then_counts_against_the_rate():
+    spec = CapacitySpec(slo=("p99_ms<=10",), min_qps=1000, max_qps=1000, step_s=2, max_step_s=16)
+    calls = []
+
+    def straddles(step):
+        calls.append(step.duration_s)
+        return row(9.0, half_width=2.0, samples=100)
+
+    search = run_search(spec, straddles)
+    assert calls == [2, 4, 8, 16]  # at least twice as long each time, up to max_step_s
+    assert [s.outcome for s in search.steps] == [UNDECIDED] * 4
+    assert search.result()["limited_by"] == "min_qps" and math.isnan(search.result()["capacity_qps"])
+
+
+def test_rerun_long_enough_for_the_samples_its_interval_needs():
+    spec = CapacitySpec(slo=("p99_ms<=10",), min_qps=1000, max_qps=1000, step_s=1, max_step_s=60)
+    seen = []
+
+    def system(step):
+        seen.append(step.duration_s)
+        return row(9.0, half_width=2.0, samples=1000) if len(seen) == 1 else row(9.0)
+
+    run_search(spec, system)
+    # ~n (half-width / gap)^2 = 1000 * 4 = 4000 samples -> 4 s at 1000 QPS, with 20% to spare
+    assert seen[1] == pytest.approx(4.8)
+
+
+def test_a_generator_that_fell_behind_is_not_the_systems_limit():
+    spec = CapacitySpec(slo=("p99_ms<=10",), min_qps=100, max_qps=100_000)
+
+    def system(step):
+        return row(2.0, lateness=5.0) if step.qps >= 800 else row(2.0)
+
+    result = run_search(spec, system).result()
+    assert result["limited_by"] == "generator"
+    assert result["capacity_qps"] == 400 and math.isnan(result["capacity_hi"])
+
+
+def test_max_qps_and_min_qps_end_the_search():
+    spec = CapacitySpec(slo=("p99_ms<=10",), min_qps=100, max_qps=1000)
+    result = run_search(spec, lambda step: row(1.0)).result()
+    assert result["limited_by"] == "max_qps" and result["capacity_qps"] == 1000
+    result = run_search(spec, lambda step: row(50.0)).result()
+    assert result["limited_by"] == "min_qps" and math.isnan(result["capacity_qps"])
+    assert result["capacity_hi"] == 100
+
+
+def test_failures_break_the_slo_as_well_as_latency():
+    spec = CapacitySpec()
+    assert judge_step(row(2.0, failure=0.02), spec)[0] == BREAKS
+    assert judge_step(row(2.0, failure=0.0), spec)[0] == MEETS
+    assert judge_step(row(2.0, lateness=1.5), spec)[0] == GENERATOR
+    outcome, broken, more = judge_step(row(10.0, half_width=1.0, samples=500), spec)
+    assert outcome == UNDECIDED and broken == ["p99_ms <= 10"] and more is not None
+
+
+def test_slo_and_spec_errors_name_the_field():
+    assert parse_slo("p99_ms<=10").max == 10 and parse_slo(" qps_ratio >= 0.99").min == 0.99
+    for bad, words in (("p99<=10", "unknown metric 'p99'"), ("p99_ms<10", "expected METRIC<=BOUND"),
+                       ("p99_ms<=ten", "expected"), ("p99_ms<=inf", "expected")):
+        with pytest.raises(ValueError, match=words):
+            parse_slo(bad)
+    with pytest.raises(UsageError, match="capacity: .*min_qps"):
+        capacity_spec(None, {"min_qps": 500, "max_qps": 100})
+    with pytest.raises(UsageError, match="capacity: slo"):
+        capacity_spec(None, {"slo": ["p99<=3"]})
+    assert capacity_spec(CapacitySpec(min_qps=7), {"max_qps": 70}).min_qps == 7
+
+
+def test_scaling_and_verdicts_from_capacities():
+    rows = [{"search": i, "base": i, "system_name": "gpu_search", "n_gpus": n, "k": 10, "capacity_qps": c,
+             "capacity_lo": c, "capacity_hi": c * 1.02, "limited_by": "slo", "steps": 9}
+            for i, (n, c) in enumerate(((1, 1000.0), (2, 1900.0), (4, 3400.0), (8, 5200.0)))]
+    rows.append({**rows[0], "search": 4, "k": 100})  # another workload: its own group, a single point
+    groups = capacity_scaling(rows)
+    assert len(groups) == 1 and groups[0]["n_gpus"] == [1, 2, 4, 8]
+    assert groups[0]["usl"]["ok"] and groups[0]["usl"]["sigma"] > 0
+    rows[3]["limited_by"] = "generator"  # a lower bound only: not fitted
+    [group] = capacity_scaling(rows)
+    assert group["limited_by"][3] == "generator" and group["n_gpus"] == [1, 2, 4, 8]
+    assert group["usl"]["ok"] is False or group["usl"]["lambda"] > 0
+    rows[2]["limited_by"] = "max_qps"
+    assert "too few points" in capacity_scaling(rows)[0]["usl"]["reason"]
+    doc = {"capacity": {"spec": {"target_qps": 2000.0}, "searches": [
+        {"search": 0, "capacity_qps": 2500.0, "limited_by": "slo"},
+        {"search": 1, "capacity_qps": float("nan"), "limited_by": "min_qps"}]}}
+    assert [v["passed"] for v in capacity_verdicts(doc)] == [True, False]
+    doc["capacity"]["spec"]["target_qps"] = None
+    assert capacity_verdicts(doc) == []
