@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--run-id", default=None, help="folder name under --results-dir (default: NAME-TIME)")
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set load.duration_s=2 (repeatable)")
+    sweep.add_argument("--repeat", type=int, default=None, metavar="N",
+                       help="run every cell N times, interleaved (compare then uses the spread between runs)")
     sweep.add_argument("--quiet", action="store_true", help="no progress lines")
     sweep.add_argument("--no-report", action="store_true", help="skip report.md and figures at the end")
     sweep.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("candidate", type=Path)
     comp.add_argument("--metric", default="p99_ms", help="p50_ms, p95_ms, p99_ms, p999_ms or achieved_qps")
     comp.add_argument("--min-speedup", type=float, default=1.5)
+    comp.add_argument("--confidence", type=float, default=0.95, help="of the between-run interval (with repeats)")
     comp.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -86,10 +89,12 @@ def _where(v: dict) -> str:
 def run_compare_command(args) -> int:
     from perfray.analysis.compare import compare
 
-    path, rows = compare(args.baseline, args.candidate, args.metric, args.min_speedup)
+    if not 0.5 <= args.confidence < 1:
+        raise UsageError(f"--confidence: expected a level in [0.5, 1), got {args.confidence}")
+    path, rows = compare(args.baseline, args.candidate, args.metric, args.min_speedup, args.confidence)
     for r in rows:
-        print(f"cell {r['cell']:>3} {args.metric}: {r['point']:.2f}x (95% CI {r['low']:.2f}-{r['high']:.2f}) "
-              f"{r['verdict']}")
+        print(f"cell {r['cell']:>3} {args.metric}: {r['point']:.2f}x (interval {r['low']:.2f}-{r['high']:.2f}, "
+              f"{r['method']}) {r['verdict']}")
     print(f"comparison: {path}")
     return 0 if all(r["verdict"] == "meets" for r in rows) else 1
 
@@ -167,7 +172,8 @@ def run_load_command(args) -> int:
 def run_sweep_command(args) -> int:
     from perfray.config import load_config
 
-    return _run(load_config(args.config, args.overrides), args, "")
+    repeat = [f"repeat={args.repeat}"] if args.repeat is not None else []
+    return _run(load_config(args.config, [*args.overrides, *repeat]), args, "")
 
 
 def run_capacity_command(args) -> int:

@@ -193,6 +193,8 @@ class SweepConfig(Strict):
     stores: StoresSpec = Field(default_factory=StoresSpec)
     baseline_system: str | None = Field(None, description="add speedups of every cell vs this system's cell")
     cache_dir: Path | None = Field(None, description="ground-truth cache; default RESULTS_DIR/.cache")
+    repeat: int = Field(1, ge=1, le=100, description="run every cell this many times, interleaved (all cells, "
+                        "then all again): summaries carry the spread between repeats, compare uses it")
     capacity: CapacitySpec | None = Field(None, description="search each cell's capacity at these SLOs instead "
                                           "of running it at its own rate (perfray capacity)")
 

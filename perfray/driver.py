@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from perfray.analysis.cells import cell_labels, comparison_keys, gpu_usage, progress_label, summarize_phases
+from perfray.analysis.repeats import add_repeat_spread
 from perfray.analysis.summary import add_baseline, add_scaling, check_targets
 from perfray.capacity import CapacitySearch, Step
 from perfray.cluster import runtime
@@ -60,13 +61,15 @@ class SweepDriver:
         bases = [effective_batching(c) for c in config.cells()]  # the manifest records what actually runs
         self._declared_actors = [c.load.actors for c in bases]  # "auto" is sized again for each capacity step
         self.bases, calibrated = calibration.size_load_actors(bases, os.cpu_count() or 1)
-        self.cells = [] if config.capacity is not None else list(self.bases)
+        # repeats interleaved (every cell, then every cell again), so a drift of the machine hits each alike
+        self.cells = [] if config.capacity is not None else [b for _ in range(config.repeat) for b in self.bases]
         self.cache_dir = config.cache_dir or self.run_dir.parent / ".cache"
         self.writer = RequestWriter(self.run_dir)
         self.manifest = Manifest(
             self.run_dir, run_id=run_id, name=config.name, command=argv or sys.argv,
             config=config.model_dump(mode="json"),
-            cells=[{"cell": i, "status": "pending", "workload": c.model_dump(mode="json")}
+            cells=[{"cell": i, "status": "pending", "workload": c.model_dump(mode="json"),
+                    **({"base": i % len(self.bases), "repeat": i // len(self.bases)} if config.repeat > 1 else {})}
                    for i, c in enumerate(self.cells)], calibration=calibrated,
         )
         self.summary: list[dict] = []
@@ -149,6 +152,7 @@ class SweepDriver:
             entry["status"] = "interrupted" if status == "interrupted" else "partial"
             self._summarize(entry["cell"], entry["status"], until_ns=stopped_ns)
         if self.config.capacity is None:
+            add_repeat_spread(self.summary)
             add_scaling(self.summary, self.scaling_keys)
             add_baseline(self.summary, self.baseline_keys, self.config.baseline_system)
             verdicts = check_targets(self.summary, self.config.targets, self.phase_summary)
@@ -289,13 +293,14 @@ class SweepDriver:
                              (self.manifest.doc.get("calibration") or {}).get("ceilings_qps", {}))
         if "capacity" in entry:
             labels["capacity_search"] = entry["capacity"]["search"]
+        labels["base_cell"], labels["repeat"] = entry.get("base", index), entry.get("repeat", 0)
         row, phase_rows = summarize_phases(read_cell(self.run_dir, index), cell, index, status,
                                            entry.get("start_unix_ns", 0), until_ns or 2**62, labels)
         self.summary.append(row)
         self.phase_summary.extend(phase_rows)
-        baseline_key, scaling_key = comparison_keys(cell)
-        self.baseline_keys.append(baseline_key)
-        self.scaling_keys.append(scaling_key)
+        baseline_key, scaling_key = comparison_keys(cell)  # a repeat pairs with cells of its own repeat
+        self.baseline_keys.append(f"{baseline_key}#{labels['repeat']}")
+        self.scaling_keys.append((scaling_key, labels["repeat"]))
 
 
 def _ray():

@@ -187,7 +187,8 @@ def scaling_curves(summary: list[dict]) -> list[list[dict]]:
     curves: dict[tuple, list[dict]] = {}
     for row in summary:
         key = (row.get("topology"), row.get("backend"), row.get("k"), row.get("dataset"), row.get("op_mix"),
-               row.get("arrival"), row.get("batch_max"), row.get("batch_window_ms"), row.get("load_actors"))
+               row.get("arrival"), row.get("batch_max"), row.get("batch_window_ms"), row.get("load_actors"),
+               row.get("repeat", 0))
         if not row.get("scale_with_gpus"):
             key += (row["target_qps"],)
         curves.setdefault(key, []).append(row)
