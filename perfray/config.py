@@ -87,7 +87,7 @@ class LoadSpec(Strict):
     scale_with_gpus: bool = Field(False, description="offer target_qps per GPU (weak scaling)")
     duration_s: float = Field(5.0, gt=0)
     warmup_s: float = Field(1.0, ge=0)
-    arrival: Literal["constant", "poisson"] = "poisson"
+    arrival: str = Field("poisson", description="constant, poisson, gamma:<cv>, pareto:<alpha> or trace:<file>")
     phases: tuple[Phase, ...] | None = None
     actors: int | str = Field(
         1, description="load actors; auto: enough to keep each under half its client path's calibrated ceiling")
@@ -97,6 +97,8 @@ class LoadSpec(Strict):
     timeout_ms: float = Field(2_000.0, gt=0)
     op_mix: Literal["simple", "mixed", "complex"] = "simple"
     concurrency: int = Field(8, ge=1, le=1024, description="client threads per load actor (database systems)")
+    query_skew: str = Field("uniform", description="which query-pool rows are asked: uniform, or zipf:<s> "
+                            "(popularity 1/rank**s over a seeded order of the pool)")
     seed: int = 0
 
     @field_validator("phases")
@@ -104,6 +106,24 @@ class LoadSpec(Strict):
     def _phases(cls, value):
         if value is not None and len(value) == 0:
             raise ValueError("empty; list phases, or leave it out for warm-up then duration_s")
+        return value
+
+    @field_validator("arrival")
+    @classmethod
+    def _arrival(cls, value):
+        from perfray.load.schedules import load_trace, parse_arrival
+
+        kind, arg = parse_arrival(value)
+        if kind == "trace":
+            load_trace(arg)  # a missing or unusable file is a config error now, not a dead load actor later
+        return value
+
+    @field_validator("query_skew")
+    @classmethod
+    def _skew(cls, value):
+        from perfray.load.profiles import parse_skew
+
+        parse_skew(value)
         return value
 
     @field_validator("actors")

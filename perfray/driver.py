@@ -26,7 +26,7 @@ from perfray.errors import EXIT_OK, EXIT_TARGET_FAILED, UnavailableError
 from perfray.load import calibration
 from perfray.load.generator import CellPlan
 from perfray.load.profiles import op_mix
-from perfray.load.schedules import PhaseRates
+from perfray.load.schedules import PhaseRates, load_trace, parse_arrival
 from perfray.progress import Progress
 from perfray.results.manifest import Manifest
 from perfray.results.writer import RequestWriter, read_cell, write_table
@@ -95,6 +95,7 @@ class SweepDriver:
             cpus = max(c.load.actors if isinstance(c.load.actors, int) else os.cpu_count() or 1
                        for c in self.bases) * self.config.cluster.load_actor_cpus
             self._ray = runtime.connect(self.config.cluster, gpus, cpus, self.config.metrics)
+            self.systems.check_reachable(self.bases, runtime.alive_nodes())
             self.manifest.update(status="running", ray={
                 "embedded": self._ray.embedded, "address": self._ray.address,
                 "resources": self._ray.resources, "dashboard_url": self._ray.dashboard_url,
@@ -244,7 +245,8 @@ class SweepDriver:
                           arrival=cell.load.arrival, ops=ops, seed=cell.load.seed,
                           batch_window_ns=int(cell.load.batch_window_ms * 1e6), batch_max=cell.load.batch_max,
                           max_in_flight=cell.load.max_in_flight, timeout_ns=int(cell.load.timeout_ms * 1e6),
-                          extra={"target_qps": cell.offered_qps})
+                          extra={"target_qps": cell.offered_qps}, trace=_trace(cell.load.arrival),
+                          query_skew=cell.load.query_skew)
                  for i in range(len(loaders))]
         entry.update(status="running", start_unix_ns=start_ns)
         self.manifest.write()
@@ -301,6 +303,12 @@ class SweepDriver:
         baseline_key, scaling_key = comparison_keys(cell)  # a repeat pairs with cells of its own repeat
         self.baseline_keys.append(f"{baseline_key}#{labels['repeat']}")
         self.scaling_keys.append((scaling_key, labels["repeat"]))
+
+
+def _trace(arrival: str):
+    """A ``trace:`` arrival's offsets, read here once: load actors need not see the file."""
+    kind, path = parse_arrival(arrival)
+    return load_trace(path) if kind == "trace" else None
 
 
 def _ray():

@@ -89,6 +89,7 @@ def _labels(cell: Workload, described: list[dict]) -> dict:
         "backend": (described[0]["backend"] if described else cell.search.backend),
         "simulated": bool(described and any(d["simulated"] for d in described)),
         "load_actors": cell.load.actors, "concurrency": cell.load.concurrency, "arrival": cell.load.arrival,
+        "query_skew": cell.load.query_skew,
         "op_mix": cell.load.op_mix, "hops": cell.hybrid.hops, "cache": cell.hybrid.cache,
         "scale_with_gpus": cell.load.scale_with_gpus,
         "batch_max": cell.load.batch_max, "batch_window_ms": cell.load.batch_window_ms,

@@ -214,7 +214,11 @@ def systems_section(run: Run) -> list[str]:
         if _finite(r.get("speedup_p99_vs_baseline")):
             speedup = (f"{r['speedup_p50_vs_baseline']:.2f}x / {r['speedup_p99_vs_baseline']:.2f}x "
                        f"(vs {r.get('baseline')})")
-        cache = f"{r['cache_hit_rate']:.0%}" if _finite(r.get("cache_hit_rate")) else "–"
+        cache = "–"
+        if _finite(r.get("cache_hit_rate")):
+            cache = (f"{r['cache_hit_rate']:.0%} (hits p50/p99 {_fmt(r.get('cache_hit_p50_ms'))}/"
+                     f"{_fmt(r.get('cache_hit_p99_ms'))} ms, misses {_fmt(r.get('cache_miss_p50_ms'))}/"
+                     f"{_fmt(r.get('cache_miss_p99_ms'))} ms)")
         lines.append(f"| {r['cell']} | {r.get('system')} | " + " | ".join(stages) + f" | {cache} | {errors} | {speedup} |")
     if any("Milvus Lite" in str(r.get("system")) for r in rows):
         lines += ["", "Milvus Lite (embedded) runs in one Python process: its figures show correctness and "

@@ -104,6 +104,12 @@ def _stages(measured: pa.Table, status: np.ndarray) -> dict:
     hit = measured["cache_hit"] if "cache_hit" in measured.column_names else None
     looked = 0 if hit is None else len(hit) - hit.null_count
     out["cache_hit_rate"] = (pc.sum(hit).as_py() or 0) / looked if looked else float("nan")
+    # hits and misses are two populations: their own percentiles, beside the rate that mixes them
+    flags = hit.to_numpy(zero_copy_only=False) if looked else np.empty(0, dtype=object)
+    latency = measured["latency_ns"].to_numpy(zero_copy_only=False).astype(np.float64)
+    for name, want in (("hit", True), ("miss", False)):
+        chosen = latency[ok & (flags == want)] if looked else np.empty(0)
+        out[f"cache_{name}_p50_ms"], out[f"cache_{name}_p99_ms"] = _ms(chosen, 50), _ms(chosen, 99)
     return out
 
 

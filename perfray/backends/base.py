@@ -61,8 +61,14 @@ def select_smallest(dists: np.ndarray, k: int, id_offset: int = 0) -> tuple[np.n
     order = np.lexsort((c, v, r))
     r, c, v = r[order], c[order], v[order]
     starts = np.searchsorted(r, np.arange(rows))
-    take = starts[:, None] + np.arange(k)
-    return c[take].astype(np.int64) + id_offset, v[take]
+    short = np.flatnonzero(np.bincount(r, minlength=rows) < k)  # fewer than k finite distances (NaN bound)
+    take = np.minimum(starts[:, None] + np.arange(k), max(flat.size - 1, 0))
+    ids, vals = (c[take].astype(np.int64), v[take]) if flat.size else (np.zeros((rows, k), np.int64),
+                                                                         np.zeros((rows, k), dists.dtype))
+    for row in short:  # its own full order: finite first, then inf, then NaN; ties by id
+        order = np.lexsort((np.arange(cols), dists[row]))[:k]
+        ids[row], vals[row] = order, dists[row, order]
+    return ids + id_offset, vals
 
 
 def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -102,6 +102,13 @@ def connect(cluster, gpus_needed: int, cpus_needed: float, metrics=None) -> RayI
     return RayInfo(embedded, address, logical, real, dict(resources), dashboard or None, _metrics_port())
 
 
+def alive_nodes() -> int:
+    """Nodes of the connected Ray cluster that are alive."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
 def _metrics_port() -> int | None:
     """Where this node's Ray metrics agent serves Prometheus text (private API; None if it moved)."""
     try:

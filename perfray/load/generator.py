@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from perfray.load.pacer import Pacer
-from perfray.load.profiles import OpSpec, assign_ops
+from perfray.load.profiles import OpSpec, assign_ops, query_rows
 from perfray.load.recorder import Recorder
 from perfray.load.schedules import PhaseRates, arrival_offsets_ns
 from perfray.load.sending import CellSender, callback_target
@@ -50,6 +50,8 @@ class CellPlan:
     max_in_flight: int
     timeout_ns: int
     extra: dict = field(default_factory=dict)
+    trace: np.ndarray | None = None  # a trace: arrival's recorded offsets (s), read by the driver
+    query_skew: str = "uniform"  # which pool rows are asked: uniform or zipf:<s>
 
 
 def plan_requests(plan: CellPlan, n_pool: int):
@@ -58,9 +60,9 @@ def plan_requests(plan: CellPlan, n_pool: int):
     The whole cell is generated from one seed and dealt round-robin, so the union over actors is exactly the
     configured arrival process."""
     rng = np.random.default_rng(np.random.SeedSequence([plan.seed, plan.cell]))
-    offsets, phase = arrival_offsets_ns(plan.phases, plan.arrival, rng)
+    offsets, phase = arrival_offsets_ns(plan.phases, plan.arrival, rng, plan.trace)
     op = assign_ops(offsets.size, plan.ops, rng)
-    query_start = rng.integers(0, n_pool, size=offsets.size)
+    query_start = query_rows(offsets.size, n_pool, plan.query_skew, rng)
     mine = slice(plan.actor, None, plan.n_actors)
     seq = np.arange(offsets.size, dtype=np.int64)[mine]
     return seq, plan.start_unix_ns + offsets[mine], phase[mine], op[mine], query_start[mine]

@@ -40,3 +40,29 @@ def assign_ops(n: int, ops: list[OpSpec], rng: np.random.Generator) -> np.ndarra
     if len(ops) == 1:
         return np.zeros(n, dtype=np.int16)
     return rng.choice(len(ops), size=n, p=weights / weights.sum()).astype(np.int16)
+
+
+def parse_skew(text: str) -> float:
+    """``uniform`` → 0; ``zipf:<s>`` → s (> 0). ValueError names what was expected."""
+    if text == "uniform":
+        return 0.0
+    kind, sep, arg = str(text).partition(":")
+    try:
+        value = float(arg) if kind == "zipf" and sep else float("nan")
+    except ValueError:
+        value = float("nan")
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"query skew {text!r}: expected uniform or zipf:<s> with s > 0 (e.g. zipf:1.1)")
+    return value
+
+
+def query_rows(n_requests: int, n_pool: int, skew: str, rng: np.random.Generator) -> np.ndarray:
+    """Which query-pool row each request asks: uniform, or Zipf(s) popularity over a seeded permutation of the
+    pool (rank r asked with weight 1 / r**s), so the popular rows are spread over the pool."""
+    s = parse_skew(skew)
+    if s == 0.0:
+        return rng.integers(0, n_pool, size=n_requests)
+    weights = 1.0 / np.arange(1, n_pool + 1, dtype=np.float64) ** s
+    cdf = np.cumsum(weights)
+    ranks = np.minimum(np.searchsorted(cdf, rng.uniform(0.0, cdf[-1], size=n_requests), side="right"), n_pool - 1)
+    return rng.permutation(n_pool)[ranks]

@@ -5,13 +5,25 @@ Poisson process) mapped through the inverse of the phase's cumulative rate, so r
 phase has exactly round(rate x duration) arrivals — a Poisson process conditioned on its count (independent
 uniform times): the gaps are exponential as before, and a cell offers exactly the rate it is configured for,
 so a sustained-rate target is one a perfect system meets.
+
+Bursty processes keep the same mean rate and the exact count: ``gamma:<cv>`` (gaps Gamma-distributed with that
+coefficient of variation; 1 is Poisson-like, 3 is bursty) and ``pareto:<alpha>`` (Pareto gaps, alpha > 1;
+heavy-tailed: long silences, dense bursts) draw n + 1 unit-mean gaps and scale their cumulative sums so the
+(n + 1)-th lands at the phase's end — for exponential gaps this is exactly the Poisson construction above.
+``trace:<file>`` replays recorded arrival offsets (seconds; a one-column CSV or Parquet), scaled to the
+phase's rate the same way (repeated end to end when the phase needs more events than the trace has).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+SIMPLE_ARRIVALS = ("constant", "poisson")
+ARRIVAL_FORMS = "constant, poisson, gamma:<cv>, pareto:<alpha> (alpha > 1) or trace:<file>"
 
 
 @dataclass(frozen=True)
@@ -25,12 +37,14 @@ class PhaseRates:
     measured: bool
 
 
-def arrival_offsets_ns(phases: list[PhaseRates], arrival: str, rng: np.random.Generator):
-    """(offset from cell start in ns, phase index) for every request of the whole cell, sorted."""
+def arrival_offsets_ns(phases: list[PhaseRates], arrival: str, rng: np.random.Generator,
+                       trace: np.ndarray | None = None):
+    """(offset from cell start in ns, phase index) for every request of the whole cell, sorted. ``trace``: the
+    recorded offsets of a ``trace:`` arrival (read once by the driver; default: read from the file here)."""
     offsets, phase_index = [], []
     t0_s = 0.0
     for i, phase in enumerate(phases):
-        units = _unit_events(phase, arrival, rng)
+        units = _unit_events(phase, arrival, rng, trace)
         t = _invert_cumulative_rate(units, phase)
         offsets.append(np.round((t0_s + t) * 1e9).astype(np.int64))
         phase_index.append(np.full(t.size, i, dtype=np.int16))
@@ -44,13 +58,89 @@ def expected_requests(phase: PhaseRates) -> float:
     return 0.5 * (phase.start_qps + phase.end_qps) * phase.duration_s
 
 
-def _unit_events(phase: PhaseRates, arrival: str, rng: np.random.Generator) -> np.ndarray:
+def parse_arrival(text: str) -> tuple[str, float | Path | None]:
+    """``poisson`` → (poisson, None); ``gamma:2`` → (gamma, 2.0); ``trace:t.csv`` → (trace, Path). ValueError
+    names what was expected."""
+    kind, sep, arg = str(text).partition(":")
+    if kind in SIMPLE_ARRIVALS and not sep:
+        return kind, None
+    if kind in ("gamma", "pareto") and sep:
+        try:
+            value = float(arg)
+        except ValueError:
+            value = float("nan")
+        if kind == "gamma" and np.isfinite(value) and value > 0:
+            return kind, value
+        if kind == "pareto" and np.isfinite(value) and value > 1:
+            return kind, value
+        want = "a coefficient of variation > 0" if kind == "gamma" else "a shape alpha > 1 (a finite mean)"
+        raise ValueError(f"arrival {text!r}: expected {kind}:<{want}>")
+    if kind == "trace" and arg:
+        return kind, Path(arg)
+    raise ValueError(f"arrival {text!r}: expected {ARRIVAL_FORMS}")
+
+
+@functools.lru_cache(maxsize=8)
+def load_trace(path: Path) -> np.ndarray:
+    """A trace's arrival offsets (s), sorted and starting at 0; ValueError naming the file when unusable."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            if table.num_columns != 1:
+                raise ValueError(f"{path}: expected one column of arrival offsets, found {table.num_columns}")
+            values = table.column(0).to_numpy(zero_copy_only=False).astype(np.float64)
+        else:
+            text = path.read_text(encoding="utf-8").split()
+            if text and not _is_number(text[0]):
+                text = text[1:]  # a header
+            values = np.array([float(v) for v in text], dtype=np.float64)
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the trace ({err.strerror})") from None
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{path}: expected one column of arrival offsets in seconds ({err})") from None
+    if values.size < 2 or not np.isfinite(values).all():
+        raise ValueError(f"{path}: expected at least two finite arrival offsets in seconds")
+    values = np.sort(values)
+    if values[-1] <= values[0]:
+        raise ValueError(f"{path}: the trace's offsets span no time")
+    return values - values[0]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _unit_events(phase: PhaseRates, arrival: str, rng: np.random.Generator, trace: np.ndarray | None) -> np.ndarray:
     total = expected_requests(phase)
-    if arrival == "constant":
-        return np.arange(int(round(total)), dtype=np.float64) + 0.5 * (total > 0)
-    if arrival == "poisson":
-        return np.sort(rng.uniform(0.0, total, size=int(round(total))))
-    raise ValueError(f"unknown arrival {arrival!r}")
+    n = int(round(total))
+    kind, arg = parse_arrival(arrival)
+    if kind == "constant":
+        return np.arange(n, dtype=np.float64) + 0.5 * (total > 0)
+    if kind == "poisson":
+        return np.sort(rng.uniform(0.0, total, size=n))
+    if kind == "gamma":
+        shape = 1.0 / (arg * arg)
+        gaps = rng.gamma(shape, 1.0 / shape, size=n + 1)
+    elif kind == "pareto":
+        gaps = (rng.pareto(arg, size=n + 1) + 1.0) * (arg - 1.0) / arg  # classic Pareto, mean 1
+    else:
+        gaps = _trace_gaps(trace if trace is not None else load_trace(arg), n + 1)
+    ends = np.cumsum(gaps)
+    return ends[:n] * (total / ends[n]) if n else ends[:0]
+
+
+def _trace_gaps(offsets: np.ndarray, count: int) -> np.ndarray:
+    """``count`` gaps of the trace (repeated end to end, each repeat one mean gap after the last), mean 1."""
+    gaps = np.diff(offsets)
+    gaps = np.append(gaps, offsets[-1] / (offsets.size - 1))  # the seam between repeats: one mean gap
+    gaps = np.resize(gaps, count)
+    return gaps / gaps.mean() if gaps.mean() > 0 else np.ones(count)
 
 
 def _invert_cumulative_rate(units: np.ndarray, phase: PhaseRates) -> np.ndarray:

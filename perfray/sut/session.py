@@ -78,6 +78,19 @@ class SystemSession:
             finally:
                 system.close()
 
+    def check_reachable(self, cells, nodes: int) -> None:
+        """An embedded Milvus Lite is served on the driver's loopback: load actors on other nodes cannot reach
+        it, so on a multi-node cluster a cell that uses it stops the run (exit 3) before anything is measured."""
+        if nodes <= 1 or not self.stores.milvus.embedded:
+            return
+        if any("milvus" in self.stores_of(cell) for cell in cells):
+            from perfray.errors import UnavailableError
+
+            raise UnavailableError(
+                f"stores.milvus.uri {self.stores.milvus.uri!r} is an embedded Milvus Lite file, served on the "
+                f"driver's loopback; load actors on the other {nodes - 1} node(s) of this Ray cluster cannot reach "
+                "it: run a Milvus server and set stores.milvus.uri to an address every node reaches")
+
     def stores_of(self, cell) -> tuple[str, ...]:
         return tuple(make_system(cell.system, cell, self.stores).stores)
 

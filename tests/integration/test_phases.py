@@ -52,6 +52,9 @@ def test_phase3_full_stack_with_and_without_cache(tmp_path, store_args):
     hits = rows[rows.cache_hit == True]  # noqa: E712
     assert hits.vector_ns.isna().all() and hits.graph_ns.isna().all()
     assert cached["p50_ms"] < plain["p50_ms"]
+    assert cached["cache_hit_p50_ms"] < plain["p50_ms"]  # a hit skips every stage (here nearly all are hits)
+    miss = cached["cache_miss_p50_ms"]
+    assert miss != miss or miss > cached["cache_hit_p50_ms"]
     report = (run / "report.md").read_text()
     assert "## Systems and stages" in report and "stage_breakdown.png" in report
     assert (run / "stage_breakdown.png").stat().st_size > 1000

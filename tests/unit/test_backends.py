@@ -113,3 +113,17 @@ def test_microbench_reports_per_batch_rows(dataset):
         assert row["batch_ns"] > 0
         assert row["qps"] == pytest.approx(row["batch"] / (row["batch_ns"] / 1e9))
         assert row["simulated"] is True
+
+
+def test_a_row_with_fewer_than_k_finite_distances_keeps_its_own_neighbours():
+    """A NaN (or inf) in a row's distances left it fewer than k survivors, and the selection took the next
+    row's neighbours as its own. Each row gets its own k: finite first, then inf, then NaN; ties by id."""
+    from perfray.backends.base import select_smallest
+
+    d = np.array([[0.5, np.nan, np.inf, 0.1, np.nan],
+                  [3.0, 1.0, 2.0, 0.0, 4.0],
+                  [np.nan, np.nan, np.nan, np.nan, np.nan]], dtype=np.float32)
+    ids, vals = select_smallest(d, 4, id_offset=10)
+    assert ids[0].tolist() == [13, 10, 12, 11] and vals[0][:3].tolist() == [np.float32(0.1), 0.5, np.inf]
+    assert ids[1].tolist() == [13, 11, 12, 10] and vals[1].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert ids[2].tolist() == [10, 11, 12, 13] and np.isnan(vals[2]).all()

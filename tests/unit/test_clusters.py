@@ -59,3 +59,32 @@ def test_runtime_env_is_accepted_by_ray():
 
     env = RuntimeEnv(**load("runtime_env.yaml"))
     assert env["working_dir"] == "." and "results/" in env["excludes"]
+
+
+def test_cluster_files_start_as_written():
+    """Nothing refers to a path no one mounts, and the AMI resolves in any region (no placeholder id)."""
+    assert " /perfray" not in (CLUSTERS / "kuberay-t4.yaml").read_text()  # nothing mounts such a path there
+    config = load("aws-t4-100.yaml")
+    assert all(path in config["file_mounts"] for c in config["setup_commands"] for path in ("/home/ubuntu/perfray",)
+               if path in c)
+    for node_type in config["available_node_types"].values():
+        assert node_type["node_config"]["ImageId"].startswith(("resolve:ssm:/aws/service/", "ami-"))
+        assert node_type["node_config"]["ImageId"] != "ami-0a0b3c7f2a9e1c3d5"
+    doc = load("kuberay-t4.yaml")
+    images = [c["image"] for c in doc["spec"]["headGroupSpec"]["template"]["spec"]["containers"]]
+    images += [c["image"] for g in doc["spec"]["workerGroupSpecs"] for c in g["template"]["spec"]["containers"]]
+    assert all(i.startswith("rayproject/ray:") for i in images)  # stock images: perfray comes with the job
+
+
+def test_the_runtime_env_installs_what_pyproject_declares():
+    """The job's runtime env ships perfray's dependencies and its GPU, FAISS and HDF5 extras (Ray is there)."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    wanted = [d for d in project["dependencies"] if not d.startswith("ray")] + extras["gpu"] + extras["faiss"] + extras["hdf5"]
+    env = load("runtime_env.yaml")
+    assert env["working_dir"] == "." and sorted(env["pip"]["packages"]) == sorted(wanted)
+    from ray.runtime_env import RuntimeEnv
+
+    RuntimeEnv(**env)  # Ray's own validation of the fields

@@ -97,6 +97,11 @@ def test_summary_has_stage_percentiles_cache_rate_and_error_window():
     assert row["vector_p50_ms"] == pytest.approx(np.percentile(ok, 50))
     assert row["graph_p50_ms"] != row["graph_p50_ms"]  # NaN
     assert row["cache_hit_rate"] == pytest.approx(0.25)
+    # hits and misses have their own percentiles (ok rows): here all 5 ms, the rows' latency
+    assert row["cache_hit_p50_ms"] == pytest.approx(5.0) and row["cache_miss_p99_ms"] == pytest.approx(5.0)
+    fast_hits = _rows([1.0] * 25 + [9.0] * 75, status=status, stages=stages)
+    split = summarize_cell(fast_hits, _meta(fast_hits))
+    assert split["cache_hit_p99_ms"] == pytest.approx(1.0) and split["cache_miss_p50_ms"] == pytest.approx(9.0)
     assert row["first_error_s"] == pytest.approx(0.40) and row["last_error_s"] == pytest.approx(0.49)
 
 
@@ -203,3 +208,20 @@ def test_micro_batcher_passes_errors_to_every_waiting_request():
     batcher.close()
     with pytest.raises(RuntimeError, match="closed"):
         batcher.search(np.zeros((1, 4), np.float32), 3)
+
+
+def test_an_embedded_milvus_lite_on_a_multi_node_cluster_stops_the_run(tmp_path):
+    """Served on the driver's loopback, Milvus Lite is out of reach of load actors on other nodes: one line,
+    exit 3, before anything runs; a Milvus server URI, or one node, is fine."""
+    from perfray.errors import UnavailableError
+    from perfray.sut.session import SystemSession
+
+    cell = Workload.model_validate({"system": "milvus"})
+    lite = SystemSession(StoresSpec.model_validate({"milvus": {"uri": str(tmp_path / "m.db")}}))
+    lite.check_reachable([cell], nodes=1)
+    with pytest.raises(UnavailableError, match="embedded Milvus Lite .* other 2 node") as err:
+        lite.check_reachable([cell], nodes=3)
+    assert err.value.exit_code == 3 and "\n" not in str(err.value)
+    lite.check_reachable([Workload.model_validate({"system": "pgvector"})], nodes=3)  # no Milvus: fine
+    served = SystemSession(StoresSpec.model_validate({"milvus": {"uri": "http://10.0.0.5:19530"}}))
+    served.check_reachable([cell], nodes=3)
