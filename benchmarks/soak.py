@@ -65,7 +65,8 @@ def main() -> None:
         if driver.poll() is None:
             driver.terminate()
         driver.wait()
-    after = [(t, r) for t, r in rows if t >= args.warmup_s]
+    # while the cell ran: every role alive (after it, the driver summarises the whole cell: not growth)
+    after = [(t, r) for t, r in rows if t >= args.warmup_s and all(v == v for v in r.values())]
     if len(after) < 2:
         print("too short to judge growth after warm-up")
         return

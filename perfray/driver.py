@@ -171,7 +171,7 @@ class SweepDriver:
         self.manifest.doc.setdefault("gpus", {}).update(simulated=simulated, models=self.fleet.devices,
                                                         actors=described)
         self.manifest.update(status=status, finished_unix_s=time.time(), verdicts=verdicts,
-                             rows_written=self.writer.rows_written)
+                             rows_written=self.writer.rows_written, ground_truth=self.fleet.truth)
 
     # ------------------------------------------------------------------------------------ capacity
     def _search_capacity(self, base: int) -> None:

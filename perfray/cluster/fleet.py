@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from perfray.cluster import actors
 from perfray.config import SweepConfig, Workload
 from perfray.data import load_dataset
-from perfray.data.groundtruth import ground_truth
+from perfray.data.groundtruth import ground_truth, truth_coverage
 from perfray.errors import UnavailableError
 from perfray.load.generator import QueryPool
 from perfray.load.profiles import op_mix
@@ -44,7 +44,7 @@ def _ray():
 class Fleet:
     """Actors and object-store data of one run. ``load``: index -> load actor (shared with the row gatherer,
     which forgets a dead one); ``described``: the current GPU group's actors; ``devices``: device model -> the
-    most actors seen on it at once."""
+    most actors seen on it at once; ``truth``: per dataset, which query rows have exact ground truth."""
 
     def __init__(self, config: SweepConfig, run_id: str, cache_dir, progress: Progress,
                  systems: SystemSession) -> None:
@@ -54,6 +54,7 @@ class Fleet:
         self.described: list[dict] = []
         self.devices: dict[str, int] = {}
         self.microbench_rows: list[dict] = []
+        self.truth: dict[str, dict] = {}  # dataset name -> which pool rows have exact ground truth
         self._datasets: dict[str, DatasetState] = {}
         self._group: GpuGroup | None = None
         self._group_generation = 0
@@ -76,8 +77,10 @@ class Fleet:
             state = DatasetState(dataset, ray.put(dataset.base),
                                  ray.put(QueryPool(dataset.queries, gt_ids, gt_dists)), max_k)
             self._datasets[key] = state
+            coverage = truth_coverage(gt_ids)
+            self.truth[dataset.name] = coverage
             self.progress.note(f"dataset {dataset.name}: {dataset.n:,} x {dataset.dim}, "
-                               f"{dataset.queries.shape[0]:,} queries, exact top-{max_k} ground truth")
+                               f"{dataset.queries.shape[0]:,} queries, top-{max_k} ground truth {coverage['how']}")
         return state
 
     def gpu_group(self, cell: Workload, ds: DatasetState) -> GpuGroup:

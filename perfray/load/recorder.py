@@ -155,6 +155,7 @@ class Recorder:
         for k in np.unique(per_query_k):
             rows = per_query_k == k
             per_query[rows] = recall_of(found[rows], gt_ids[q_index[rows]], gt_dists[q_index[rows]], int(k))
+        per_query[gt_ids[q_index, 0] < 0] = np.nan  # a row outside a large pool's sampled truth: not scored
         starts = np.cumsum(counts) - counts
         self.recall[requests] = (np.add.reduceat(per_query, starts) / counts).astype(np.float32)
 

@@ -74,3 +74,31 @@ def test_recall_counts_each_returned_id_once_and_missing_or_foreign_ids_as_misse
     gt_d = np.array([[0.1, 0.2, 0.3], [0.1, 0.2, 0.3]])
     assert recall(np.array([[5, 5, 5], [6, 5, 6]]), gt_ids, gt_d, 3).tolist() == pytest.approx([1 / 3, 2 / 3])
     assert recall(np.array([[-1, 5, 10**9], [7, -1, -1]]), gt_ids, gt_d, 3).tolist() == pytest.approx([1 / 3, 1 / 3])
+
+
+def test_a_large_query_pool_gets_exact_truth_for_a_seeded_sample_and_the_rest_is_not_scored(tmp_path, monkeypatch):
+    """Above TRUTH_ROWS_MAX pool rows, exact ground truth covers a seeded sample; requests asking another row get
+    recall NaN (not scored), the sampled rows' truth equals the full computation, and the manifest says which."""
+    from perfray.config import SyntheticDataset
+    from perfray.data import groundtruth
+    from perfray.data.groundtruth import ground_truth, truth_coverage
+    from perfray.load.recorder import Recorder
+
+    ds = load_dataset(SyntheticDataset(n=500, dim=8, n_queries=300, seed=4))
+    full_ids, full_d = ground_truth(ds, 5, None)
+    monkeypatch.setattr(groundtruth, "TRUTH_ROWS_MAX", 100)
+    ids, d = ground_truth(ds, 5, tmp_path)
+    have = ids[:, 0] >= 0
+    assert have.sum() == 100 and (ids[have] == full_ids[have]).all() and np.isnan(d[~have]).all()
+    assert (ground_truth(ds, 5, tmp_path)[0] == ids).all()  # cached, and the same sample
+    assert truth_coverage(ids)["how"].startswith("exact, a seeded sample of 100 of 300")
+    assert truth_coverage(full_ids) == {"rows": 300, "of": 300, "how": "exact, every pool row"}
+    asked = np.array([int(np.flatnonzero(have)[0]), int(np.flatnonzero(~have)[0])])
+    rec = Recorder(0, 0, np.arange(2), np.zeros(2, np.int64), np.zeros(2, np.int16), np.zeros(2, np.int16),
+                   np.array([5]), np.array([1]), ["m"], ["knn"])
+    rec.score_against(ids, d)
+    for i in range(2):
+        rec.sent(i, i + 1, 1, i, 1)
+        rec.finish(i, i + 1, "ok", done_ns=2, endpoint=0, found_ids=full_ids[asked[i:i + 1], :5], q_index=asked[i:i + 1])
+    recall = rec.drain().column("recall").to_numpy(zero_copy_only=False)
+    assert recall[0] == 1.0 and np.isnan(recall[1])

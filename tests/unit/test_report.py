@@ -59,3 +59,36 @@ def test_a_cell_that_asks_a_load_actor_for_over_half_its_calibrated_ceiling_is_f
     table = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| cell")]
     assert [line.split("|")[1].strip() for line in table] == ["1"]
     assert "67% of 1,500/s" in table[0] and "| async |" in table[0]
+
+
+def test_report_figures_plot_the_rows_own_values(tmp_path, monkeypatch):
+    """Each figure's plotted data, read back from the matplotlib objects, is what the raw rows say."""
+    from perfray.analysis import figures
+
+    kept = {}
+
+    def keep(fig, out, name):
+        kept[name] = fig
+        return out / name
+
+    monkeypatch.setattr(figures, "_save", keep)
+    rng = np.random.default_rng(7)
+    lat = [rng.lognormal(np.log(4), 0.3, 2000), rng.lognormal(np.log(8), 0.3, 2000), rng.lognormal(np.log(2), 0.3, 2000)]
+    run = write_fake_run(tmp_path / "fig", lat, n_gpus=[1, 2, 4])
+    write_report(run)
+    qs = 1 - np.logspace(0, -4, 200)[:-1]
+    spectrum = kept["latency_percentiles.png"].axes[0].lines
+    for line, values in zip(spectrum, lat, strict=False):
+        assert np.allclose(line.get_ydata(), np.percentile(values, qs * 100))
+    assert len(spectrum) == 4  # a line per cell, and the SLO line
+    over = kept["over_time.png"].axes[0].lines
+    offered = [line.get_ydata() for line in over if line.get_linestyle() == ":"]
+    assert [int(np.sum(o)) for o in offered] == [len(values) for values in lat]
+    p99 = kept["over_time.png"].axes[1].lines
+    assert np.nanmax(p99[0].get_ydata()) <= np.max(lat[0]) and np.nanmin(p99[0].get_ydata()) >= np.min(lat[0])
+    import pyarrow.parquet as pq
+
+    summary = pq.read_table(run / "summary.parquet").to_pylist()
+    [qps_line] = kept["scaling.png"].axes[0].lines
+    assert list(qps_line.get_xdata()) == [1, 2, 4]
+    assert np.allclose(qps_line.get_ydata(), [r["achieved_qps"] for r in summary])
