@@ -50,9 +50,9 @@ class CellSender:
             self._cum_queries = np.cumsum(rec.n_queries, dtype=np.int64)
         self.next_batch_id = first_batch_id
         self.in_flight = 0
-        self._lateness = np.zeros(self.n, dtype=np.int64)  # per batch (at most one per request)
+        self._lateness = np.full(self.n, 0, dtype=np.int64)  # per batch (at most one per request); pages touched now
         self.batches = 0
-        self._handoff = np.zeros(self.n, dtype=np.int64)  # per reply with the client's own sent stamp
+        self._handoff = np.full(self.n, 0, dtype=np.int64)  # per reply with the client's own sent stamp
         self.handoffs = 0
         self._next = 0  # first request not yet sent
         self._batch = None  # (a, b, due_perf) of the next batch, once computed

@@ -107,3 +107,24 @@ def test_a_target_on_a_phase_is_checked_on_that_phases_figures():
                                        TargetSpec(metric="p99_ms", max=10)], phases)
     assert [(v.get("phase"), v["metric"], v["passed"]) for v in verdicts] == [
         ("burst", "failure_rate", False), ("recovery", "recovery_s", True), (None, "p99_ms", True)]
+
+
+def test_the_live_progress_line_keeps_fixed_memory_and_a_close_p99():
+    """Progress keeps a fixed histogram, not every latency of the cell (which grew the driver 8 B a request)."""
+    import pyarrow as pa
+
+    from perfray.progress import Progress
+
+    progress = Progress(enabled=True)
+    progress.console.quiet = True
+    progress.cell_started(0, 1, "cell", 10.0)
+    rng = np.random.default_rng(0)
+    every = []
+    for _ in range(50):
+        lat = rng.lognormal(np.log(3e6), 0.6, 4000).astype(np.int64)
+        every.append(lat)
+        status = pa.array(["ok"] * 3990 + ["error"] * 10).dictionary_encode()
+        progress.rows(pa.record_batch({"status": status, "latency_ns": pa.array(lat)}))
+    ok = np.concatenate([lat[:3990] for lat in every])
+    assert progress.p99_ms() == pytest.approx(np.percentile(ok, 99) / 1e6, rel=0.02)
+    assert progress.histogram.nbytes < 10_000 and progress.ok == ok.size and progress.errors == 500
