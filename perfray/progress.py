@@ -11,7 +11,6 @@ from rich.console import Console
 
 from perfray.redact import redact
 
-
 # The live line's "p99 so far" comes from a log-bucketed histogram (1 µs … 100 s, ~1.9% wide buckets): fixed
 # memory and work per batch. Keeping every latency of the cell grew the driver 8 B a request and re-sorted all of
 # them every line.
