@@ -79,8 +79,8 @@ def test_percentile_intervals_cover_the_truth_and_undecided_targets_are_inconclu
     rng = np.random.default_rng(5)
     true_p99 = -np.log(0.01)
     covered = [(lambda iv: iv["p99_ms_lo"] <= true_p99 <= iv["p99_ms_hi"])(percentile_intervals(rng.exponential(size=800), 1.0))
-               for _ in range(400)]
-    assert 0.92 <= np.mean(covered) <= 0.995
+               for _ in range(500)]
+    assert 0.93 <= np.mean(covered) <= 0.995  # the issue: >= 93% of 500 draws for a 95% interval
     lat = list(rng.uniform(1, 20, 2000))
     row = summarize_cell(recorder_table(lat, ["ok"] * 2000), meta(2000))
     assert row["p99_ms_lo"] < row["p99_ms"] < row["p99_ms_hi"] and row["samples"] == 2000
