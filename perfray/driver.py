@@ -5,6 +5,7 @@ Entry points: ``python -m perfray.sweep`` / ``perfray sweep`` and ``perfray capa
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ from perfray.capacity import CapacitySearch, Step
 from perfray.cluster import runtime
 from perfray.cluster.fleet import Fleet, GpuGroup
 from perfray.cluster.gathering import RowGatherer
-from perfray.config import SweepConfig, phase_rates
+from perfray.config import SweepConfig, Workload, phase_rates
 from perfray.errors import EXIT_OK, EXIT_TARGET_FAILED, UnavailableError
 from perfray.load import calibration
 from perfray.load.generator import CellPlan
@@ -59,6 +60,8 @@ class SweepDriver:
         self.hooks = hooks or Hooks()
         # the grid; a capacity search measures each base at its own rates, one added cell per step
         bases = [effective_batching(c) for c in config.cells()]  # the manifest records what actually runs
+        if config.capacity is not None:  # the search sets the rate: a rate axis would repeat the same search
+            bases = list({_without_rate(c): c for c in bases}.values())
         self._declared_actors = [c.load.actors for c in bases]  # "auto" is sized again for each capacity step
         self.bases, calibrated = calibration.size_load_actors(bases, os.cpu_count() or 1)
         # repeats interleaved (every cell, then every cell again), so a drift of the machine hits each alike
@@ -303,6 +306,13 @@ class SweepDriver:
         baseline_key, scaling_key = comparison_keys(cell)  # a repeat pairs with cells of its own repeat
         self.baseline_keys.append(f"{baseline_key}#{labels['repeat']}")
         self.scaling_keys.append((scaling_key, labels["repeat"]))
+
+
+def _without_rate(cell: Workload) -> str:
+    """A cell's workload without its offered rate (what a capacity search is of)."""
+    data = cell.model_dump(mode="json")
+    data["load"].pop("target_qps")
+    return json.dumps(data, sort_keys=True)
 
 
 def _trace(arrival: str):

@@ -143,3 +143,14 @@ def test_scaling_and_verdicts_from_capacities():
     assert [v["passed"] for v in capacity_verdicts(doc)] == [True, False]
     doc["capacity"]["spec"]["target_qps"] = None
     assert capacity_verdicts(doc) == []
+
+
+def test_a_rate_axis_does_not_repeat_a_capacity_search(tmp_path):
+    """The search sets the rate: the smoke grid's two rates x two GPU counts are two searches, not four."""
+    from perfray.config import load_config
+    from perfray.driver import SweepDriver
+
+    config = load_config(None, ["capacity={}"])
+    assert len(config.cells()) == 4
+    driver = SweepDriver(config, tmp_path / "run", "run")
+    assert [b.search.n_gpus for b in driver.bases] == [1, 2] and driver.cells == []
