@@ -14,7 +14,7 @@ import pyarrow as pa
 from perfray.load.generator import CellPlan, LoadGenerator, QueryPool
 from perfray.load.profiles import op_mix
 from perfray.load.schedules import PhaseRates
-from perfray.timing import Clock
+from perfray.timing import Clock, process_clock
 
 
 def make_plan(rate: float, duration_s: float, *, arrival: str = "constant", actor: int = 0, n_actors: int = 1,
@@ -44,17 +44,19 @@ async def _done(value):
 
 
 class ServiceTimeTarget:
-    """Answers after a fixed service time, concurrently (an ideal server)."""
+    """Answers after a fixed service time, concurrently (an ideal server); ``replied_ns`` holds each reply's
+    own stamp on the process clock (the truth, timer overshoot included), in reply order."""
 
     def __init__(self, service_ms: float) -> None:
         self.service_ns = int(service_ms * 1e6)
-        self.clock = Clock()
+        self.clock = process_clock()
+        self.replied_ns: list[int] = []
 
     def submit(self, queries, k, rows=None):
         return self._reply(self.clock.now_ns() + self.service_ns)
 
     async def _reply(self, due_ns):
-        await self.clock.wait_until(due_ns)
+        self.replied_ns.append(await self.clock.wait_until(due_ns))
         return None
 
 

@@ -25,9 +25,17 @@ def test_every_scheduled_request_appears_exactly_once_across_actors():
 
 
 def test_known_2ms_service_time_measures_p50_within_5_percent():
-    table, _ = run_plan(make_plan(300, 3.0), ServiceTimeTarget(2.0))
-    latency_ms = table["latency_ns"].to_numpy() / 1e6
-    assert np.median(latency_ms) == pytest.approx(2.0, rel=0.05)
+    """A 2 ms target, one request at a time (300/s): perfray's latency is the target's own reply stamp minus the
+    intended time, to within 5% at the median and 0.1 ms for nearly every request. (The target's timer may
+    overshoot 2 ms on a busy VM: that is the truth, not perfray's error.)"""
+    target = ServiceTimeTarget(2.0)
+    table, _ = run_plan(make_plan(300, 3.0, lead_s=1.0), target)  # set-up (gc, warm-up) before the first due
+    order = np.argsort(table["seq"].to_numpy())
+    latency = table["latency_ns"].to_numpy()[order].astype(np.float64)
+    truth = np.array(target.replied_ns, dtype=np.float64) - table["intended_ns"].to_numpy()[order]
+    assert np.median(latency) == pytest.approx(np.median(truth), rel=0.05)
+    assert np.median(latency) / 1e6 == pytest.approx(2.0, rel=0.2)  # and it is a ~2 ms target
+    assert np.percentile(np.abs(latency - truth), 95) < 100_000
     service_ms = table["service_ns"].to_numpy() / 1e6
     assert (service_ms >= 2.0).all()
 
