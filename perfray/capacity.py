@@ -50,7 +50,7 @@ class StepResult:
 
 def judge_step(row: dict, spec: CapacitySpec) -> tuple[str, list[str], float | None]:
     """(outcome, SLOs not shown met, samples that would decide the undecided ones) of one step's summary row."""
-    if row.get("generator_lateness_p99_ms", 0.0) > GENERATOR_LAG_LIMIT_MS:
+    if row.get("generator_lateness_p99_ms", 0.0) > material_lateness_ms(spec):
         return GENERATOR, [], None
     verdicts = check_targets([row], spec.targets())
     missed = [v for v in verdicts if not v["passed"]]
@@ -63,6 +63,13 @@ def judge_step(row: dict, spec: CapacitySpec) -> tuple[str, list[str], float | N
         more = [v.get("samples_to_decide") for v in missed]
         return UNDECIDED, names, max((m for m in more if m is not None), default=None)
     return BREAKS, names, None
+
+
+def material_lateness_ms(spec: CapacitySpec) -> float:
+    """How late (p99) the generator may send before a step says nothing about the system: 1 ms, or a tenth of
+    the tightest latency SLO when that is larger (2 ms of lateness cannot decide a 20 ms p99)."""
+    bounds = [t.max for t in spec.targets() if t.metric.endswith("_ms") and t.max is not None]
+    return max(GENERATOR_LAG_LIMIT_MS, 0.1 * min(bounds)) if bounds else GENERATOR_LAG_LIMIT_MS
 
 
 class CapacitySearch:

@@ -106,6 +106,8 @@ def test_failures_break_the_slo_as_well_as_latency():
     assert judge_step(row(2.0, failure=0.02), spec)[0] == BREAKS
     assert judge_step(row(2.0, failure=0.0), spec)[0] == MEETS
     assert judge_step(row(2.0, lateness=1.5), spec)[0] == GENERATOR
+    loose = CapacitySpec(slo=("p99_ms<=20",))  # a tenth of 20 ms: 1.5 ms late cannot decide it
+    assert judge_step(row(2.0, lateness=1.5), loose)[0] == MEETS and judge_step(row(2.0, lateness=2.5), loose)[0] == GENERATOR
     outcome, broken, more = judge_step(row(10.0, half_width=1.0, samples=500), spec)
     assert outcome == UNDECIDED and broken == ["p99_ms <= 10"] and more is not None
 
