@@ -14,7 +14,7 @@ import pyarrow as pa
 from perfray.load.generator import CellPlan, LoadGenerator, QueryPool
 from perfray.load.profiles import op_mix
 from perfray.load.schedules import PhaseRates
-from perfray.timing import Clock, process_clock
+from perfray.timing import process_clock
 
 
 def make_plan(rate: float, duration_s: float, *, arrival: str = "constant", actor: int = 0, n_actors: int = 1,
