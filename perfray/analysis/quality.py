@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from perfray.schema import GENERATOR_LAG_LIMIT_MS
+
 ARRIVAL_W1_LIMIT = 0.10
 DRIFT_LIMIT = 0.20
 WARMUP_RATIO_LIMIT = 2.0
@@ -113,7 +115,7 @@ def quality_section(summary: list[dict]) -> list[str]:
     lines = ["", "## Measurement quality", "",
              f"Arrival fit: the sent gaps' distance from the intended schedule's (Wasserstein-1, in mean gaps; warn "
              f"above {ARRIVAL_W1_LIMIT:.0%}; KS D beside it; n/a when micro-batched). Generator late: the load actors' "
-             f"pacers' lateness p99 (warn above 1 ms). Drift: latency p50 of the last third of the measured window "
+             f"pacers' lateness p99 (warn above {GENERATOR_LAG_LIMIT_MS:g} ms). Drift: latency p50 of the last third of the measured window "
              f"vs the first (warn above {DRIFT_LIMIT:.0%} when beyond the cell's own noise: not a steady state). "
              f"Warm-up: p99 of the first {100 / SLICES:.0f}% of the window vs the rest (warn above "
              f"{WARMUP_RATIO_LIMIT:g}x: the warm-up was too short). A warning does not fail a run; it says which "
@@ -121,7 +123,7 @@ def quality_section(summary: list[dict]) -> list[str]:
              "| cell | arrival fit (KS D) | generator late p99 ms | drift | warm-up ratio |", "|---|---|---|---|---|"]
     for r in rows:
         lag = generator_late_ms(r)
-        lag_check = "n/a" if math.isnan(lag) else "pass" if lag <= 1.0 else "warn"
+        lag_check = "n/a" if math.isnan(lag) else "pass" if lag <= GENERATOR_LAG_LIMIT_MS else "warn"
         ks = r.get("arrival_ks", math.nan)
         lines.append(f"| {r['cell']} | {cell(r['arrival_w1'], r['arrival_check'], '{:.1%}')}"
                      f"{'' if math.isnan(ks) else f' ({ks:.3f})'} | {cell(lag, lag_check, '{:.3g}')} | "
