@@ -1,6 +1,7 @@
 """The ceiling search and the per-host cache behind ``perfray calibrate``."""
 
 import json
+import time
 
 import pytest
 
@@ -68,8 +69,28 @@ def test_calibrate_measures_a_real_path_and_caches_it(tmp_path, monkeypatch):
     seen = []
     doc = calibration.calibrate(("async",), step_s=0.3, report=lambda path, result: seen.append(path))
     result = doc["paths"]["async"]
-    assert seen == ["async"] and result["ceiling_qps"] >= 2000 and result["cpu_us_per_request"] > 0
+    assert seen == ["async"] and result["ceiling_qps"] >= 1000 and result["cpu_us_per_request"] > 0
+    held = [s for s in result["steps"] if s["held"]]
+    assert held and max(s["qps"] for s in held) == result["ceiling_qps"] and result["host"]["waited_s"] > 0
     assert calibration.cached() == doc
+
+
+@pytest.mark.timeout(60)
+def test_calibration_waits_for_a_busy_host_to_settle():
+    import subprocess
+    import sys
+
+    spin = "import time\nend = time.time() + 2.5\nwhile time.time() < end: pass"
+    busy = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.3)  # the spinner is running
+        started = time.monotonic()
+        host = calibration.wait_for_quiet(max_s=20)
+        waited = time.monotonic() - started
+    finally:
+        busy.kill()
+    assert host["quiet"] and 1.5 < waited < 15 and host["waited_s"] >= 1.5, host
+    assert calibration.wait_for_quiet(max_s=0)["waited_s"] < 1.0  # bounded by max_s
 
 
 def test_calibrate_command_prints_ceilings_and_rejects_unknown_paths(tmp_path):
