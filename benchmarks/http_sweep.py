@@ -7,7 +7,8 @@ sweep's own options, at the load actor's CPU priority (``raise_priority``). Ray'
 small box (an idle head uses ~10% of a core in many short wakes); the second reference sees the same box perfray
 does, so perfray minus it is perfray's own cost (its actor process, the driver's gathering), and perfray minus the
 lone reference is everything a user of a 2-core laptop gets. Prints both differences (goal: <= 0.2 ms at p50,
-<= 0.5 ms at p99), then one sweep at 8,000 req/s against a server that answers at once (goal: no errors or drops,
+<= 0.5 ms at p99), and the same sweep with the generator inside the Ray actor (``cluster.generator_process:
+false``, the layout before the generator got a process of its own), then one sweep at 8,000 req/s against a server that answers at once (goal: no errors or drops,
 lag p99 <= 1 ms, latency p99 <= 2 ms).
 
     python benchmarks/http_sweep.py [--seconds 10] [--delay-ms 3] [--rounds 2]
@@ -37,14 +38,14 @@ REQUEST = (b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: applicati
            b"\r\n{}")
 
 
-def sweep(url: str, qps: float, seconds: float, out: Path, run_id: str) -> np.ndarray:
+def sweep(url: str, qps: float, seconds: float, out: Path, run_id: str, extra=()) -> np.ndarray:
     """Latencies (ns) of the measured rows of one sweep cell."""
     cmd = [sys.executable, "-m", "perfray.sweep", "--quiet", "--config", "configs/smoke.yaml",
            "--results-dir", str(out), "--run-id", run_id, "--no-report"]
     for setting in ("system=http", f"stores.http.url={url}", "stores.http.ids_field=null", "dataset.n=2000",
                     "dataset.dim=16", "dataset.n_queries=200", "arrival=constant", f"load.target_qps={qps}",
                     f"load.duration_s={seconds}", "load.warmup_s=1", "batch_window_ms=0", "batch_max=1",
-                    "load.concurrency=256", "microbench.enabled=false", "sweep={}", "targets=[]", *EXTRA):
+                    "load.concurrency=256", "microbench.enabled=false", "sweep={}", "targets=[]", *EXTRA, *extra):
         cmd += ["--set", setting]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
@@ -137,7 +138,7 @@ def reference(port: int, rate: float, seconds: float, out: Path, nice: bool) -> 
 
 def _reference_main(port: str, rate: str, seconds: str, path: str, nice: str) -> None:
     if nice == "--nice":
-        from perfray.cluster.actors import raise_priority
+        from perfray.load.host import raise_priority
 
         raise_priority()
     np.save(path, run_fast(Reference(float(rate), float(seconds), 256).run(int(port))))
@@ -195,7 +196,7 @@ def main() -> None:
             print(f"{'rate/s':>7} {'client':<22} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9}")
             q = [0.5, 0.99, 0.999]
             for rate in (float(r) for r in args.rates.split(",")):
-                alone, beside, ours, bad = [], [], [], 0
+                alone, beside, ours, inline, bad = [], [], [], [], 0
                 for r in range(args.rounds):  # interleaved, so a drift of the box hits every client alike
                     alone.append(reference(port, rate, args.seconds, out, nice=False))
                     with IdleRay():
@@ -203,13 +204,18 @@ def main() -> None:
                     lat, _, n_bad = sweep(f"http://127.0.0.1:{port}/search", rate, args.seconds, out,
                                           f"r{int(rate)}-{r}")
                     ours.append(lat)
-                    bad += n_bad
-                a, b, c = (np.quantile(np.concatenate(x), q) / 1e6 for x in (ours, alone, beside))
+                    lat, _, n_bad_inline = sweep(f"http://127.0.0.1:{port}/search", rate, args.seconds, out,
+                                                 f"r{int(rate)}-{r}-inline", ["cluster.generator_process=false"])
+                    inline.append(lat)
+                    bad += n_bad + n_bad_inline
+                a, b, c, d = (np.quantile(np.concatenate(x), q) / 1e6 for x in (ours, alone, beside, inline))
                 _row(rate, "reference alone", b)
                 _row(rate, "reference beside Ray", c)
                 _row(rate, "perfray sweep", a, f"   (non-ok rows: {bad})")
+                _row(rate, "  generator in actor", d, "   (cluster.generator_process: false)")
                 _row(rate, "added vs beside Ray", a - c, "   (goal: <= 0.2 at p50, <= 0.5 at p99)")
                 _row(rate, "added vs alone", a - b)
+                _row(rate, "  in actor, vs beside", d - c)
         finally:
             server.terminate()
         port = free_port()

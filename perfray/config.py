@@ -69,6 +69,14 @@ class SearchSpec(Strict):
         return value
 
 
+class FilterSpec(Strict):
+    """Filtered search (``perfray.data.filters``): each query may return only the items whose seeded integer
+    attribute lies in its own window of ``selectivity × n`` values (exactly that share of the items passes)."""
+
+    selectivity: float = Field(gt=0, le=1, description="share of the items a query may return, e.g. 0.01")
+    field: Literal["attr"] = Field("attr", description="the filtered attribute: attr, a seeded integer per item")
+
+
 class Phase(Strict):
     """A stretch of the rate schedule. ``rate`` multiplies the cell's ``target_qps`` unless ``qps`` is set;
     ``rate_end``/``qps_end`` make it a linear ramp."""
@@ -153,6 +161,7 @@ class Workload(Strict):
     hybrid: HybridSpec = Field(default_factory=HybridSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     load: LoadSpec = Field(default_factory=LoadSpec)
+    filter: FilterSpec | None = Field(None, description="filtered search; a sweep axis as filter.selectivity")
 
     @field_validator("system")
     @classmethod
@@ -162,6 +171,15 @@ class Workload(Strict):
         if value not in SYSTEMS.names():
             raise ValueError(f"unknown system {value!r}; known: {', '.join(SYSTEMS.names())}")
         return value
+
+    @model_validator(mode="after")
+    def _filterable(self) -> Workload:
+        from perfray.sut import SYSTEMS
+
+        if self.filter is not None and not SYSTEMS.load(self.system).filterable:
+            able = ", ".join(n for n in SYSTEMS.names() if SYSTEMS.load(n).filterable)
+            raise ValueError(f"filter: system {self.system!r} does not apply filters yet (systems that do: {able})")
+        return self
 
     @property
     def offered_qps(self) -> float:
@@ -184,6 +202,8 @@ class ClusterSpec(Strict):
     gpu_actor_cpus: float = Field(0.0, ge=0)
     drain_interval_s: float = Field(0.5, gt=0, le=1.0)
     actor_start_timeout_s: float = Field(120.0, gt=0)
+    generator_process: bool = Field(True, description="a load actor runs a system's client and its generator in a "
+                                    "process of its own (off the Ray worker's GIL); false: in the actor")
 
 
 class MetricsSpec(Strict):
@@ -243,7 +263,8 @@ def _leaf_paths() -> dict[str, list[str]]:
     leaves: dict[str, list[str]] = {}
     leaves["system"] = ["system"]
     for section, model in (("dataset", SyntheticDataset), ("dataset", FileDataset), ("search", SearchSpec),
-                           ("load", LoadSpec), ("catalogue", CatalogueSpec), ("hybrid", HybridSpec)):
+                           ("load", LoadSpec), ("catalogue", CatalogueSpec), ("hybrid", HybridSpec),
+                           ("filter", FilterSpec)):
         for name in model.model_fields:
             paths = leaves.setdefault(name, [])
             if f"{section}.{name}" not in paths:
@@ -253,7 +274,8 @@ def _leaf_paths() -> dict[str, list[str]]:
 
 def resolve_path(key: str) -> tuple[str, ...]:
     """``load.target_qps`` or a unique leaf (``target_qps``) → path inside a Workload."""
-    if key in ("dataset", "system") or key.startswith(("dataset.", "search.", "load.", "catalogue.", "hybrid.")):
+    if key in ("dataset", "system", "filter") or key.startswith(("dataset.", "search.", "load.", "catalogue.", "hybrid.",
+                                                                  "filter.")):
         return tuple(key.split("."))
     paths = _leaf_paths().get(key, [])
     if len(paths) == 1:
@@ -266,7 +288,9 @@ def resolve_path(key: str) -> tuple[str, ...]:
 def set_path(data: dict, path: tuple[str, ...], value: Any) -> None:
     node = data
     for part in path[:-1]:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # an optional section left out (e.g. filter): setting a field creates it
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ValueError(f"{'.'.join(path)}: {part} is not a section")
     node[path[-1]] = value

@@ -90,6 +90,8 @@ def _labels(cell: Workload, described: list[dict]) -> dict:
         "simulated": bool(described and any(d["simulated"] for d in described)),
         "load_actors": cell.load.actors, "concurrency": cell.load.concurrency, "arrival": cell.load.arrival,
         "query_skew": cell.load.query_skew,
+        # the share of the items a query may return (1.0: no filter); recall per selectivity groups on it
+        "filter_selectivity": cell.filter.selectivity if cell.filter is not None else 1.0,
         "op_mix": cell.load.op_mix, "hops": cell.hybrid.hops, "cache": cell.hybrid.cache,
         "scale_with_gpus": cell.load.scale_with_gpus,
         "batch_max": cell.load.batch_max, "batch_window_ms": cell.load.batch_window_ms,

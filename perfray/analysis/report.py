@@ -124,6 +124,7 @@ def render(run: Run, figure_paths: list[Path]) -> str:
     lines += degraded_section(run)
     lines += generator_section(run)
     lines += phase_section(run)
+    lines += filter_section(run)
     lines += systems_section(run)
     lines += scaling_section(run)
     lines += ["", "Latency is measured from each request's intended send time (open loop); percentiles are exact, "
@@ -223,6 +224,22 @@ def systems_section(run: Run) -> list[str]:
     if any("Milvus Lite" in str(r.get("system")) for r in rows):
         lines += ["", "Milvus Lite (embedded) runs in one Python process: its figures show correctness and "
                       "perfray's overhead, not a Milvus server's performance."]
+    return lines
+
+
+def filter_section(run: Run) -> list[str]:
+    """Recall and latency per filter selectivity, when any cell filtered (unfiltered cells show as 100%)."""
+    if not any(r.get("filter_selectivity", 1.0) < 1.0 for r in run.summary):
+        return []
+    lines = ["", "## Filtered search", "",
+             "Each query may return only the items whose seeded attribute lies in its own window (`filter.selectivity` "
+             "of the items pass, exactly); recall is against the exact top-k among them.", "",
+             "| cell | system / backend | selectivity | recall mean | recall min | achieved QPS | p50 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(run.summary, key=lambda r: (_system_or_backend(r), -r.get("filter_selectivity", 1.0), r["cell"])):
+        lines.append(f"| {r['cell']} | {_system_or_backend(r)} | {r.get('filter_selectivity', 1.0):.3%} | "
+                     f"{_fmt(r['recall_mean'], 4)} | {_fmt(r['recall_min'], 4)} | {_fmt(r['achieved_qps'])} | "
+                     f"{_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} |")
     return lines
 
 

@@ -55,6 +55,11 @@ def select_smallest(dists: np.ndarray, k: int, id_offset: int = 0) -> tuple[np.n
     k = min(k, cols)
     sample = dists[:, ::SAMPLE_STRIDE] if cols // SAMPLE_STRIDE >= k else dists
     bound = np.partition(sample, k - 1, axis=1)[:, k - 1 : k]
+    loose = ~np.isfinite(bound[:, 0])
+    if loose.any() and sample is not dists:  # a filter left the sample short of k finite values: the row's own k-th
+        bound[loose] = np.partition(dists[loose], k - 1, axis=1)[:, k - 1 : k]
+        loose = ~np.isfinite(bound[:, 0])
+    bound[loose] = -np.inf  # fewer than k finite distances: such a row is ordered on its own, below
     flat = np.flatnonzero(dists <= bound)
     r, c = np.divmod(flat, cols)
     v = dists.reshape(-1)[flat]
@@ -65,9 +70,15 @@ def select_smallest(dists: np.ndarray, k: int, id_offset: int = 0) -> tuple[np.n
     take = np.minimum(starts[:, None] + np.arange(k), max(flat.size - 1, 0))
     ids, vals = (c[take].astype(np.int64), v[take]) if flat.size else (np.zeros((rows, k), np.int64),
                                                                          np.zeros((rows, k), dists.dtype))
-    for row in short:  # its own full order: finite first, then inf, then NaN; ties by id
-        order = np.lexsort((np.arange(cols), dists[row]))[:k]
-        ids[row], vals[row] = order, dists[row, order]
+    for row in short:  # finite first (by distance, ties by id), then inf, then NaN (each by id)
+        d = dists[row]
+        order = np.flatnonzero(np.isfinite(d))
+        order = order[np.lexsort((order, d[order]))]
+        if order.size < k:
+            rest = np.flatnonzero(~np.isfinite(d))
+            rest = rest[np.lexsort((rest, np.isnan(d[rest])))]
+            order = np.concatenate([order, rest])
+        ids[row], vals[row] = order[:k], d[order[:k]]
     return ids + id_offset, vals
 
 
@@ -80,9 +91,10 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
     return order_topk(ids, dists, k)
 
 
-def take_waiting(waiting: list, max_rows: int) -> tuple[list, np.ndarray | None, int]:
-    """Pop the oldest waiting ``(queries, k, answer future)`` batches, up to ``max_rows`` query rows (at least
-    one), skipping callers that gave up; returns them, their queries stacked and the largest k."""
+def take_waiting(waiting: list, max_rows: int) -> tuple[list, np.ndarray | None, int, np.ndarray | None]:
+    """Pop the oldest waiting ``(queries, k, answer future, filter windows or None)`` batches, up to ``max_rows``
+    query rows (at least one), skipping callers that gave up; returns them, their queries stacked, the largest k
+    and their windows stacked (None when none has a filter; an unfiltered batch among filtered ones passes all)."""
     taken, rows = [], 0
     while waiting and (not taken or rows + len(waiting[0][0]) <= max_rows):
         item = waiting.pop(0)
@@ -90,22 +102,48 @@ def take_waiting(waiting: list, max_rows: int) -> tuple[list, np.ndarray | None,
             taken.append(item)
             rows += len(item[0])
     if not taken:
-        return taken, None, 0
-    queries = taken[0][0] if len(taken) == 1 else np.concatenate([q for q, _, _ in taken])
-    return taken, queries, max(k for _, k, _ in taken)
+        return taken, None, 0, None
+    if len(taken) == 1:
+        return taken, taken[0][0], taken[0][1], taken[0][3]
+    queries = np.concatenate([item[0] for item in taken])
+    windows = None
+    if any(item[3] is not None for item in taken):
+        windows = np.concatenate([item[3] if item[3] is not None else np.tile(ALL_ITEMS, (len(item[0]), 1))
+                                  for item in taken])
+    return taken, queries, max(item[1] for item in taken), windows
 
 
 def answer_each(taken: list, result: tuple[np.ndarray, np.ndarray] | None, error: BaseException | None) -> None:
     """Each batch of a merged search gets its own rows and its own k (rows are sorted by distance, ties by id,
     so the first k of a larger k are exactly the top-k), or the search's error."""
     offset = 0
-    for q, k, answer in taken:
+    for q, k, answer, _ in taken:
         if not answer.done():
             if error is not None:
                 answer.set_exception(error)
             else:
                 answer.set_result((result[0][offset:offset + len(q), :k], result[1][offset:offset + len(q), :k]))
         offset += len(q)
+
+
+ALL_ITEMS = (0, np.iinfo(np.int64).max)  # the filter window of a request without a filter
+
+
+def mask_outside(dists: np.ndarray, attr: np.ndarray, windows: np.ndarray | None) -> np.ndarray:
+    """``dists`` (queries × items, items carrying ``attr``) with every item outside its query's window set to
+    +inf, in place; ``windows`` None leaves it as it is."""
+    if windows is not None:
+        outside = (attr[None, :] < windows[:, :1]) | (attr[None, :] >= windows[:, 1:])
+        dists[outside] = np.inf
+    return dists
+
+
+def drop_excluded(ids: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Results past the items that passed (distance +inf) become id -1: fewer than k items may pass."""
+    excluded = ~np.isfinite(dists)
+    if excluded.any():
+        ids = np.where(excluded, -1, ids)
+    return ids, dists
 
 
 def check_build_input(vectors: np.ndarray) -> np.ndarray:

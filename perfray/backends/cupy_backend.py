@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 
 from perfray.backends import cupy_topk
-from perfray.backends.base import check_build_input, check_search_input
+from perfray.backends.base import check_build_input, check_search_input, drop_excluded
 
 # Upper bound on one materialised distance block (bytes); the index is scanned in column chunks.
 DIST_BLOCK_BYTES = 1 << 30
@@ -23,6 +23,7 @@ class CupyBackend:
     def __init__(self) -> None:
         self._base = None
         self._norms = None
+        self._attr = None
         self._n = 0
         self._dim = 0
 
@@ -39,20 +40,23 @@ class CupyBackend:
     def uses_gpu(cls) -> bool:
         return cls.is_available()
 
-    def build(self, vectors: np.ndarray) -> None:
+    def build(self, vectors: np.ndarray, attr: np.ndarray | None = None) -> None:
         import cupy as cp
 
         base = check_build_input(vectors)
         self._base = cp.asarray(base)
+        self._attr = cp.asarray(attr) if attr is not None else None
         self._norms = cp.einsum("ij,ij->i", self._base, self._base)
         self._n, self._dim = base.shape
         self.synchronize()
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        ids, dists = self.search_device(check_search_input(queries, self._dim, k, self._n), k)
-        return ids.get(), dists.get()
+    def search(self, queries: np.ndarray, k: int, windows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k per query; with ``windows``, among the items whose ``attr`` is inside the query's window (a mask
+        on the device: excluded items get distance +inf, and ids past the items that passed are -1)."""
+        ids, dists = self.search_device(check_search_input(queries, self._dim, k, self._n), k, windows)
+        return drop_excluded(ids.get(), dists.get())
 
-    def search_device(self, queries, k: int):
+    def search_device(self, queries, k: int, windows=None):
         """Search with device arrays in and out (for kernel microbenchmarks); not synchronised."""
         import cupy as cp
 
@@ -60,8 +64,9 @@ class CupyBackend:
             raise RuntimeError("build() must be called before search()")
         q = cp.asarray(queries, dtype=cp.float32)
         rows = q.shape[0]
+        w = cp.asarray(windows) if windows is not None else None
         if k > cupy_topk.MAX_K:
-            return self._search_sorted(q, k)
+            return self._search_sorted(q, k, w)
         chunk = max(k, min(self._n, DIST_BLOCK_BYTES // (4 * rows)))
         n_chunks = -(-self._n // chunk)
         t1 = cupy_topk.threads_for(rows, chunk, k)
@@ -71,6 +76,8 @@ class CupyBackend:
             lo = c * chunk
             hi = min(self._n, lo + chunk)
             dots = q @ self._base[lo:hi].T
+            if w is not None:  # distance = norm - 2·dot: a dot of -inf puts an excluded item at +inf
+                dots = cp.where(self._outside(w, lo, hi), -cp.inf, dots).astype(cp.float32, copy=False)
             cupy_topk.launch_stage(
                 dots, None, self._norms[lo:hi], -2.0, rows, hi - lo, hi - lo, t1, k, lo,
                 cand_vals, cand_ids, c * t1 * k,
@@ -82,10 +89,16 @@ class CupyBackend:
         q_norms = cp.einsum("ij,ij->i", q, q)[:, None]
         return ids, cp.maximum(vals + q_norms, 0.0)
 
-    def _search_sorted(self, q, k: int):
+    def _outside(self, w, lo: int, hi: int):
+        attr = self._attr[lo:hi][None, :]
+        return (attr < w[:, :1]) | (attr >= w[:, 1:])
+
+    def _search_sorted(self, q, k: int, w=None):
         import cupy as cp
 
         d = self._norms[None, :] - 2.0 * (q @ self._base.T) + cp.einsum("ij,ij->i", q, q)[:, None]
+        if w is not None:
+            d = cp.where(self._outside(w, 0, self._n), cp.inf, d)
         order = cp.argsort(d, axis=1)[:, :k]
         return order.astype(cp.int64), cp.maximum(cp.take_along_axis(d, order, axis=1), 0.0)
 

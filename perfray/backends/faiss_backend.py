@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from perfray.backends.base import check_build_input, check_search_input
+from perfray.backends.base import check_build_input, check_search_input, drop_excluded
 
 
 class FaissBackend:
@@ -20,6 +20,7 @@ class FaissBackend:
         self._index = None
         self._on_gpu = False
         self._resources = None
+        self._by_attr = self._attr_sorted = None
 
     @classmethod
     def is_available(cls) -> bool:
@@ -37,10 +38,12 @@ class FaissBackend:
             return False
         return getattr(faiss, "get_num_gpus", lambda: 0)() > 0
 
-    def build(self, vectors: np.ndarray) -> None:
+    def build(self, vectors: np.ndarray, attr: np.ndarray | None = None) -> None:
         import faiss
 
         base = check_build_input(vectors)
+        self._by_attr = np.argsort(attr).astype(np.int64) if attr is not None else None  # ids in attribute order
+        self._attr_sorted = attr[self._by_attr] if attr is not None else None
         index = faiss.IndexFlatL2(base.shape[1])
         if self.uses_gpu():
             self._resources = faiss.StandardGpuResources()
@@ -49,12 +52,26 @@ class FaissBackend:
         index.add(base)
         self._index = index
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, windows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k per query; with ``windows``, among the items whose ``attr`` is inside the query's window (FAISS's
+        ID selector, one search per query: a selector belongs to a search call)."""
         if self._index is None:
             raise RuntimeError("build() must be called before search()")
         q = check_search_input(queries, self._index.d, k, self._index.ntotal)
-        dists, ids = self._index.search(q, k)
-        return ids.astype(np.int64, copy=False), dists
+        if windows is None:
+            dists, ids = self._index.search(q, k)
+            return ids.astype(np.int64, copy=False), dists
+        import faiss
+
+        ids = np.full((q.shape[0], k), -1, dtype=np.int64)
+        dists = np.full((q.shape[0], k), np.inf, dtype=np.float32)
+        lo, hi = np.searchsorted(self._attr_sorted, windows[:, 0]), np.searchsorted(self._attr_sorted, windows[:, 1])
+        for i in range(q.shape[0]):
+            allowed = self._by_attr[lo[i]:hi[i]]
+            selector = faiss.IDSelectorBatch(allowed.size, faiss.swig_ptr(allowed))
+            d, found = self._index.search(q[i:i + 1], k, params=faiss.SearchParameters(sel=selector))
+            ids[i], dists[i] = found[0], d[0]
+        return drop_excluded(ids, dists)
 
     def synchronize(self) -> None:
         # FAISS returns host arrays, so search() has already waited for the device.

@@ -6,7 +6,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from perfray.backends.base import check_build_input, check_search_input, merge_topk, select_smallest
+from perfray.backends.base import (
+    check_build_input,
+    check_search_input,
+    drop_excluded,
+    mask_outside,
+    merge_topk,
+    select_smallest,
+)
 
 # Distance block size (elements): bounds memory and keeps blocks cache-friendly.
 BLOCK_ELEMENTS = 1 << 23
@@ -24,6 +31,7 @@ class NumpyBackend:
         self._base: np.ndarray | None = None
         self._norms: np.ndarray | None = None
         self._base_t_m2: np.ndarray | None = None
+        self._attr: np.ndarray | None = None
 
     @classmethod
     def is_available(cls) -> bool:
@@ -33,14 +41,16 @@ class NumpyBackend:
     def uses_gpu(cls) -> bool:
         return False
 
-    def build(self, vectors: np.ndarray) -> None:
+    def build(self, vectors: np.ndarray, attr: np.ndarray | None = None) -> None:
         base = check_build_input(vectors).astype(self.dtype, copy=False)
-        self._base = base
+        self._base, self._attr = base, attr
         self._norms = np.einsum("ij,ij->i", base, base)
         # -2·xᵀ, contiguous: the GEMM then yields -2 q·x directly and one in-place add finishes ‖x‖² - 2 q·x.
         self._base_t_m2 = np.ascontiguousarray(-2.0 * base.T)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, windows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k per query; with ``windows`` (per query ``(lo, hi)`` over the ``attr`` given to ``build``), among
+        the items whose attribute is inside the query's window only (id -1 where fewer than k are)."""
         base, norms = self._base, self._norms
         if base is None or norms is None:
             raise RuntimeError("build() must be called before search()")
@@ -52,11 +62,13 @@ class NumpyBackend:
             hi = min(n, lo + cols)
             d = q @ self._base_t_m2[:, lo:hi]
             d += norms[lo:hi]
+            if windows is not None:
+                mask_outside(d, self._attr[lo:hi], windows)
             parts.append(select_smallest(d, k, lo))
         ids, dists = merge_topk(parts, k)
         # ‖q‖² is the same for a whole row, so it is added after selection.
         dists = np.maximum(dists + np.einsum("ij,ij->i", q, q)[:, None], 0.0)
-        return ids, dists.astype(np.float32, copy=False)
+        return drop_excluded(ids, dists.astype(self.dtype if windows is not None else np.float32, copy=False))
 
     def synchronize(self) -> None:
         return None

@@ -7,8 +7,9 @@ import functools
 import os
 import time
 
-from perfray.load.generator import LoadGenerator
-from perfray.load.targets import CoalescingEndpoint, RayEndpoint, SystemEndpoint, make_router
+from perfray.load.generator_process import GeneratorProcess, GeneratorProcessDied
+from perfray.load.host import GeneratorHost
+from perfray.load.targets import CoalescingEndpoint, RayEndpoint, make_router
 from perfray.metrics.nvml import GpuSampler
 from perfray.metrics.recorder import MetricsRecorder
 from perfray.metrics.sinks import NullSink, RaySink, warn
@@ -16,68 +17,48 @@ from perfray.sut.gpu_search import GpuSearchWorker, SearchCoalescer
 
 
 class LoadActorBody:
-    """What a LoadActor runs: a LoadGenerator aimed at GPU search actors, reporting live metrics."""
+    """What a LoadActor runs: a GeneratorHost, here for the GPU search path (its requests travel through Ray)
+    or, for a system whose clients need no Ray, in a generator process of its own (``isolate``; see
+    ``perfray.load.generator_process``); it reports live metrics from the rows it drains."""
 
-    def __init__(self, actor: int, run_id: str = "", metrics: bool = False) -> None:
-        self.generator = LoadGenerator(actor)
+    def __init__(self, actor: int, run_id: str = "", metrics: bool = False, isolate: bool = True) -> None:
+        self.actor = actor
+        self.inline = GeneratorHost(actor)
+        self.process = GeneratorProcess(actor) if isolate else None
+        self.host = self.inline  # where the current cell runs (and its rows are drained from)
         self.metrics = MetricsRecorder(RaySink() if metrics else NullSink(), run_id, actor, defer_histograms=True)
         self.cell = -1
-        self.system, self._system_key, self._endpoint = None, None, None
         self._observing = None
+
+    def _host_for(self, system):
+        if system is None or self.process is None or system.needs_ray:
+            return self.inline
+        return self.process
 
     async def run_cell(self, plan, pool, gpu_handles: list, topology: str, system=None, catalogue=None) -> dict:
         """Run this actor's share of a cell against the GPU actors or, given a SystemPlan, a database system."""
-        if system is None:
-            target = make_router(topology, [CoalescingEndpoint(RayEndpoint(h)) for h in gpu_handles])
-        else:
-            target = self._system_endpoint(system, catalogue, gpu_handles)
+        self.host = self._host_for(system)
         self.cell = plan.cell
-        stats_nice = raise_priority()
         if self.metrics is not None:
             self.metrics.cell_started(plan.cell, plan.extra.get("target_qps", 0.0) / plan.n_actors)
-        stats = await self.generator.run_cell(plan, pool, target)
-        stats["nice"] = stats_nice
-        stats["client_path"] = "gpu" if system is None else self._endpoint.mode
-        if self.system is not None:  # client pools at the end of the cell, for the manifest
-            stats["pools"] = self.system.pool_stats()
-            cache = getattr(self.system, "cache_stats", None)
-            stats["cache"] = cache() if cache else None
+        stats = await self._guarded(self.host.run_cell(plan, pool, gpu_handles, topology, system, catalogue))
+        stats["generator"] = "process" if self.host is self.process else "actor"
         return stats
-
-    def _system_endpoint(self, plan, catalogue, gpu_handles: list) -> SystemEndpoint:
-        """This actor's own client of the system, kept across cells while the plan stays the same."""
-        if plan.key != self._system_key:
-            self.close_system()
-            from perfray.config import Workload
-            from perfray.sut.session import make_system
-            from perfray.systems_config import StoresSpec
-
-            workload = Workload.model_validate(plan.workload)
-            system = make_system(plan.name, workload, StoresSpec.model_validate(plan.stores))
-            system.connect()
-            system.prepare(catalogue, gpu_handles)
-            self.system, self._system_key = system, plan.key
-            self._endpoint = SystemEndpoint(system, workload.load.concurrency)
-        return self._endpoint
-
-    def close_system(self) -> None:
-        if self._endpoint is not None:
-            self._endpoint.close()
-        if self.system is not None:
-            self.system.close()
-        self.system, self._system_key, self._endpoint = None, None, None
 
     async def prime_system(self, plan, catalogue, gpu_handles: list, pool, k: int, rounds: int = 3) -> int:
         """Connect, let the client prepare the query pool's requests, and send a few (connections, prepared
         statements, caches) before a cell."""
-        endpoint = self._system_endpoint(plan, catalogue, gpu_handles)
-        import numpy as np
+        host = self._host_for(plan)
+        return await self._guarded(host.prime_system(plan, catalogue, gpu_handles, pool, k, rounds))
 
-        queries = pool.queries
-        await endpoint.warm(queries, k)
-        for i in range(rounds):
-            await endpoint.call(queries[i % len(queries)][None, :], k, np.array([i % len(queries)]))
-        return rounds
+    async def _guarded(self, call):
+        """A generator process that dies takes its load actor with it: the driver then accounts the actor's
+        unreported requests as ``lost``, as for any dead load actor."""
+        try:
+            return await call
+        except GeneratorProcessDied as err:
+            warn(f"perfray: {err}; load actor {self.actor} exits")
+            os._exit(1)
 
     async def prime(self, gpu_handles: list, queries, k: int, rounds: int = 3) -> int:
         """Warm the path to every GPU actor (connections, first-call costs) before load is measured."""
@@ -88,13 +69,13 @@ class LoadActorBody:
 
     async def drain(self):
         """Finished rows as an Arrow record batch (Ray ships its buffers without pickling the values)."""
-        batch = await self.generator.drain_async()
+        batch, in_flight, pools = await self._guarded(self.host.drain())
         if self.metrics is not None:
             await asyncio.sleep(0)  # the loop's turn between two pieces of drain work
             try:
-                self.metrics.rows(batch, self.cell, self.generator.in_flight)
-                if self.system is not None:
-                    self.metrics.pools(self.system.pool_stats())
+                self.metrics.rows(batch, self.cell, in_flight)
+                if pools is not None:
+                    self.metrics.pools(pools)
             except Exception as err:  # live metrics never cost a recorded row
                 self._metrics_failed(err)
             else:
@@ -111,11 +92,15 @@ class LoadActorBody:
             self._metrics_failed(err)
 
     def _metrics_failed(self, err: Exception) -> None:
-        warn(f"live metrics stopped on load actor {self.generator.actor}: {type(err).__name__}: {err}")
+        warn(f"live metrics stopped on load actor {self.actor}: {type(err).__name__}: {err}")
         self.metrics = None
 
     async def pid(self) -> int:
         return os.getpid()
+
+    async def generator_process_pid(self) -> int | None:
+        """The pid of this actor's generator process, once started (None before, or when not isolated)."""
+        return self.process.pid if self.process is not None else None
 
 
 class GpuSearchActorBody(GpuSearchWorker):
@@ -127,17 +112,17 @@ class GpuSearchActorBody(GpuSearchWorker):
     _rows = 0
     _coalescer = None
 
-    async def search(self, queries, k):
+    async def search(self, queries, k, windows=None):
         if self._coalescer is None:
             self._coalescer = SearchCoalescer(self._timed_search)
         self._calls += 1
         self._rows += len(queries)
-        return await self._coalescer.search(queries, k)
+        return await self._coalescer.search(queries, k, windows)
 
-    def _timed_search(self, queries, k):
+    def _timed_search(self, queries, k, windows=None):
         started = time.perf_counter_ns()
         try:
-            return GpuSearchWorker.search(self, queries, k)
+            return GpuSearchWorker.search(self, queries, k, windows)
         finally:
             self._busy_ns += time.perf_counter_ns() - started
 
@@ -156,25 +141,6 @@ class GpuSearchActorBody(GpuSearchWorker):
         return self._sampler.start(nvml)
 
 
-LOAD_ACTOR_NICE = -15
-
-
-def raise_priority(nice: int = LOAD_ACTOR_NICE) -> int:
-    """Give every thread of this load actor a higher CPU priority where allowed (root, CAP_SYS_NICE): a
-    runnable generator that waits for a core sends late and stamps late, and on a shared box Ray's own
-    daemons are what it waits behind (measured: 47 -> 27 ms/s of run-queue wait). Returns the nice value."""
-    try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:
-        tids = [0]
-    for tid in tids:
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, nice)
-        except OSError:  # not permitted: run at the default priority
-            break
-    return os.getpriority(os.PRIO_PROCESS, 0)
-
-
 @functools.cache
 def load_actor_class():
     import ray
@@ -190,10 +156,10 @@ def gpu_actor_class():
     return ray.remote(max_restarts=0, max_task_retries=0)(GpuSearchActorBody)
 
 
-def start_load_actor(run_id: str, index: int, cpus: float, metrics: bool):
+def start_load_actor(run_id: str, index: int, cpus: float, metrics: bool, isolate: bool = True):
     return load_actor_class().options(
         name=f"perfray-{run_id}-load-{index}", num_cpus=cpus, max_concurrency=1000,
-    ).remote(index, run_id, metrics)
+    ).remote(index, run_id, metrics, isolate)
 
 
 def start_gpu_actor(run_id: str, index: int, backend: str, cpus: float, generation: int):
@@ -205,7 +171,7 @@ def start_gpu_actor(run_id: str, index: int, backend: str, cpus: float, generati
 class NoopSearchBody:
     """A search actor that answers at once with nothing found: the GPU path's own cost, for calibration."""
 
-    async def search(self, queries, k: int):
+    async def search(self, queries, k: int, windows=None):
         import numpy as np
 
         n = len(queries)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from perfray.cluster import actors
 from perfray.config import SweepConfig, Workload
 from perfray.data import load_dataset
+from perfray.data.filters import item_attr, query_filters
 from perfray.data.groundtruth import ground_truth, truth_coverage
 from perfray.errors import UnavailableError
 from perfray.load.generator import QueryPool
@@ -22,10 +23,14 @@ from perfray.sut.session import SystemPlan, SystemSession, make_system
 
 @dataclass
 class DatasetState:
+    """A dataset in the object store, as one cell asks it: the query pool's ground truth (and filter windows)
+    follow the cell's filter; the base vectors and the items' filter attribute are shared."""
+
     dataset: object
     base_ref: object
     pool_ref: object
     max_k: int
+    attr_ref: object = None
 
 
 @dataclass
@@ -65,22 +70,32 @@ class Fleet:
         return bool(make_system(cell.system, cell, self.config.stores).needs_gpu_actors)
 
     def dataset(self, cell: Workload, cells: list[Workload]) -> DatasetState:
-        """The cell's dataset in the object store, with ground truth deep enough for every cell that uses it."""
+        """The cell's dataset in the object store, with ground truth (for the cell's filter) deep enough for
+        every cell that uses it."""
         key = json.dumps(cell.dataset.model_dump(mode="json"), sort_keys=True)
-        state = self._datasets.get(key)
-        if state is None:
+        selectivity = cell.filter.selectivity if cell.filter is not None else None
+        state = self._datasets.get(json.dumps([key, selectivity]))
+        if state is not None:
+            return state
+        shared = next((s for k, s in self._datasets.items() if json.loads(k)[0] == key), None)
+        ray = _ray()
+        if shared is None:
             dataset = load_dataset(cell.dataset)
             max_k = max(op.k for c in cells if c.dataset == cell.dataset
                         for op in op_mix(c.load.op_mix, c.search.k, dataset.n))
-            gt_ids, gt_dists = ground_truth(dataset, max_k, self.cache_dir)
-            ray = _ray()
-            state = DatasetState(dataset, ray.put(dataset.base),
-                                 ray.put(QueryPool(dataset.queries, gt_ids, gt_dists)), max_k)
-            self._datasets[key] = state
-            coverage = truth_coverage(gt_ids)
-            self.truth[dataset.name] = coverage
-            self.progress.note(f"dataset {dataset.name}: {dataset.n:,} x {dataset.dim}, "
-                               f"{dataset.queries.shape[0]:,} queries, top-{max_k} ground truth {coverage['how']}")
+            base_ref, attr_ref = ray.put(dataset.base), ray.put(item_attr(dataset))
+        else:
+            dataset, max_k, base_ref, attr_ref = shared.dataset, shared.max_k, shared.base_ref, shared.attr_ref
+        filters = query_filters(dataset, selectivity) if selectivity is not None else None
+        gt_ids, gt_dists = ground_truth(dataset, max_k, self.cache_dir, filters)
+        pool = QueryPool(dataset.queries, gt_ids, gt_dists, filters.windows if filters is not None else None)
+        state = DatasetState(dataset, base_ref, ray.put(pool), max_k, attr_ref)
+        self._datasets[json.dumps([key, selectivity])] = state
+        coverage = truth_coverage(gt_ids)
+        self.truth[dataset.name] = coverage
+        among = f" among the {filters.width:,} items each query's filter passes" if filters is not None else ""
+        self.progress.note(f"dataset {dataset.name}: {dataset.n:,} x {dataset.dim}, {dataset.queries.shape[0]:,} "
+                           f"queries, top-{max_k} ground truth{among} {coverage['how']}")
         return state
 
     def gpu_group(self, cell: Workload, ds: DatasetState) -> GpuGroup:
@@ -97,7 +112,7 @@ class Fleet:
         handles = [actors.start_gpu_actor(self.run_id, i, s.backend, self.config.cluster.gpu_actor_cpus,
                                           self._group_generation) for i in range(s.n_gpus)]
         shards = s.n_gpus if s.topology == "sharded" else 1
-        builds = [h.build.remote(ds.base_ref, i % shards, shards) for i, h in enumerate(handles)]
+        builds = [h.build.remote(ds.base_ref, i % shards, shards, ds.attr_ref) for i, h in enumerate(handles)]
         try:
             described = ray.get(builds, timeout=self.config.cluster.actor_start_timeout_s)
         except ray.exceptions.GetTimeoutError:
@@ -193,5 +208,6 @@ class Fleet:
         for i in range(count):
             if i not in self.load:
                 self.load[i] = actors.start_load_actor(self.run_id, i, self.config.cluster.load_actor_cpus,
-                                                       self.config.metrics.enabled)
+                                                       self.config.metrics.enabled,
+                                                       self.config.cluster.generator_process)
         return [self.load[i] for i in range(count)]

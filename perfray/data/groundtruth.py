@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from perfray.backends.numpy_backend import NumpyBackend
+from perfray.data.filters import item_attr
 
 # Neighbours whose exact distance is within this relative margin of the k-th are accepted as correct:
 # float32 search cannot order them reliably, and neither can any GPU.
@@ -31,28 +32,32 @@ def truth_rows(dataset) -> np.ndarray | None:
     return np.sort(rng.choice(n, TRUTH_ROWS_MAX, replace=False))
 
 
-def ground_truth(dataset, k: int, cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+def ground_truth(dataset, k: int, cache_dir: Path | None, filters=None) -> tuple[np.ndarray, np.ndarray]:
     """(ids, squared distances) of the exact ``k + EXTRA_NEIGHBOURS`` nearest neighbours of every query (of the
-    sampled rows of a large pool: the others hold id -1 and distance NaN)."""
+    sampled rows of a large pool: the others hold id -1 and distance NaN). With ``filters``
+    (``perfray.data.filters.QueryFilters``), among the items inside each row's window only; a row whose window
+    holds fewer items ends in id -1, distance +inf."""
     k_gt = min(dataset.n, k + EXTRA_NEIGHBOURS)
+    key = dataset.fingerprint[:24] + (f"-f{filters.fingerprint}" if filters is not None else "")
     if cache_dir is not None:
-        cached = _from_cache(Path(cache_dir), dataset.fingerprint, k_gt)
+        cached = _from_cache(Path(cache_dir), key, k_gt)
         if cached is not None:
             return cached
     rows = truth_rows(dataset)
     queries = dataset.queries if rows is None else dataset.queries[rows]
+    windows = None if filters is None else (filters.windows if rows is None else filters.windows[rows])
     engine = NumpyBackend(dtype=np.float64)
-    engine.build(dataset.base)
+    engine.build(dataset.base, attr=item_attr(dataset) if filters is not None else None)
     ids = np.empty((queries.shape[0], k_gt), dtype=np.int64)
     dists = np.empty((queries.shape[0], k_gt), dtype=np.float64)
     for lo in range(0, queries.shape[0], QUERY_CHUNK):
         hi = lo + QUERY_CHUNK
         q = queries[lo:hi].astype(np.float64)
-        chunk_ids, _ = engine.search(q, k_gt)
+        chunk_ids, _ = engine.search(q, k_gt, None if windows is None else windows[lo:hi])
         ids[lo:hi] = chunk_ids
         # Recompute the chosen distances directly (no norm-expansion cancellation).
-        diff = dataset.base[chunk_ids].astype(np.float64) - q[:, None, :]
-        dists[lo:hi] = np.einsum("qkd,qkd->qk", diff, diff)
+        diff = dataset.base[np.maximum(chunk_ids, 0)].astype(np.float64) - q[:, None, :]
+        dists[lo:hi] = np.where(chunk_ids >= 0, np.einsum("qkd,qkd->qk", diff, diff), np.inf)
     order = np.lexsort((ids, dists), axis=1)
     ids = np.take_along_axis(ids, order, axis=1)
     dists = np.take_along_axis(dists, order, axis=1)
@@ -62,7 +67,7 @@ def ground_truth(dataset, k: int, cache_dir: Path | None) -> tuple[np.ndarray, n
         all_ids[rows], all_dists[rows] = ids, dists
         ids, dists = all_ids, all_dists
     if cache_dir is not None:
-        _to_cache(Path(cache_dir), dataset.fingerprint, ids, dists)
+        _to_cache(Path(cache_dir), key, ids, dists)
     return ids, dists
 
 
@@ -74,8 +79,8 @@ def truth_coverage(gt_ids: np.ndarray) -> dict:
             f"exact, a seeded sample of {rows:,} of {total:,} pool rows (requests asking the others are not scored)"}
 
 
-def _from_cache(cache_dir: Path, fingerprint: str, k_gt: int):
-    for path in sorted(cache_dir.glob(f"gt-{fingerprint[:24]}-k*.npz")):
+def _from_cache(cache_dir: Path, key: str, k_gt: int):
+    for path in sorted(cache_dir.glob(f"gt-{key}-k*.npz")):
         k_cached = int(path.stem.rsplit("-k", 1)[1])
         if k_cached >= k_gt:
             with np.load(path) as z:
@@ -83,9 +88,9 @@ def _from_cache(cache_dir: Path, fingerprint: str, k_gt: int):
     return None
 
 
-def _to_cache(cache_dir: Path, fingerprint: str, ids: np.ndarray, dists: np.ndarray) -> None:
+def _to_cache(cache_dir: Path, key: str, ids: np.ndarray, dists: np.ndarray) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
-    final = cache_dir / f"gt-{fingerprint[:24]}-k{ids.shape[1]}.npz"
+    final = cache_dir / f"gt-{key}-k{ids.shape[1]}.npz"
     tmp = final.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(tmp, ids=ids, dists=dists)
     os.replace(tmp, final)
@@ -93,12 +98,14 @@ def _to_cache(cache_dir: Path, fingerprint: str, ids: np.ndarray, dists: np.ndar
 
 def recall(found_ids: np.ndarray, gt_ids: np.ndarray, gt_dists: np.ndarray, k: int) -> np.ndarray:
     """Per query: share of the k returned ids that are true k-nearest neighbours (within tolerance). Each id
-    counts once however often a reply repeats it; -1 and ids outside the dataset are misses."""
+    counts once however often a reply repeats it; -1 and ids outside the dataset are misses. Where a filter
+    lets fewer than k items through, the share is of those (all of them found: 1.0)."""
     found = found_ids[:, :k]
     threshold = gt_dists[:, k - 1 : k] * (1 + RECALL_REL_TOL) + 1e-12
-    accepted = gt_dists <= threshold
+    accepted = (gt_dists <= threshold) & (gt_ids >= 0)
     hits = ((found[:, :, None] == gt_ids[:, None, :]) & accepted[:, None, :]).any(axis=2)
-    return (hits & _first_occurrence(found)).sum(axis=1) / k
+    possible = np.minimum((gt_ids[:, :k] >= 0).sum(axis=1), k)
+    return (hits & _first_occurrence(found)).sum(axis=1) / np.maximum(possible, 1)
 
 
 def _first_occurrence(found: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ class QueryPool:
     queries: np.ndarray
     gt_ids: np.ndarray | None = None
     gt_dists: np.ndarray | None = None
+    filters: np.ndarray | None = None  # (n_pool, 2) filter windows per row (perfray.data.filters), or None
 
 
 @dataclass(frozen=True)

@@ -12,21 +12,26 @@ import functools
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 from perfray.backends.base import answer_each, merge_topk, take_waiting
+from perfray.data.filters import windows_of
 from perfray.timing import process_clock
 
 
 class ThreadEndpoint:
-    """A search worker in this process, served one batch at a time on its own thread (like an actor)."""
+    """A search worker in this process, served one batch at a time on its own thread (like an actor);
+    ``filters``: the query pool's filter windows, when the cell filters."""
 
     fatal_errors: tuple[type[BaseException], ...] = ()
 
-    def __init__(self, worker) -> None:
-        self.worker = worker
+    def __init__(self, worker, filters: np.ndarray | None = None) -> None:
+        self.worker, self.filters = worker, filters
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="perfray-search")
 
     def submit(self, queries, k, rows=None):
-        return asyncio.get_running_loop().run_in_executor(self._pool, self.worker.search, queries, k)
+        windows = windows_of(self.filters, rows)
+        return asyncio.get_running_loop().run_in_executor(self._pool, self.worker.search, queries, k, windows)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -151,7 +156,7 @@ class _AsyncRequest:
 
 
 class RayEndpoint:
-    """A ``GpuSearchActor`` handle."""
+    """A ``GpuSearchActor`` handle; ``submit``'s third argument is the batch's filter windows (or None)."""
 
     def __init__(self, handle) -> None:
         from ray.exceptions import RayActorError
@@ -159,35 +164,38 @@ class RayEndpoint:
         self.handle = handle
         self.fatal_errors = (RayActorError,)
 
-    def submit(self, queries, k, rows=None):
-        return self.handle.search.remote(queries, k)
+    def submit(self, queries, k, windows=None):
+        return self.handle.search.remote(queries, k) if windows is None else \
+            self.handle.search.remote(queries, k, windows)
 
 
 class CoalescingEndpoint:
     """At most ``max_calls`` calls in flight to ``endpoint``; micro-batches that come meanwhile wait here and
     go together as the next call (one round trip instead of several: a Ray call costs ~1 ms and an actor
-    serves ~2K of them a second on 2 cores). Each waiting batch's reply is its own rows of the merged one."""
+    serves ~2K of them a second on 2 cores). Each waiting batch's reply is its own rows of the merged one.
+    ``filters``: the query pool's filter windows (the pool rows a batch asks become its windows), when the cell
+    filters; ``endpoint.submit(queries, k, windows)``."""
 
-    def __init__(self, endpoint, max_calls: int = 2, max_rows: int = 4096) -> None:
-        self.endpoint, self.max_calls, self.max_rows = endpoint, max_calls, max_rows
+    def __init__(self, endpoint, max_calls: int = 2, max_rows: int = 4096, filters: np.ndarray | None = None) -> None:
+        self.endpoint, self.max_calls, self.max_rows, self.filters = endpoint, max_calls, max_rows, filters
         self.fatal_errors = endpoint.fatal_errors
         self._waiting: list = []
         self._in_flight = 0
 
     def submit(self, queries, k, rows=None):
         answer = asyncio.get_running_loop().create_future()
-        self._waiting.append((queries, k, answer))
+        self._waiting.append((queries, k, answer, windows_of(self.filters, rows)))
         if self._in_flight < self.max_calls:
             self._dispatch()
         return answer
 
     def _dispatch(self) -> None:
-        taken, queries, k_max = take_waiting(self._waiting, self.max_rows)  # a batch that timed out is not sent
+        taken, queries, k_max, windows = take_waiting(self._waiting, self.max_rows)  # a timed-out batch: not sent
         if not taken:
             return
         self._in_flight += 1
         try:
-            reply = asyncio.ensure_future(self.endpoint.submit(queries, k_max))
+            reply = asyncio.ensure_future(self.endpoint.submit(queries, k_max, windows))
         except Exception as err:
             self._settle(taken, None, err)
             return

@@ -45,6 +45,7 @@ class SystemUnderTest:
     async_native: ClassVar[bool] = False  # True: ``execute_async`` runs on the load actor's event loop
     callback_native: ClassVar[bool] = False  # True: ``send(queries, k, rows, reply)`` starts it on that loop
     requires: ClassVar[tuple[str, ...]] = ()  # client modules (pip extras) it imports
+    filterable: ClassVar[bool] = False  # True: applies ``workload.filter`` natively (``perfray.data.filters``)
 
     def __init__(self, workload, stores) -> None:
         self.workload, self.stores_spec = workload, stores

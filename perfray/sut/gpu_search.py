@@ -23,22 +23,31 @@ class GpuSearchWorker:
         self.id_offset = 0
         self.rows = 0
         self.dim = 0
+        self.filterable = False
 
-    def build(self, base: np.ndarray, shard: int = 0, n_shards: int = 1) -> dict:
-        """Index rows ``[lo, hi)`` of ``base`` for shard ``shard`` of ``n_shards`` (1 = full replica)."""
+    def build(self, base: np.ndarray, shard: int = 0, n_shards: int = 1, attr: np.ndarray | None = None) -> dict:
+        """Index rows ``[lo, hi)`` of ``base`` for shard ``shard`` of ``n_shards`` (1 = full replica), with the
+        items' filter attribute when given (``perfray.data.filters``)."""
         self.backend = create_backend(self.backend_name)
         lo, hi = shard_bounds(base.shape[0], shard, n_shards)
         started = time.perf_counter_ns()
-        self.backend.build(base[lo:hi])
+        self.backend.build(base[lo:hi], attr[lo:hi] if attr is not None else None)
+        self.filterable = attr is not None
         self.backend.synchronize()
         self.id_offset, self.rows, self.dim = lo, hi - lo, base.shape[1]
         return {**self.describe(), "build_ns": time.perf_counter_ns() - started}
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (global ids, squared L2) for a batch of queries; results are on the host."""
-        ids, dists = self.backend.search(queries, min(k, self.rows))
+    def search(self, queries: np.ndarray, k: int, windows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (global ids, squared L2) for a batch of queries, among the items inside each query's filter
+        window when ``windows`` is given (id -1 past the items that passed); results are on the host."""
+        if windows is None:
+            ids, dists = self.backend.search(queries, min(k, self.rows))
+        elif not self.filterable:
+            raise ValueError("a filtered search reached a search worker built without the items' filter attribute")
+        else:
+            ids, dists = self.backend.search(queries, min(k, self.rows), windows)
         if self.id_offset:
-            ids = ids + self.id_offset
+            ids = np.where(ids >= 0, ids + self.id_offset, ids)
         return ids, dists
 
     def describe(self) -> dict:
@@ -85,7 +94,8 @@ class GpuSearchWorker:
 class SearchCoalescer:
     """Server-side batching in front of one search worker, on an event loop: micro-batches that arrive while a
     search runs are answered together by the next one (one kernel call, not one per caller), as a GPU search
-    service does. ``search(queries, k)`` is awaited by each caller; ``run(queries, k)`` is the blocking search."""
+    service does. ``search(queries, k, windows)`` is awaited by each caller; ``run(queries, k, windows)`` is the
+    blocking search."""
 
     def __init__(self, run, max_rows: int = 4096) -> None:
         self._run, self.max_rows = run, max_rows
@@ -93,12 +103,12 @@ class SearchCoalescer:
         self._serving = False
         self.searches = 0
 
-    async def search(self, queries: np.ndarray, k: int):
+    async def search(self, queries: np.ndarray, k: int, windows: np.ndarray | None = None):
         import asyncio
 
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
-        self._waiting.append((queries, k, answer))
+        self._waiting.append((queries, k, answer, windows))
         if not self._serving:
             self._serving = True
             loop.call_soon(self._serve)
@@ -107,10 +117,10 @@ class SearchCoalescer:
     def _serve(self) -> None:
         import asyncio
 
-        taken, queries, k_max = take_waiting(self._waiting, self.max_rows)  # a caller that gave up is skipped
+        taken, queries, k_max, windows = take_waiting(self._waiting, self.max_rows)  # a caller that gave up: skipped
         if taken:
             try:
-                result = self._run(queries, k_max)
+                result = self._run(queries, k_max, windows)
             except Exception as err:  # every waiting caller gets the search's error
                 answer_each(taken, None, err)
             else:
@@ -162,3 +172,4 @@ class GpuSearchSystem(SystemUnderTest):
     supported_ops = frozenset({"knn"})
     needs_gpu_actors = True
     micro_batched = True
+    filterable = True  # a mask on the search actors' distances

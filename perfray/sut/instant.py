@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from perfray.backends.numpy_backend import NumpyBackend
+from perfray.data.filters import item_attr, pool_windows
 from perfray.sut.base import Answer, PerRow, SystemUnderTest
 
 
@@ -15,6 +16,7 @@ class InstantSystem(SystemUnderTest):
     name = "instant"
     supported_ops = frozenset({"knn", "hybrid", "expand", "rank"})
     async_native = True
+    filterable = True
 
     def label(self) -> str:
         return "instant (exact answers at once)"
@@ -22,11 +24,13 @@ class InstantSystem(SystemUnderTest):
     def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
         super().prepare(catalogue)
         self.engine = NumpyBackend(dtype=np.float64)
-        self.engine.build(catalogue.dataset.base)
+        self.windows = pool_windows(self.workload, catalogue.dataset)
+        self.engine.build(catalogue.dataset.base, item_attr(catalogue.dataset) if self.windows is not None else None)
         self.requests = PerRow(self._exact)
 
     def _exact(self, vector: np.ndarray, row: int, k: int) -> np.ndarray:
-        return self.engine.search(vector[None, :].astype(np.float64), k)[0][0]
+        windows = self.windows[row:row + 1] if self.windows is not None else None
+        return self.engine.search(vector[None, :].astype(np.float64), k, windows)[0][0]
 
     async def warm(self, queries: np.ndarray, k: int) -> None:
         self.requests.fill(queries, k)

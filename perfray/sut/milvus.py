@@ -3,8 +3,11 @@ from the environment. Index type and parameters come from config."""
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
+from perfray.data.filters import item_attr, pool_windows, windows_of
 from perfray.sut.base import (
     Answer,
     AsyncStoreSystem,
@@ -17,6 +20,7 @@ from perfray.sut.base import (
 from perfray.timing import process_clock
 
 INSERT_BATCH = 5_000
+COLLECTION_FORMAT = "attr-1"  # the collection's fields: a collection of another format is loaded again
 
 
 class MilvusStore:
@@ -84,7 +88,7 @@ class MilvusStore:
         from pymilvus import DataType
 
         c, spec = self.spec.collection, self.spec
-        wanted = load_fingerprint(catalogue, spec.index_type, dict(spec.index_params))
+        wanted = load_fingerprint(catalogue, spec.index_type, dict(spec.index_params), COLLECTION_FORMAT)
         if self.fingerprint() == wanted:
             if progress is not None:
                 progress(catalogue.n_items)
@@ -96,11 +100,12 @@ class MilvusStore:
         schema = self.client.create_schema(auto_id=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=catalogue.dataset.dim)
+        schema.add_field("attr", DataType.INT64)  # filtered search (workload.filter)
         self.client.create_collection(c, schema=schema)
-        base = catalogue.dataset.base
+        base, attr = catalogue.dataset.base, item_attr(catalogue.dataset)
         for lo in range(0, catalogue.n_items, INSERT_BATCH):
             hi = min(lo + INSERT_BATCH, catalogue.n_items)
-            self.client.insert(c, [{"id": i, "embedding": base[i]} for i in range(lo, hi)])
+            self.client.insert(c, [{"id": i, "embedding": base[i], "attr": int(attr[i])} for i in range(lo, hi)])
             if progress is not None:
                 progress(hi - lo)
         index = self.client.prepare_index_params()
@@ -119,24 +124,35 @@ class MilvusStore:
         schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)
         self.client.create_collection(meta, schema=schema)
 
-    def _search_args(self, vectors, k: int) -> dict:
+    def _search_args(self, vectors, k: int, window=None) -> dict:
         data = vectors.tolist() if isinstance(vectors, np.ndarray) else vectors
-        return {"collection_name": self.spec.collection, "data": data, "limit": int(k), "output_fields": ["id"],
+        args = {"collection_name": self.spec.collection, "data": data, "limit": int(k), "output_fields": ["id"],
                 "search_params": {"metric_type": "L2", "params": dict(self.spec.search_params)}}
+        if window is not None:  # one filter expression per call: a filtered request searches row by row
+            args["filter"] = f"attr >= {int(window[0])} and attr < {int(window[1])}"
+        return args
 
-    def search(self, vectors, k: int) -> np.ndarray:
-        """Top-k ids per query vector (an array, or lists), in one call (every hit read)."""
-        return _top_k(self.client.search(**self._search_args(vectors, k)), len(vectors), k)
+    def search(self, vectors, k: int, windows=None) -> np.ndarray:
+        """Top-k ids per query vector (an array, or lists), in one call (every hit read); with ``windows``, each
+        vector among the items inside its own filter window (a call per vector)."""
+        if windows is None:
+            return _top_k(self.client.search(**self._search_args(vectors, k)), len(vectors), k)
+        return np.concatenate([_top_k(self.client.search(**self._search_args(vectors[i:i + 1], k, w)), 1, k)
+                               for i, w in enumerate(windows)])
 
-    async def search_async(self, vectors: list[list[float]], k: int) -> tuple[np.ndarray, int, int]:
-        """``search`` on the async client, with the clock's stamps around the call."""
+    async def search_async(self, vectors: list[list[float]], k: int, windows=None) -> tuple[np.ndarray, int, int]:
+        """``search`` on the async client, with the clock's stamps around the call(s)."""
         if self.async_client is None:
             await self.open_async()
         clock = process_clock()
         sent_ns = clock.now_ns()
-        hits = await self.async_client.search(**self._search_args(vectors, k))
+        if windows is None:
+            ids = _top_k(await self.async_client.search(**self._search_args(vectors, k)), len(vectors), k)
+        else:
+            calls = [self.async_client.search(**self._search_args(vectors[i:i + 1], k, w)) for i, w in enumerate(windows)]
+            ids = np.concatenate([_top_k(hits, 1, k) for hits in await asyncio.gather(*calls)])
         done_ns = clock.now_ns()
-        return _top_k(hits, len(vectors), k), sent_ns, done_ns
+        return ids, sent_ns, done_ns
 
     def close(self) -> None:
         if self.client is not None:
@@ -163,6 +179,7 @@ class MilvusSystem(AsyncStoreSystem):
     stores = ("milvus",)
     supported_ops = frozenset({"knn"})
     requires = ("pymilvus",)
+    filterable = True  # a filter expression on attr
 
     def label(self) -> str:
         return "Milvus Lite (embedded)" if self.stores_spec.milvus.embedded else "Milvus server"
@@ -174,15 +191,20 @@ class MilvusSystem(AsyncStoreSystem):
     def async_native(self) -> bool:  # type: ignore[override]
         return not self.stores_spec.milvus.embedded
 
+    def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
+        super().prepare(catalogue, gpu_handles)
+        self.windows = pool_windows(self.workload, catalogue.dataset)
+
     def request_params(self, vector: np.ndarray, row: int, k: int) -> list[float]:
         return vector.tolist()
 
     def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
         stages: dict = {}
         with span(stages, "vector_ns"):
-            ids = self.store.search(self.params(queries, k, rows), k)
+            ids = self.store.search(self.params(queries, k, rows), k, windows_of(self.windows, rows))
         return Answer(ids=ids, stages=stages)
 
     async def execute_async(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
-        ids, sent_ns, done_ns = await self.store.search_async(self.params(queries, k, rows), k)
+        ids, sent_ns, done_ns = await self.store.search_async(self.params(queries, k, rows), k,
+                                                              windows_of(self.windows, rows))
         return Answer(ids=ids, stages={"vector_ns": done_ns - sent_ns}, sent_ns=sent_ns, done_ns=done_ns)

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from perfray.data.filters import item_attr, pool_windows
 from perfray.sut.base import Answer, AsyncStoreSystem, each_in_turn, load_fingerprint, span
 from perfray.sut.postgres import META_SQL, PostgresStore, ids_of
 
 SEARCH_SQL = "SELECT id FROM perfray_vectors ORDER BY embedding <-> %s::vector LIMIT %s"
+FILTERED_SQL = ("SELECT id FROM perfray_vectors WHERE attr >= %s AND attr < %s "
+                "ORDER BY embedding <-> %s::vector LIMIT %s")
+TABLE_FORMAT = "attr-1"  # the table's columns: a table of another format is loaded again
 
 
 def _vector_text(vector: np.ndarray) -> str:
@@ -25,7 +29,7 @@ class PgvectorStore(PostgresStore):
 
     def load(self, catalogue, progress=None) -> dict:
         """Vectors into ``perfray_vectors`` and the configured index, in one transaction."""
-        wanted = load_fingerprint(catalogue, self.spec.index, dict(self.spec.index_params))
+        wanted = load_fingerprint(catalogue, self.spec.index, dict(self.spec.index_params), TABLE_FORMAT)
         if self.fingerprint() == wanted:
             if progress is not None:
                 progress(catalogue.n_items)
@@ -36,10 +40,13 @@ class PgvectorStore(PostgresStore):
             conn.execute(META_SQL)
             conn.execute("DELETE FROM perfray_meta WHERE key = %s", (self.meta_key,))
             conn.execute("DROP TABLE IF EXISTS perfray_vectors")
-            conn.execute(f"CREATE TABLE perfray_vectors (id bigint PRIMARY KEY, embedding vector({int(dim)}) NOT NULL)")
-            with conn.cursor() as cur, cur.copy("COPY perfray_vectors (id, embedding) FROM STDIN") as copy:
+            conn.execute(f"CREATE TABLE perfray_vectors (id bigint PRIMARY KEY, embedding vector({int(dim)}) NOT NULL, "
+                         "attr bigint NOT NULL)")
+            attr = item_attr(catalogue.dataset)
+            with conn.cursor() as cur, cur.copy("COPY perfray_vectors (id, embedding, attr) FROM STDIN") as copy:
                 for i, vector in enumerate(catalogue.dataset.base):
-                    copy.write_row((i, _vector_text(vector)))
+                    copy.write_row((i, _vector_text(vector), int(attr[i])))
+            conn.execute("CREATE INDEX ON perfray_vectors (attr)")  # filtered search (workload.filter)
             if spec.index != "none":
                 params = ", ".join(f"{_setting(k)} = {int(v)}" for k, v in spec.index_params.items())
                 conn.execute(f"CREATE INDEX ON perfray_vectors USING {spec.index} (embedding vector_l2_ops)"
@@ -74,6 +81,7 @@ class PgvectorSystem(AsyncStoreSystem):
     stores = ("pgvector",)
     supported_ops = frozenset({"knn"})
     requires = ("psycopg", "psycopg_pool")
+    filterable = True  # WHERE attr >= lo AND attr < hi (a btree on attr)
 
     def label(self) -> str:
         index = self.stores_spec.pgvector.index
@@ -83,15 +91,23 @@ class PgvectorSystem(AsyncStoreSystem):
         spec = self.stores_spec.pgvector
         return PgvectorStore(spec, spec.pool_max or self.workload.load.concurrency)
 
-    def request_params(self, vector: np.ndarray, row: int, k: int) -> tuple[str, int]:
-        return _vector_text(vector), int(k)
+    def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
+        super().prepare(catalogue, gpu_handles)
+        self.windows = pool_windows(self.workload, catalogue.dataset)
+        self.sql = SEARCH_SQL if self.windows is None else FILTERED_SQL
+
+    def request_params(self, vector: np.ndarray, row: int, k: int) -> tuple:
+        if self.windows is None:
+            return _vector_text(vector), int(k)
+        lo, hi = self.windows[row]
+        return int(lo), int(hi), _vector_text(vector), int(k)
 
     def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
         stages: dict = {}
         with span(stages, "vector_ns"):
-            found = [self.store.fetch(SEARCH_SQL, p) for p in self.params(queries, k, rows)]
+            found = [self.store.fetch(self.sql, p) for p in self.params(queries, k, rows)]
         return Answer(ids=_top_k(found, k), stages=stages)
 
     async def execute_async(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
-        found, sent_ns, done_ns = await each_in_turn(self.store.fetch_async, SEARCH_SQL, self.params(queries, k, rows))
+        found, sent_ns, done_ns = await each_in_turn(self.store.fetch_async, self.sql, self.params(queries, k, rows))
         return Answer(ids=_top_k(found, k), stages={"vector_ns": done_ns - sent_ns}, sent_ns=sent_ns, done_ns=done_ns)

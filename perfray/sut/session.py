@@ -20,6 +20,7 @@ class SystemPlan:
     workload: dict
     stores: dict
     label: str
+    needs_ray: bool = False  # its client reaches the GPU actors (so it runs in the load actor's Ray worker)
 
 
 def make_system(name: str, workload, stores):
@@ -120,7 +121,7 @@ class SystemSession:
         stores_json = stores.model_dump(mode="json")
         workload_json = cell.model_dump(mode="json")
         key = json.dumps([cell.system, workload_json, stores_json, catalogue.fingerprint], sort_keys=True)
-        return SystemPlan(cell.system, key, workload_json, stores_json, label), info
+        return SystemPlan(cell.system, key, workload_json, stores_json, label, system.needs_gpu_actors), info
 
     def close(self) -> None:
         if self._milvus_server is not None:

@@ -67,3 +67,27 @@ def test_worker_on_gpu_reports_a_real_device():
     worker = GpuSearchWorker("auto")
     info = worker.build(np.random.default_rng(0).standard_normal((1000, 8), dtype=np.float32))
     assert info["backend"] == "cupy" and info["simulated"] is False and info["device"]
+
+
+@pytest.mark.parametrize(("n", "q", "k", "width"), [
+    (20_000, 64, 10, 200), (20_000, 64, 10, 4), (5000, 7, 200, 300),  # k above MAX_K: sorted fallback
+])
+def test_filtered_search_keeps_only_each_querys_window(n, q, k, width):
+    """The device mask: excluded items are +inf, ids past the items that passed are -1, as numpy's."""
+    rng = np.random.default_rng(width)
+    base = rng.standard_normal((n, 32), dtype=np.float32)
+    queries = rng.standard_normal((q, 32), dtype=np.float32)
+    attr = rng.permutation(n).astype(np.int64)
+    lo = rng.integers(0, n - width + 1, q)
+    windows = np.stack([lo, lo + width], axis=1)
+    backend = CupyBackend()
+    backend.build(base, attr)
+    ids, dists = backend.search(queries, k, windows)
+    ref = NumpyBackend(np.float64)
+    ref.build(base, attr)
+    want_ids, want_dists = ref.search(queries, k, windows)
+    assert ((ids == -1) == (want_ids == -1)).all()
+    passed = ids >= 0
+    inside = (attr[np.maximum(ids, 0)] >= windows[:, :1]) & (attr[np.maximum(ids, 0)] < windows[:, 1:])
+    assert inside[passed].all() and np.allclose(dists[passed], want_dists[passed], rtol=1e-4, atol=1e-3)
+    assert (ids[passed] == want_ids[passed]).mean() > 0.99

@@ -75,6 +75,53 @@ def test_kill_9_of_a_load_actor_keeps_every_scheduled_request_as_a_row_and_fails
     assert f"| 0 | load 1 (ActorDiedError) | {lost.num_rows:,} |" in section
 
 
+@pytest.fixture
+def responder_url():
+    from perfray.services.process import free_port, wait_for_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "perfray.services.http_responder", "--port", str(port)])
+    wait_for_port(port, 20, "http responder")
+    yield f"http://127.0.0.1:{port}/search"
+    proc.terminate()
+    proc.wait(10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return not open(f"/proc/{pid}/stat").read().split(") ")[1].startswith("Z")
+    except FileNotFoundError:
+        return False
+
+
+def test_kill_9_of_a_load_actors_generator_process_ends_the_actor_and_its_share_is_lost_rows(tmp_path, responder_url):
+    """An HTTP cell's generator runs in a process of the load actor's own; killing it is killing the actor."""
+    config = load_config(None, [*FAULT_RUN, "system=http", f"stores.http.url={responder_url}",
+                                "stores.http.ids_field=null"])
+    run_dir = prepare_run_dir(tmp_path, "kill-generator")
+    pids = {}
+
+    def kill_later(cell, load_handles, gpu_handles):
+        import ray
+
+        pids["actor"] = ray.get(load_handles[1].pid.remote())
+        pids["generator"] = ray.get(load_handles[1].generator_process_pid.remote())
+        threading.Timer(2.0, os.kill, (pids["generator"], signal.SIGKILL)).start()
+
+    code = SweepDriver(config, run_dir, "kill-generator", hooks=Hooks(on_cell_start=kill_later)).run()
+    assert code == 1 and pids["generator"] not in (None, pids["actor"])
+    doc = manifest(run_dir)
+    assert doc["cells"][0]["status"] == "degraded"
+    assert [(f["role"], f["actor"], f["cell"]) for f in doc["failures"]] == [("load", 1, 0)]
+    assert {s["generator"] for s in doc["cells"][0]["actor_stats"]} == {"process"}  # the survivor's
+    rows = read_cell(run_dir, 0)
+    assert rows.num_rows == 900 and np.unique(rows["seq"].to_numpy()).size == 900
+    status = pc.cast(rows["status"], "string").to_numpy(zero_copy_only=False)
+    actor = rows["actor"].to_numpy()
+    assert (status[actor == 0] == "ok").all() and 0 < (status[actor == 1] == "lost").sum() < 450
+    assert not _alive(pids["actor"]) and not _alive(pids["generator"])
+
+
 def test_kill_9_of_a_gpu_actor_turns_its_requests_into_errors_and_the_run_finishes(tmp_path):
     code, run_dir, killed = run_with_kill(tmp_path, "gpu")
     assert code == 0 and killed  # the live replica took over: < 1% of the cell failed

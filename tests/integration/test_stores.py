@@ -170,6 +170,35 @@ def test_pgvector_exact_scan_is_exact_and_hnsw_recall_is_measured(stores_spec, c
         system.close()
 
 
+@pytest.mark.parametrize("name", ["pgvector", "milvus"])
+@pytest.mark.parametrize("selectivity", [0.01, 0.002])
+def test_stores_apply_each_querys_filter_natively(name, stores_spec, catalogue, tmp_path, selectivity):
+    """pgvector's WHERE over an exact scan, Milvus Lite's filter expression over FLAT: the filtered ground
+    truth, with fewer than k ids where fewer items pass."""
+    from perfray.data.filters import query_filters
+
+    filtered = Workload.model_validate({**WORKLOAD.model_dump(mode="json"), "system": name,
+                                        "filter": {"selectivity": selectivity}})
+    if name == "milvus":  # its own file (see test_milvus_lite_flat_search_is_exact)
+        stores_spec = stores_spec.model_copy(update={"milvus": stores_spec.milvus.model_copy(
+            update={"uri": str(tmp_path / "own.db")})})
+    gt_ids, _ = ground_truth(catalogue.dataset, 10, tmp_path, query_filters(catalogue.dataset, selectivity))
+    system = _system(name, stores_spec, catalogue, filtered)
+    try:
+        rows = np.arange(20)
+        answer = system.execute(catalogue.dataset.queries[rows], 10, rows)
+        assert answer.ids.tolist() == gt_ids[rows, :10].tolist()
+        assert ((answer.ids == -1).sum(1) == (4 if selectivity == 0.002 else 0)).all()  # 6 of 3000 pass
+        if name == "pgvector":
+            async def on_loop():
+                await system.warm(catalogue.dataset.queries, 10)
+                return await system.execute_async(catalogue.dataset.queries[rows], 10, rows)
+
+            assert asyncio.run(on_loop()).ids.tolist() == gt_ids[rows, :10].tolist()
+    finally:
+        system.close()
+
+
 def _store_answer(name, system, catalogue, row, gt_ids):
     """(ids, items) of one row's request from the store's own (sync, separately tested) calls."""
     spec, query = WORKLOAD.hybrid, catalogue.dataset.queries[row]

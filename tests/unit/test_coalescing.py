@@ -32,7 +32,7 @@ def test_calls_queued_behind_a_search_are_answered_by_one_search_each_with_its_o
         want_ids, want_dists = w.search(q, k)
         assert np.array_equal(ids, want_ids) and np.allclose(dists, want_dists)
 
-    def broken(q, k):
+    def broken(q, k, windows=None):
         raise MemoryError("out of device memory")
 
     async def failing():
