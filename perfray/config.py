@@ -178,7 +178,8 @@ class Workload(Strict):
 
         if self.filter is not None and not SYSTEMS.load(self.system).filterable:
             able = ", ".join(n for n in SYSTEMS.names() if SYSTEMS.load(n).filterable)
-            raise ValueError(f"filter: system {self.system!r} does not apply filters yet (systems that do: {able})")
+            raise ValueError(f"filter: system {self.system!r} has no vector search to filter (systems that filter: "
+                             f"{able})")
         return self
 
     @property

@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from perfray.backends.base import ALL_ITEMS
+
 
 @dataclass
 class _Ticket:
     queries: np.ndarray
     k: int
+    windows: np.ndarray | None = None  # filter windows per query row, when the cell filters
     done: threading.Event = field(default_factory=threading.Event)
     ids: np.ndarray | None = None
     error: BaseException | None = None
@@ -33,8 +36,8 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._run, name="perfray-vector-batcher", daemon=True)
         self._thread.start()
 
-    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
-        ticket = _Ticket(np.ascontiguousarray(queries, dtype=np.float32), int(k))
+    def search(self, queries: np.ndarray, k: int, windows: np.ndarray | None = None) -> np.ndarray:
+        ticket = _Ticket(np.ascontiguousarray(queries, dtype=np.float32), int(k), windows)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the vector batcher is closed")
@@ -67,8 +70,12 @@ class MicroBatcher:
     def _run(self) -> None:
         while (batch := self._take()) is not None:
             k = max(t.k for t in batch)
+            windows = None
+            if any(t.windows is not None for t in batch):
+                windows = np.concatenate([t.windows if t.windows is not None else
+                                          np.tile(ALL_ITEMS, (t.queries.shape[0], 1)) for t in batch])
             try:
-                ids = self._search(np.concatenate([t.queries for t in batch]), k)
+                ids = self._search(np.concatenate([t.queries for t in batch]), k, windows)
             except BaseException as err:  # every waiting request gets the call's error
                 for t in batch:
                     t.error = err

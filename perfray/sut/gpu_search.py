@@ -143,26 +143,27 @@ class GpuActorsVector:
     """The vector stage of a multi-store pipeline: the sweep's GPU search actors (a blocking call per
     request, round-robin over replicas or merged over shards), or, without Ray, a worker in this process."""
 
-    def __init__(self, handles: list | None, base: np.ndarray, topology: str = "replicated") -> None:
+    def __init__(self, handles: list | None, base: np.ndarray, topology: str = "replicated",
+                 attr: np.ndarray | None = None) -> None:
         self.handles, self.topology = list(handles or []), topology
         self._next = 0
         self.local = None
         if not self.handles:
             self.local = GpuSearchWorker("auto")
-            self.local.build(base)
+            self.local.build(base, attr=attr)
 
-    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
+    def search(self, queries: np.ndarray, k: int, windows: np.ndarray | None = None) -> np.ndarray:
         if self.local is not None:
-            return self.local.search(queries, k)[0]
+            return self.local.search(queries, k, windows)[0]
         import ray
 
         from perfray.backends.base import merge_topk
 
         if self.topology == "sharded":
-            parts = ray.get([h.search.remote(queries, k) for h in self.handles])
+            parts = ray.get([h.search.remote(queries, k, windows) for h in self.handles])
             return merge_topk(parts, k)[0]
         self._next = (self._next + 1) % len(self.handles)
-        return ray.get(self.handles[self._next].search.remote(queries, k))[0]
+        return ray.get(self.handles[self._next].search.remote(queries, k, windows))[0]
 
 
 class GpuSearchSystem(SystemUnderTest):

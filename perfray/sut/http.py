@@ -17,6 +17,7 @@ try:  # ~8x faster than json on the replies scored for recall
 except ImportError:
     from json import loads as _json_loads
 
+from perfray.data.filters import pool_windows
 from perfray.redact import redact
 from perfray.sut.base import Answer, PerRow, SystemUnderTest, env_secret, unavailable
 from perfray.sut.http_client import Exchange, HttpPool
@@ -28,6 +29,7 @@ class HttpSystem(SystemUnderTest):
     stores = ("http",)
     supported_ops = frozenset({"knn", "hybrid"})
     callback_native = True  # ``send`` starts the request on the actor's loop and calls back with the reply
+    filterable = True  # the request carries each query's filter window; the service applies it
     requires = ("httptools",)
 
     def label(self) -> str:
@@ -47,6 +49,7 @@ class HttpSystem(SystemUnderTest):
 
     def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
         super().prepare(catalogue)
+        self.windows = pool_windows(self.workload, catalogue.dataset) if catalogue is not None else None
         self._pool: HttpPool | None = None
         self._requests = PerRow(self._encode)  # (pool row, k) -> encoded request
 
@@ -66,7 +69,10 @@ class HttpSystem(SystemUnderTest):
     def _encode(self, vector: np.ndarray, row: int, k: int) -> bytes:
         catalogue = getattr(self, "catalogue", None)
         user = int(catalogue.user_of(np.array([row]))[0]) if catalogue is not None else row
-        body = json.dumps({"vector": vector.tolist(), "k": k, "user": user}, separators=(",", ":"))
+        request = {"vector": vector.tolist(), "k": k, "user": user}
+        if getattr(self, "windows", None) is not None:  # the service applies it (a system that cannot: recall shows)
+            request["filter"] = {"attr": [int(x) for x in self.windows[row]]}
+        body = json.dumps(request, separators=(",", ":"))
         return self._client().encode(body.encode())
 
     async def warm(self, queries: np.ndarray, k: int) -> int:

@@ -8,6 +8,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from perfray.data.filters import item_attr, pool_windows, windows_of
 from perfray.sut.base import Answer, SystemUnderTest, span
 from perfray.sut.batching import MicroBatcher
 from perfray.sut.gpu_search import GpuActorsVector
@@ -45,6 +46,7 @@ class ResultCache:
 class HybridSystem(SystemUnderTest):
     name = "hybrid"
     supported_ops = frozenset({"hybrid"})
+    filterable = True  # on the vector stage (Milvus' filter expression, or the search actors' mask)
 
     requires = ("neo4j", "psycopg_pool")
 
@@ -88,8 +90,10 @@ class HybridSystem(SystemUnderTest):
 
     def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
         super().prepare(catalogue)
+        self.windows = pool_windows(self.workload, catalogue.dataset)
         self.vector = self.milvus if self.milvus is not None else GpuActorsVector(
-            gpu_handles, catalogue.dataset.base, self.workload.search.topology)
+            gpu_handles, catalogue.dataset.base, self.workload.search.topology,
+            item_attr(catalogue.dataset) if self.windows is not None else None)
         if self.spec.vector_batch_window_ms > 0:
             self.vector = MicroBatcher(self.vector.search, self.spec.vector_batch_window_ms / 1e3,
                                        self.spec.vector_batch_max)
@@ -104,7 +108,7 @@ class HybridSystem(SystemUnderTest):
                               stages={"cache_hit": True})
         s, stages = self.spec, {}
         with span(stages, "vector_ns"):
-            candidates = self.vector.search(queries, max(s.candidates, k))
+            candidates = self.vector.search(queries, max(s.candidates, k), windows_of(self.windows, rows))
         with span(stages, "graph_ns"):
             expanded = [self.neo4j.expand(row[: s.seeds][row[: s.seeds] >= 0], s.hops, s.expand_limit)
                         for row in candidates]

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from perfray.data.filters import item_attr, pool_windows
 from perfray.sut.base import (
     Answer,
     AsyncStoreSystem,
     close_on_loop,
     each_in_turn,
     env_secret,
+    load_fingerprint,
     seed_items,
     span,
     unavailable,
@@ -18,6 +20,10 @@ from perfray.sut.base import (
 from perfray.timing import process_clock
 
 VECTOR_INDEX = "perfray_item_embedding"
+GRAPH_FORMAT = "attr-1"  # the items' properties: a graph of another format is loaded again
+# Neo4j's vector index has no filter of its own: the query keeps the hits inside the window (post-filtering,
+# as an application would), so fewer than k may remain; recall shows what that costs.
+FILTER_WHERE = "\nWHERE hit.attr >= $attr_lo AND hit.attr < $attr_hi"
 BATCH = 2_000
 
 # DISTINCT before ORDER BY: Neo4j 5.26 returns duplicates for `WITH DISTINCT n ORDER BY n.id` after a
@@ -31,9 +37,9 @@ WITH id ORDER BY id LIMIT $limit
 RETURN collect(id) AS ids
 """
 
-# One query does what the hybrid stack does across three stores.
+# One query does what the hybrid stack does across three stores. {where}: a filter on the index's hits.
 BASELINE_CYPHER = """
-CALL db.index.vector.queryNodes('{index}', $candidates, $vector) YIELD node AS hit, score
+CALL db.index.vector.queryNodes('{index}', $candidates, $vector) YIELD node AS hit, score{where}
 WITH collect(hit) AS hits
 UNWIND hits[0..$seeds] AS s
 OPTIONAL MATCH (s)-[:SIMILAR_TO*1..{hops}]->(n:Item)
@@ -53,7 +59,8 @@ LOAD_STEPS = (
     ("people", "UNWIND $rows AS r CREATE (:Person {id: r})"),
     ("users", "UNWIND $rows AS r CREATE (:User {id: r})"),
     ("items", "UNWIND $rows AS r MATCH (g:Genre {id: r.genre}) "
-              "CREATE (i:Item {id: r.id, genre: r.genre, popularity: r.popularity, embedding: r.embedding})"
+              "CREATE (i:Item {id: r.id, genre: r.genre, popularity: r.popularity, embedding: r.embedding, "
+              "attr: r.attr})"
               "-[:IN_GENRE]->(g)"),
     ("similar", "UNWIND $rows AS r MATCH (a:Item {id: r[0]}), (b:Item {id: r[1]}) CREATE (a)-[:SIMILAR_TO]->(b)"),
     ("people_edges", "UNWIND $rows AS r MATCH (p:Person {id: r[1]}), (i:Item {id: r[0]}) "
@@ -131,7 +138,8 @@ class Neo4jStore:
 
     def load(self, catalogue, progress=None) -> dict:
         """Replace the graph with ``catalogue``; the fingerprint is written last, so a partial load is redone."""
-        if self.fingerprint() == catalogue.fingerprint:
+        wanted = load_fingerprint(catalogue, GRAPH_FORMAT)
+        if self.fingerprint() == wanted:
             if progress is not None:
                 progress(catalogue.n_items)
             return {"store": "neo4j", "loaded": False, "items": catalogue.n_items}
@@ -151,7 +159,7 @@ class Neo4jStore:
                  "OPTIONS {indexConfig: {`vector.dimensions`: $dim, `vector.similarity_function`: 'euclidean'}}",
                  dim=catalogue.dataset.dim)
         self.run("CALL db.awaitIndexes(600)")
-        self.run("MERGE (m:PerfrayMeta {key: 'catalogue'}) SET m.value = $fp", fp=catalogue.fingerprint)
+        self.run("MERGE (m:PerfrayMeta {key: 'catalogue'}) SET m.value = $fp", fp=wanted)
         return {"store": "neo4j", "loaded": True, "items": catalogue.n_items,
                 "similar_edges": int(catalogue.similar.size)}
 
@@ -193,8 +201,9 @@ def expanded(records: list) -> np.ndarray:
     return np.asarray(records[0]["ids"] if records else [], dtype=np.int64)
 
 
-def baseline_cypher(spec) -> str:
-    return BASELINE_CYPHER.replace("{index}", VECTOR_INDEX).replace("{hops}", str(int(spec.hops)))
+def baseline_cypher(spec, filtered: bool = False) -> str:
+    return BASELINE_CYPHER.replace("{index}", VECTOR_INDEX).replace("{hops}", str(int(spec.hops))).replace(
+        "{where}", FILTER_WHERE if filtered else "")
 
 
 def baseline_params(vector: np.ndarray, user: int, spec, k: int) -> dict:
@@ -218,9 +227,9 @@ def _rows(catalogue, step: str) -> list:
     if step == "users":
         return list(range(c.n_users))
     if step == "items":
-        return [{"id": i, "genre": int(g), "popularity": float(p), "embedding": v}
-                for i, (g, p, v) in enumerate(zip(c.item_genre, c.item_popularity, c.dataset.base.tolist(),
-                                                  strict=True))]
+        return [{"id": i, "genre": int(g), "popularity": float(p), "embedding": v, "attr": int(a)}
+                for i, (g, p, v, a) in enumerate(zip(c.item_genre, c.item_popularity, c.dataset.base.tolist(),
+                                                     item_attr(c.dataset), strict=True))]
     if step == "similar":
         src = np.repeat(np.arange(c.n_items), c.similar.shape[1])
         return np.stack([src, c.similar.ravel()], axis=1).tolist()
@@ -278,17 +287,22 @@ class Neo4jBaselineSystem(_Neo4jBase):
 
     name = "neo4j_baseline"
     supported_ops = frozenset({"hybrid"})
+    filterable = True  # WHERE on the vector index's hits (post-filtering: Neo4j's index does not filter)
 
     def label(self) -> str:
         return "Neo4j only (vector index + graph + policy)"
 
     def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
         super().prepare(catalogue)
-        self.cypher = baseline_cypher(self.workload.hybrid)
+        self.windows = pool_windows(self.workload, catalogue.dataset)
+        self.cypher = baseline_cypher(self.workload.hybrid, self.windows is not None)
 
     def request_params(self, vector: np.ndarray, row: int, k: int) -> dict:
         user = int(self.catalogue.user_of(np.array([row]))[0])
-        return baseline_params(vector, user, self.workload.hybrid, k)
+        params = baseline_params(vector, user, self.workload.hybrid, k)
+        if self.windows is not None:
+            params["attr_lo"], params["attr_hi"] = (int(x) for x in self.windows[row])
+        return params
 
     @staticmethod
     def _answer(found: list, k: int, stages: dict, **stamps) -> Answer:

@@ -21,11 +21,13 @@ def knn_service():
 
     from perfray.config import SyntheticDataset
     from perfray.data import load_dataset
+    from perfray.data.filters import item_attr
 
-    base = load_dataset(SyntheticDataset(n=2000, dim=16, n_queries=50, clusters=32, seed=7)).base
+    dataset = load_dataset(SyntheticDataset(n=2000, dim=16, n_queries=50, clusters=32, seed=7))
+    base, attr = dataset.base, item_attr(dataset)
     norms = (base * base).sum(1)
     port = free_port()
-    state = {"stall_until": 0.0, "requests": 0, "repeat_first": False, "authorization": None}
+    state = {"stall_until": 0.0, "requests": 0, "repeat_first": False, "authorization": None, "filtered": 0}
 
     async def search(request):
         if state["authorization"] is not None and request.headers.get("Authorization") != state["authorization"]:
@@ -36,7 +38,12 @@ def knn_service():
             await asyncio.sleep(0.005)
         q = np.asarray(body["vector"], dtype=np.float32)
         d = norms - 2 * base @ q
+        if "filter" in body:  # only items whose attribute is in [lo, hi)
+            lo, hi = body["filter"]["attr"]
+            d = np.where((attr >= lo) & (attr < hi), d, np.inf)
+            state["filtered"] += 1
         ids = np.lexsort((np.arange(d.size), d))[: body["k"]]
+        ids = ids[np.isfinite(d[ids])]
         if state["repeat_first"]:  # the nearest neighbour k times: one true id, not k
             ids = np.repeat(ids[:1], body["k"])
         return web.json_response({"ids": ids.tolist()})
@@ -119,6 +126,17 @@ def test_cells_asking_a_load_actor_for_over_half_its_ceiling_are_flagged_and_aut
 
     assert generator_share(summary[1]) < 0.5  # auto: each of 2 actors under half (flagged only if it fell behind)
     assert "1" not in flagged or summary[1]["generator_lateness_p99_ms"] > 1.0
+
+
+def test_a_filtered_cell_sends_each_querys_window_and_the_service_applying_it_has_exact_recall(tmp_path, knn_service):
+    url, state = knn_service
+    out = http_sweep(tmp_path, "filtered", url, "load.target_qps=100", "load.duration_s=1", "load.warmup_s=0.2",
+                     "filter.selectivity=0.002", "targets=[{metric: recall_min, min: 1.0}]")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = pq.read_table(tmp_path / "filtered" / "requests").to_pandas()
+    assert (rows.status == "ok").all() and (rows.recall == 1.0).all() and state["filtered"] >= len(rows)
+    summary = pq.read_table(tmp_path / "filtered" / "summary.parquet").to_pylist()[0]
+    assert summary["filter_selectivity"] == 0.002  # 4 items per query: recall is of those 4
 
 
 def test_a_service_that_repeats_one_true_neighbour_scores_one_hit_not_k(tmp_path, knn_service):

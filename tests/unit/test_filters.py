@@ -145,7 +145,8 @@ def test_the_search_actors_coalescer_passes_windows_on(dataset):
 def test_a_filter_on_a_system_that_cannot_apply_it_is_a_one_line_error():
     with pytest.raises(UsageError) as err:
         load_config(None, ["system=neo4j", "filter.selectivity=0.01"])
-    assert "filter: system 'neo4j' does not apply filters yet (systems that do:" in str(err.value)
+    assert "filter: system 'neo4j' has no vector search to filter (systems that filter: gpu_search, http, hybrid," \
+        in str(err.value)
     assert "\n" not in str(err.value)
     cells = load_config(None, ["sweep={filter.selectivity: [0.1, 0.01]}"]).cells()
     assert [c.filter.selectivity for c in cells] == [0.1, 0.01]
