@@ -82,6 +82,26 @@ def select_smallest(dists: np.ndarray, k: int, id_offset: int = 0) -> tuple[np.n
     return ids + id_offset, vals
 
 
+def chunked_topk(xp, block, n: int, k: int, chunk: int):
+    """Exact top-k, in (distance, id) order, of every row of a distance matrix that is never whole: ``block(lo,
+    hi)`` gives its columns ``lo:hi`` (items ``lo … hi-1``), ``chunk`` at a time, so memory stays at rows × (chunk +
+    2k) whatever k and n are. Each block is stably sorted (equal distances keep id order) and merged with the
+    best so far, whose ids are all smaller: a stable sort of the pair keeps ties in id order too. ``xp``: numpy
+    or cupy (both sort stably and put NaN last). Returns (ids int64, distances)."""
+    best_d = best_i = None
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        d = block(lo, hi)
+        order = xp.argsort(d, axis=1, kind="stable")[:, :k]
+        cand_d, cand_i = xp.take_along_axis(d, order, axis=1), order.astype(xp.int64) + lo
+        if best_d is not None:
+            cand_d, cand_i = xp.concatenate([best_d, cand_d], axis=1), xp.concatenate([best_i, cand_i], axis=1)
+            order = xp.argsort(cand_d, axis=1, kind="stable")[:, :k]
+            cand_d, cand_i = xp.take_along_axis(cand_d, order, axis=1), xp.take_along_axis(cand_i, order, axis=1)
+        best_d, best_i = cand_d, cand_i
+    return best_i, best_d
+
+
 def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact merge of per-shard top-k results (ids already global)."""
     if len(parts) == 1:

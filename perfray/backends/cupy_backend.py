@@ -7,10 +7,12 @@ from typing import ClassVar
 import numpy as np
 
 from perfray.backends import cupy_topk
-from perfray.backends.base import check_build_input, check_search_input, drop_excluded
+from perfray.backends.base import check_build_input, check_search_input, chunked_topk, drop_excluded
 
 # Upper bound on one materialised distance block (bytes); the index is scanned in column chunks.
 DIST_BLOCK_BYTES = 1 << 30
+# The same for k above the kernel's MAX_K, where each block is also sorted (its order array counted too).
+SORT_BLOCK_BYTES = 1 << 28
 
 
 class CupyBackend:
@@ -94,13 +96,19 @@ class CupyBackend:
         return (attr < w[:, :1]) | (attr >= w[:, 1:])
 
     def _search_sorted(self, q, k: int, w=None):
+        """k above the kernel's MAX_K: column blocks of the distance matrix, each stably sorted and merged with
+        the best so far (``chunked_topk``): exact, ties by id, memory bounded by ``SORT_BLOCK_BYTES``."""
         import cupy as cp
 
-        d = self._norms[None, :] - 2.0 * (q @ self._base.T) + cp.einsum("ij,ij->i", q, q)[:, None]
-        if w is not None:
-            d = cp.where(self._outside(w, 0, self._n), cp.inf, d)
-        order = cp.argsort(d, axis=1)[:, :k]
-        return order.astype(cp.int64), cp.maximum(cp.take_along_axis(d, order, axis=1), 0.0)
+        rows = q.shape[0]
+        chunk = max(k, min(self._n, SORT_BLOCK_BYTES // (12 * rows)))  # float32 distances + int64 order
+
+        def block(lo: int, hi: int):
+            d = self._norms[None, lo:hi] - 2.0 * (q @ self._base[lo:hi].T)
+            return d if w is None else cp.where(self._outside(w, lo, hi), cp.inf, d)
+
+        ids, d = chunked_topk(cp, block, self._n, k, chunk)
+        return ids, cp.maximum(d + cp.einsum("ij,ij->i", q, q)[:, None], 0.0)
 
     def synchronize(self) -> None:
         import cupy as cp

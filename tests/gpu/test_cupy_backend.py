@@ -91,3 +91,22 @@ def test_filtered_search_keeps_only_each_querys_window(n, q, k, width):
     inside = (attr[np.maximum(ids, 0)] >= windows[:, :1]) & (attr[np.maximum(ids, 0)] < windows[:, 1:])
     assert inside[passed].all() and np.allclose(dists[passed], want_dists[passed], rtol=1e-4, atol=1e-3)
     assert (ids[passed] == want_ids[passed]).mean() > 0.99
+
+
+@pytest.mark.parametrize("k", [129, 300, 1024])
+def test_k_above_the_kernel_is_exact_with_ties_by_id_in_bounded_blocks(monkeypatch, k):
+    """Above MAX_K: column blocks sorted stably and merged (memory bounded by SORT_BLOCK_BYTES, forced small
+    here so many blocks are merged), the same ids as numpy, duplicates included."""
+    from perfray.backends import cupy_backend
+
+    monkeypatch.setattr(cupy_backend, "SORT_BLOCK_BYTES", 12 * 9 * 1500)  # 1,500 columns per block
+    rng = np.random.default_rng(k)
+    base = rng.integers(0, 4, size=(20_000, 8)).astype(np.float32)  # integer data: exact, many ties
+    queries = base[:9]
+    backend = CupyBackend()
+    backend.build(base)
+    numpy = NumpyBackend()
+    numpy.build(base)
+    ids, dists = backend.search(queries, k)
+    want_ids, want_dists = numpy.search(queries, k)
+    assert np.array_equal(ids, want_ids) and np.allclose(dists, want_dists)

@@ -134,3 +134,20 @@ def test_a_row_with_fewer_than_k_finite_distances_keeps_its_own_neighbours():
     assert ids[0].tolist() == [13, 10, 12, 11] and vals[0][:3].tolist() == [np.float32(0.1), 0.5, np.inf]
     assert ids[1].tolist() == [13, 11, 12, 10] and vals[1].tolist() == [0.0, 1.0, 2.0, 3.0]
     assert ids[2].tolist() == [10, 11, 12, 13] and np.isnan(vals[2]).all()
+
+
+@pytest.mark.parametrize(("n", "k", "chunk"), [(5000, 300, 700), (4096, 1024, 1024), (999, 200, 64), (50, 10, 7)])
+def test_chunked_topk_is_exact_with_ties_by_id_across_blocks(n, k, chunk):
+    """The CuPy backend's path for k above its kernel (run here with numpy: the same calls): every block sorted
+    stably and merged with the best so far equals one full (distance, id) sort, ties, inf and NaN included."""
+    from perfray.backends.base import chunked_topk
+
+    rng = np.random.default_rng(n + k)
+    d = rng.integers(0, 40, size=(9, n)).astype(np.float32)  # many exact ties, across block boundaries
+    d[0, ::3] = np.inf
+    d[1, 5:] = np.nan  # fewer than k finite values
+    ids, vals = chunked_topk(np, lambda lo, hi: d[:, lo:hi], n, min(k, n), chunk)
+    cols = np.broadcast_to(np.arange(n), d.shape)
+    want = np.lexsort((cols, np.where(np.isnan(d), np.inf, d), np.isnan(d)), axis=1)[:, :min(k, n)]
+    assert np.array_equal(ids, want) and ids.dtype == np.int64
+    assert np.array_equal(vals, np.take_along_axis(d, want, axis=1), equal_nan=True)
