@@ -75,7 +75,8 @@ class MicroBatcher:
                 windows = np.concatenate([t.windows if t.windows is not None else
                                           np.tile(ALL_ITEMS, (t.queries.shape[0], 1)) for t in batch])
             try:
-                ids = self._search(np.concatenate([t.queries for t in batch]), k, windows)
+                queries = np.concatenate([t.queries for t in batch])
+                ids = self._search(queries, k) if windows is None else self._search(queries, k, windows)
             except BaseException as err:  # every waiting request gets the call's error
                 for t in batch:
                     t.error = err

@@ -120,7 +120,7 @@ class SearchCoalescer:
         taken, queries, k_max, windows = take_waiting(self._waiting, self.max_rows)  # a caller that gave up: skipped
         if taken:
             try:
-                result = self._run(queries, k_max, windows)
+                result = self._run(queries, k_max) if windows is None else self._run(queries, k_max, windows)
             except Exception as err:  # every waiting caller gets the search's error
                 answer_each(taken, None, err)
             else:
