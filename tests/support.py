@@ -122,3 +122,11 @@ def write_fake_run(run_dir: Path, latencies_ms_by_cell: list, n_gpus=None, qps: 
              config={"targets": [{"metric": "p99_ms", "max": 50.0}]},
              gpus={"simulated": True, "models": {"cpu (numpy)": max(n_gpus)}}).write()
     return run_dir
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except FileNotFoundError:
+        return False

@@ -66,3 +66,19 @@ def _no_store_credentials(monkeypatch):
     for name in ("PGPASSWORD", "NEO4J_PASSWORD", "MILVUS_TOKEN"):
         if name in os.environ:
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def responder_url():
+    """``perfray.services.http_responder`` (answers at once) on a loopback port: its search URL."""
+    import subprocess
+    import sys
+
+    from perfray.services.process import free_port, wait_for_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "perfray.services.http_responder", "--port", str(port)])
+    wait_for_port(port, 20, "http responder")
+    yield f"http://127.0.0.1:{port}/search"
+    proc.terminate()
+    proc.wait(10)

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from support import REPO, manifest
+from support import REPO, alive, manifest
 
 from perfray.config import load_config
 from perfray.driver import Hooks, SweepDriver
@@ -75,25 +75,6 @@ def test_kill_9_of_a_load_actor_keeps_every_scheduled_request_as_a_row_and_fails
     assert f"| 0 | load 1 (ActorDiedError) | {lost.num_rows:,} |" in section
 
 
-@pytest.fixture
-def responder_url():
-    from perfray.services.process import free_port, wait_for_port
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "perfray.services.http_responder", "--port", str(port)])
-    wait_for_port(port, 20, "http responder")
-    yield f"http://127.0.0.1:{port}/search"
-    proc.terminate()
-    proc.wait(10)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return not open(f"/proc/{pid}/stat").read().split(") ")[1].startswith("Z")
-    except FileNotFoundError:
-        return False
-
-
 def test_kill_9_of_a_load_actors_generator_process_ends_the_actor_and_its_share_is_lost_rows(tmp_path, responder_url):
     """An HTTP cell's generator runs in a process of the load actor's own; killing it is killing the actor."""
     config = load_config(None, [*FAULT_RUN, "system=http", f"stores.http.url={responder_url}",
@@ -119,7 +100,7 @@ def test_kill_9_of_a_load_actors_generator_process_ends_the_actor_and_its_share_
     status = pc.cast(rows["status"], "string").to_numpy(zero_copy_only=False)
     actor = rows["actor"].to_numpy()
     assert (status[actor == 0] == "ok").all() and 0 < (status[actor == 1] == "lost").sum() < 450
-    assert not _alive(pids["actor"]) and not _alive(pids["generator"])
+    assert not alive(pids["actor"]) and not alive(pids["generator"])
 
 
 def test_kill_9_of_a_gpu_actor_turns_its_requests_into_errors_and_the_run_finishes(tmp_path):

@@ -13,27 +13,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from support import make_plan
+from support import alive, make_plan
 
 from perfray.config import Workload
 from perfray.errors import UnavailableError
 from perfray.load.generator import QueryPool
 from perfray.load.generator_process import GeneratorProcess, GeneratorProcessDied
-from perfray.services.process import free_port, wait_for_port
+from perfray.services.process import free_port
 from perfray.sut.session import SystemPlan
 from perfray.systems_config import StoresSpec
 
 POOL = QueryPool(np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32))
-
-
-@pytest.fixture
-def url():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "perfray.services.http_responder", "--port", str(port)])
-    wait_for_port(port, 20, "http responder")
-    yield f"http://127.0.0.1:{port}/search"
-    proc.terminate()
-    proc.wait(10)
 
 
 def http_plan(url: str, key: str = "http-1") -> SystemPlan:
@@ -42,17 +32,9 @@ def http_plan(url: str, key: str = "http-1") -> SystemPlan:
     return SystemPlan("http", key, workload.model_dump(mode="json"), stores.model_dump(mode="json"), "http")
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return not open(f"/proc/{pid}/stat").read().split(") ")[1].startswith("Z")
-
-
 @pytest.mark.timeout(120)
-def test_a_cell_in_the_generator_process_reports_every_request_and_drains_while_it_runs(url):
-    system = http_plan(url)
+def test_a_cell_in_the_generator_process_reports_every_request_and_drains_while_it_runs(responder_url):
+    system = http_plan(responder_url)
 
     async def go():
         proc = GeneratorProcess(actor=0)
@@ -85,14 +67,14 @@ def test_a_cell_in_the_generator_process_reports_every_request_and_drains_while_
 
 
 @pytest.mark.timeout(60)
-def test_errors_cross_with_their_class_and_a_dead_child_fails_the_call_it_owed(url):
+def test_errors_cross_with_their_class_and_a_dead_child_fails_the_call_it_owed(responder_url):
     async def go():
         proc = GeneratorProcess(actor=1)
         try:
             with pytest.raises(UnavailableError, match="127.0.0.1"):  # nothing listens there
                 await proc.prime_system(http_plan(f"http://127.0.0.1:{free_port()}/search"), None, [], POOL, 10)
             plan = make_plan(100, 30.0, lead_s=0.2)
-            cell = asyncio.ensure_future(proc.run_cell(plan, POOL, [], "replicated", http_plan(url), None))
+            cell = asyncio.ensure_future(proc.run_cell(plan, POOL, [], "replicated", http_plan(responder_url), None))
             await asyncio.sleep(0.5)
             os.kill(proc.pid, signal.SIGKILL)
             with pytest.raises(GeneratorProcessDied, match="exit code -9"):
@@ -106,21 +88,21 @@ def test_errors_cross_with_their_class_and_a_dead_child_fails_the_call_it_owed(u
 
 
 @pytest.mark.timeout(60)
-def test_the_child_exits_at_once_when_its_owner_dies(url, tmp_path):
+def test_the_child_exits_at_once_when_its_owner_dies(responder_url, tmp_path):
     """An owner killed with -9 (as Ray kills a load actor) closes the socket: the child stops sending."""
     script = tmp_path / "owner.py"
     script.write_text(f"""
 import asyncio, sys, time
 sys.path.insert(0, {str(os.path.dirname(__file__) + '/..')!r})
-from support import make_plan
+from support import alive, make_plan
 from test_generator_process import POOL, http_plan
 from perfray.load.generator_process import GeneratorProcess
 
 async def go():
     proc = GeneratorProcess(actor=0)
-    await proc.prime_system(http_plan({url!r}), None, [], POOL, 10)
+    await proc.prime_system(http_plan({responder_url!r}), None, [], POOL, 10)
     print(proc.pid, flush=True)
-    await proc.run_cell(make_plan(200, 60.0), POOL, [], "replicated", http_plan({url!r}), None)
+    await proc.run_cell(make_plan(200, 60.0), POOL, [], "replicated", http_plan({responder_url!r}), None)
 
 asyncio.run(go())
 """)
