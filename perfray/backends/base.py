@@ -126,11 +126,7 @@ def take_waiting(waiting: list, max_rows: int) -> tuple[list, np.ndarray | None,
     if len(taken) == 1:
         return taken, taken[0][0], taken[0][1], taken[0][3]
     queries = np.concatenate([item[0] for item in taken])
-    windows = None
-    if any(item[3] is not None for item in taken):
-        windows = np.concatenate([item[3] if item[3] is not None else np.tile(ALL_ITEMS, (len(item[0]), 1))
-                                  for item in taken])
-    return taken, queries, max(item[1] for item in taken), windows
+    return taken, queries, max(item[1] for item in taken), stack_windows([(len(i[0]), i[3]) for i in taken])
 
 
 def answer_each(taken: list, result: tuple[np.ndarray, np.ndarray] | None, error: BaseException | None) -> None:
@@ -147,6 +143,15 @@ def answer_each(taken: list, result: tuple[np.ndarray, np.ndarray] | None, error
 
 
 ALL_ITEMS = (0, np.iinfo(np.int64).max)  # the filter window of a request without a filter
+
+
+def stack_windows(parts: list[tuple[int, np.ndarray | None]]) -> np.ndarray | None:
+    """The filter windows of merged batches, ``(rows, windows or None)`` each: None when none filters; a batch
+    without a filter among filtered ones passes every item."""
+    if all(windows is None for _, windows in parts):
+        return None
+    return np.concatenate([windows if windows is not None else np.tile(ALL_ITEMS, (rows, 1))
+                           for rows, windows in parts])
 
 
 def mask_outside(dists: np.ndarray, attr: np.ndarray, windows: np.ndarray | None) -> np.ndarray:

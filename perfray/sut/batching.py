@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from perfray.backends.base import ALL_ITEMS
+from perfray.backends.base import stack_windows
 
 
 @dataclass
@@ -70,10 +70,7 @@ class MicroBatcher:
     def _run(self) -> None:
         while (batch := self._take()) is not None:
             k = max(t.k for t in batch)
-            windows = None
-            if any(t.windows is not None for t in batch):
-                windows = np.concatenate([t.windows if t.windows is not None else
-                                          np.tile(ALL_ITEMS, (t.queries.shape[0], 1)) for t in batch])
+            windows = stack_windows([(t.queries.shape[0], t.windows) for t in batch])
             try:
                 queries = np.concatenate([t.queries for t in batch])
                 ids = self._search(queries, k) if windows is None else self._search(queries, k, windows)
