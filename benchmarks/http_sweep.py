@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,8 +40,8 @@ REQUEST = (b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: applicati
            b"\r\n{}")
 
 
-def sweep(url: str, qps: float, seconds: float, out: Path, run_id: str, extra=()) -> np.ndarray:
-    """Latencies (ns) of the measured rows of one sweep cell."""
+def sweep(url: str, qps: float, seconds: float, out: Path, run_id: str, extra=()):
+    """(latencies ns, schedule lags ns, non-ok rows, the generator's CPU µs per request) of one sweep cell."""
     cmd = [sys.executable, "-m", "perfray.sweep", "--quiet", "--config", "configs/smoke.yaml",
            "--results-dir", str(out), "--run-id", run_id, "--no-report"]
     for setting in ("system=http", f"stores.http.url={url}", "stores.http.ids_field=null", "dataset.n=2000",
@@ -53,7 +55,9 @@ def sweep(url: str, qps: float, seconds: float, out: Path, run_id: str, extra=()
     rows = pq.read_table(out / run_id / "requests").to_pandas()
     rows = rows[rows.phase != "warmup"]
     bad = (rows.status != "ok").sum()
-    return rows.latency_ns.to_numpy(), rows.schedule_lag_ns.to_numpy(), int(bad)
+    actors = json.loads((out / run_id / "manifest.json").read_text())["cells"][0]["actor_stats"]
+    cpu = float(np.mean([a["generator_cpu_us_per_request"] for a in actors]))
+    return rows.latency_ns.to_numpy(), rows.schedule_lag_ns.to_numpy(), int(bad), cpu
 
 
 class _RefConn(asyncio.Protocol):
@@ -128,12 +132,13 @@ def _write(conn, i: int) -> None:
     conn.transport.write(REQUEST)
 
 
-def reference(port: int, rate: float, seconds: float, out: Path, nice: bool) -> np.ndarray:
-    """The reference client in its own process (so its priority is its own), latencies in ns."""
-    path = out / f"ref-{rate:g}-{time.monotonic_ns()}.npy"
+def reference(port: int, rate: float, seconds: float, out: Path, nice: bool):
+    """The reference client in its own process (so its priority is its own): (latencies ns, CPU µs per request)."""
+    path = out / f"ref-{rate:g}-{time.monotonic_ns()}.npz"
     subprocess.run([sys.executable, __file__, "--reference", str(port), str(rate), str(seconds), str(path),
                     "--nice" if nice else "--no-nice"], check=True, timeout=seconds + 120)
-    return np.load(path)
+    saved = np.load(path)
+    return saved["latency"], float(saved["cpu_us"])
 
 
 def _reference_main(port: str, rate: str, seconds: str, path: str, nice: str) -> None:
@@ -141,7 +146,9 @@ def _reference_main(port: str, rate: str, seconds: str, path: str, nice: str) ->
         from perfray.load.host import raise_priority
 
         raise_priority()
-    np.save(path, run_fast(Reference(float(rate), float(seconds), 256).run(int(port))))
+    cpu = time.process_time()
+    latency = run_fast(Reference(float(rate), float(seconds), 256).run(int(port)))
+    np.savez(path, latency=latency, cpu_us=(time.process_time() - cpu) / latency.size * 1e6)
 
 
 IDLE_RAY = """
@@ -171,6 +178,58 @@ class IdleRay:
         self.proc.wait(60)
 
 
+class Server:
+    """The responder, keeping its own lateness: ``taken()`` is each delayed reply's write − due (ns) since the last
+    call, so a client that kept a shared box's server from its work is told apart from one that mis-measured."""
+
+    def __init__(self, out: Path, *args: str) -> None:
+        self.port, self.path = free_port(), out / f"server-lateness-{time.monotonic_ns()}.npy"
+        self.proc = subprocess.Popen([sys.executable, "-m", "perfray.services.http_responder", "--port", str(self.port),
+                                      "--lateness-out", str(self.path), *args])
+        wait_for_port(self.port, 20, "responder")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/search"
+
+    def taken(self) -> np.ndarray:
+        self.path.unlink(missing_ok=True)
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                return np.load(self.path)
+            except (OSError, ValueError, EOFError):  # not (completely) written yet
+                time.sleep(0.05)
+        raise SystemExit("the responder did not save its lateness")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class Runs:
+    """One client's runs at one rate, pooled: latencies, the server's lateness meanwhile, CPU per request."""
+
+    def __init__(self, name: str, note: str = "") -> None:
+        self.name, self.note, self.latency, self.server, self.cpu = name, note, [], [], []
+
+    def add(self, latency: np.ndarray, server_late: np.ndarray, cpu_us: float) -> None:
+        self.latency.append(latency)
+        self.server.append(server_late)
+        self.cpu.append(cpu_us)
+
+    def quantiles(self) -> np.ndarray:
+        return np.quantile(np.concatenate(self.latency), Q) / 1e6
+
+    def row(self, rate: float) -> None:
+        late = np.quantile(np.concatenate(self.server), 0.99) / 1e6
+        _row(rate, self.name, self.quantiles(), f" {late:>9.3f} {np.mean(self.cpu):>8.1f}{self.note}")
+
+
+Q = [0.5, 0.99, 0.999]
+
+
 def _row(rate: float, name: str, q: np.ndarray, note: str = "") -> None:
     print(f"{rate:>7,.0f} {name:<22} {q[0]:>8.3f} {q[1]:>8.3f} {q[2]:>9.3f}{note}", flush=True)
 
@@ -186,50 +245,55 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "perfray.services.http_responder", "--port", str(port),
-                                   "--delay-ms", str(args.delay_ms)])
+        server = Server(out, "--delay-ms", str(args.delay_ms))
         try:
-            wait_for_port(port, 20, "responder")
             print(f"server answers every request after {args.delay_ms:g} ms; {args.seconds:g} s per run, constant "
-                  f"arrivals, 256 connections each, {args.rounds} interleaved rounds pooled\n")
-            print(f"{'rate/s':>7} {'client':<22} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9}")
-            q = [0.5, 0.99, 0.999]
+                  f"arrivals, 256 connections each, {args.rounds} interleaved rounds pooled; 'server late' is the "
+                  "server's own lateness (reply written - due), 'CPU' the client's per request\n")
+            print(f"{'rate/s':>7} {'client':<22} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'server late p99 ms':>9} "
+                  f"{'CPU us':>8}")
             for rate in (float(r) for r in args.rates.split(",")):
-                alone, beside, ours, inline, bad = [], [], [], [], 0
+                alone, beside = Runs("reference alone"), Runs("reference beside Ray")
+                ours = Runs("perfray sweep")
+                inline = Runs("  generator in actor", "   (cluster.generator_process: false)")
+                bad = 0
                 for r in range(args.rounds):  # interleaved, so a drift of the box hits every client alike
-                    alone.append(reference(port, rate, args.seconds, out, nice=False))
+                    server.taken()
+                    alone.add(*_first(reference(server.port, rate, args.seconds, out, nice=False), server))
                     with IdleRay():
-                        beside.append(reference(port, rate, args.seconds, out, nice=True))
-                    lat, _, n_bad = sweep(f"http://127.0.0.1:{port}/search", rate, args.seconds, out,
-                                          f"r{int(rate)}-{r}")
-                    ours.append(lat)
-                    lat, _, n_bad_inline = sweep(f"http://127.0.0.1:{port}/search", rate, args.seconds, out,
-                                                 f"r{int(rate)}-{r}-inline", ["cluster.generator_process=false"])
-                    inline.append(lat)
-                    bad += n_bad + n_bad_inline
-                a, b, c, d = (np.quantile(np.concatenate(x), q) / 1e6 for x in (ours, alone, beside, inline))
-                _row(rate, "reference alone", b)
-                _row(rate, "reference beside Ray", c)
-                _row(rate, "perfray sweep", a, f"   (non-ok rows: {bad})")
-                _row(rate, "  generator in actor", d, "   (cluster.generator_process: false)")
-                _row(rate, "added vs beside Ray", a - c, "   (goal: <= 0.2 at p50, <= 0.5 at p99)")
-                _row(rate, "added vs alone", a - b)
-                _row(rate, "  in actor, vs beside", d - c)
+                        server.taken()
+                        beside.add(*_first(reference(server.port, rate, args.seconds, out, nice=True), server))
+                    for runs, run_id, extra in ((ours, f"r{int(rate)}-{r}", []),
+                                                (inline, f"r{int(rate)}-{r}-inline", ["cluster.generator_process=false"])):
+                        server.taken()
+                        lat, _, n_bad, cpu = sweep(server.url, rate, args.seconds, out, run_id, extra)
+                        runs.add(lat, server.taken(), cpu)
+                        bad += n_bad
+                for runs in (alone, beside, ours, inline):
+                    runs.row(rate)
+                print(f"{'':>7} (non-ok rows in the sweeps: {bad})")
+                _row(rate, "added vs beside Ray", ours.quantiles() - beside.quantiles(),
+                     "   (goal: <= 0.2 at p50, <= 0.5 at p99)")
+                _row(rate, "added vs alone", ours.quantiles() - alone.quantiles())
+                _row(rate, "  in actor, vs beside", inline.quantiles() - beside.quantiles())
         finally:
-            server.terminate()
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "perfray.services.http_responder", "--port", str(port)])
+            server.close()
+        server = Server(out)
         try:
-            wait_for_port(port, 20, "responder")
-            lat, lag, bad = sweep(f"http://127.0.0.1:{port}/search", 8000, 20, out, "r8000")
+            lat, lag, bad, cpu = sweep(server.url, 8000, 20, out, "r8000")
             print(f"\nsweep at 8,000 req/s for 20 s, one load actor, server answers at once: {lat.size:,} measured rows, "
                   f"non-ok {bad}, lag p99 {np.quantile(lag, 0.99) / 1e6:.3f} ms, latency p50 "
-                  f"{np.quantile(lat, 0.5) / 1e6:.3f} ms, p99 {np.quantile(lat, 0.99) / 1e6:.3f} ms "
-                  "(goal: 0 non-ok, lag p99 <= 1 ms, latency p99 <= 2 ms)")
+                  f"{np.quantile(lat, 0.5) / 1e6:.3f} ms, p99 {np.quantile(lat, 0.99) / 1e6:.3f} ms, generator CPU "
+                  f"{cpu:.1f} us/request (goal: 0 non-ok, lag p99 <= 1 ms, latency p99 <= 2 ms)")
         finally:
-            server.terminate()
+            server.close()
     print("rerun: python benchmarks/http_sweep.py")
+
+
+def _first(measured, server: Server):
+    """A reference run's (latencies, server lateness meanwhile, CPU per request)."""
+    latency, cpu = measured
+    return latency, server.taken(), cpu
 
 
 if __name__ == "__main__":

@@ -68,10 +68,13 @@ class LoadActorBody:
         return len(gpu_handles) * rounds
 
     async def drain(self):
-        """Finished rows as an Arrow record batch (Ray ships its buffers without pickling the values)."""
-        batch, in_flight, pools = await self._guarded(self.host.drain())
+        """Finished rows as an Arrow record batch (Ray ships its buffers without pickling the values), built here
+        from the generator's plain columns."""
+        rows, in_flight, pools = await self._guarded(self.host.drain())
+        await asyncio.sleep(0)  # the loop's turn between two pieces of drain work
+        batch = rows.to_batch() if rows is not None else None
         if self.metrics is not None:
-            await asyncio.sleep(0)  # the loop's turn between two pieces of drain work
+            await asyncio.sleep(0)
             try:
                 self.metrics.rows(batch, self.cell, in_flight)
                 if pools is not None:

@@ -104,15 +104,16 @@ class LoadGenerator:
         """Finished rows since the last call, as an Arrow record batch (or None)."""
         return self.recorder.drain() if self.recorder is not None else None
 
-    async def drain_async(self):
-        """``drain`` for a generator that is sending: replies are scored in slices with the loop's turn in
-        between, so a drain never holds the pacer up for long."""
+    async def drain_rows(self):
+        """Finished rows since the last call as plain columns (``DrainedRows``, or None), for a generator that
+        is sending: replies are scored in slices with the loop's turn in between, and the Arrow batch is left to
+        the caller, so a drain never holds the pacer up for long."""
         rec = self.recorder
         if rec is None:
             return None
         while rec.score(SCORE_SLICE):
             await asyncio.sleep(0)
-        return rec.drain()
+        return rec.drain_rows()
 
     async def run_cell(self, plan: CellPlan, pool: QueryPool, target) -> dict:
         """Send this actor's share of the cell to ``target``; returns once every row is final."""

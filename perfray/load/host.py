@@ -5,6 +5,7 @@ process of its own (``perfray.load.generator_process``), which runs this same cl
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -72,9 +73,11 @@ class GeneratorHost:
         else:
             target = self._system_endpoint(system, catalogue, gpu_handles)
         nice = raise_priority()
+        cpu_ns = time.process_time_ns()
         stats = await self.generator.run_cell(plan, pool, target)
+        cpu_ns = time.process_time_ns() - cpu_ns  # the whole process: sending, replies, the client, drains
         stats.update(nice=nice, client_path="gpu" if system is None else self._endpoint.mode,
-                     generator_pid=os.getpid())
+                     generator_pid=os.getpid(), generator_cpu_us_per_request=cpu_ns / max(stats["requests"], 1) / 1e3)
         if system is not None:  # client pools at the end of the cell, for the manifest
             stats["pools"] = self.system.pool_stats()
             cache = getattr(self.system, "cache_stats", None)
@@ -82,9 +85,10 @@ class GeneratorHost:
         return stats
 
     async def drain(self):
-        """(finished rows as an Arrow record batch or None, requests in flight, client pool gauges or None)."""
-        batch = await self.generator.drain_async()
-        return batch, self.generator.in_flight, self.system.pool_stats() if self.system is not None else None
+        """(finished rows as ``DrainedRows`` or None, requests in flight, client pool gauges or None). The rows
+        cross to the load actor as plain columns: it builds their Arrow batch, not the generator's process."""
+        rows = await self.generator.drain_rows()
+        return rows, self.generator.in_flight, self.system.pool_stats() if self.system is not None else None
 
     def close_system(self) -> None:
         if self._endpoint is not None:

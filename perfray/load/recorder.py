@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 
@@ -121,6 +123,12 @@ class Recorder:
 
     def drain(self) -> pa.RecordBatch | None:
         """Rows finished since the last drain, as one record batch (None if there are none)."""
+        rows = self.drain_rows()
+        return rows.to_batch() if rows is not None else None
+
+    def drain_rows(self) -> DrainedRows | None:
+        """Rows finished since the last drain, as plain columns (None if there are none): what a generator
+        process hands its load actor, which builds the Arrow batch (``to_batch``) off the generator's core."""
         if not self._final and not self._final_rows:
             return None
         self.score()
@@ -130,8 +138,13 @@ class Recorder:
         self._final, self._final_rows = [], []
         idx.sort()
         if idx[-1] - idx[0] + 1 == idx.size:  # the usual case: a slice, so columns are views, not gathers
-            return self._batch(slice(int(idx[0]), int(idx[-1]) + 1))
-        return self._batch(idx)
+            idx = slice(int(idx[0]), int(idx[-1]) + 1)
+        return DrainedRows(
+            self.cell, self.actor, self.seq[idx], self.phase[idx], list(self.phase_names), self.op[idx],
+            list(self.op_names), self.k[idx], self.n_queries[idx], self.status[idx], self.error[idx],
+            list(self.error_names), self.intended_ns[idx], self.sent_ns[idx], self.done_ns[idx],
+            self.batch_id[idx], self.batch_size[idx], self.batch_queries[idx], self.endpoint[idx],
+            self.recall[idx], {name: self.stage_ns[name][idx] for name in STAGES}, self.cache_hit[idx])
 
     def score(self, limit: int | None = None) -> int:
         """Recall of up to ``limit`` replies kept since the last drain (all when None), one vectorised pass
@@ -162,11 +175,42 @@ class Recorder:
         starts = np.cumsum(counts) - counts
         self.recall[requests] = (np.add.reduceat(per_query, starts) / counts).astype(np.float32)
 
-    def _batch(self, idx: np.ndarray | slice) -> pa.RecordBatch:
-        sent, done, intended = self.sent_ns[idx], self.done_ns[idx], self.intended_ns[idx]
+
+@dataclass
+class DrainedRows:
+    """Finished rows as plain numpy columns (cheap to gather and to pickle); ``to_batch`` builds the Arrow batch.
+    Rows are final once drained, so columns may be views into the recorder's."""
+
+    cell: int
+    actor: int
+    seq: np.ndarray
+    phase: np.ndarray
+    phase_names: list[str]
+    op: np.ndarray
+    op_names: list[str]
+    k: np.ndarray
+    n_queries: np.ndarray
+    status: np.ndarray
+    error: np.ndarray
+    error_names: list[str]
+    intended_ns: np.ndarray
+    sent_ns: np.ndarray
+    done_ns: np.ndarray
+    batch_id: np.ndarray
+    batch_size: np.ndarray
+    batch_queries: np.ndarray
+    endpoint: np.ndarray
+    recall: np.ndarray
+    stage_ns: dict[str, np.ndarray]
+    cache_hit: np.ndarray
+
+    def __len__(self) -> int:
+        return self.seq.size
+
+    def to_batch(self) -> pa.RecordBatch:
+        sent, done, intended = self.sent_ns, self.done_ns, self.intended_ns
         no_sent, no_done = sent == NULL_NS, done == NULL_NS
-        err = self.error[idx]
-        recall = self.recall[idx]
+        err, recall = self.error, self.recall
 
         def ns(values: np.ndarray, mask: np.ndarray) -> pa.Array:
             return pa.array(values, type=pa.int64(), mask=mask)
@@ -179,12 +223,12 @@ class Recorder:
         columns = [
             pa.array(np.full(size, self.cell, dtype=np.int32)),
             pa.array(np.full(size, self.actor, dtype=np.int16)),
-            pa.array(self.seq[idx]),
-            labels(self.phase[idx], self.phase_names),
-            labels(self.op[idx], self.op_names),
-            pa.array(self.k[idx]),
-            pa.array(self.n_queries[idx]),
-            labels(self.status[idx], list(STATUSES)),
+            pa.array(self.seq),
+            labels(self.phase, self.phase_names),
+            labels(self.op, self.op_names),
+            pa.array(self.k),
+            pa.array(self.n_queries),
+            labels(self.status, list(STATUSES)),
             labels(np.maximum(err, 0), self.error_names or [""], mask=err < 0),
             pa.array(intended),
             ns(sent, no_sent),
@@ -192,13 +236,13 @@ class Recorder:
             ns(done - intended, no_done),
             ns(done - sent, no_done | no_sent),
             ns(sent - intended, no_sent),
-            pa.array(self.batch_id[idx], mask=self.batch_id[idx] < 0),
-            pa.array(self.batch_size[idx], mask=no_sent),
-            pa.array(self.batch_queries[idx], mask=no_sent),
-            pa.array(self.endpoint[idx], mask=no_sent),
+            pa.array(self.batch_id, mask=self.batch_id < 0),
+            pa.array(self.batch_size, mask=no_sent),
+            pa.array(self.batch_queries, mask=no_sent),
+            pa.array(self.endpoint, mask=no_sent),
             pa.array(recall, mask=np.isnan(recall)),
-            *(pa.array(self.stage_ns[name][idx], mask=self.stage_ns[name][idx] < 0) for name in STAGES),
-            pa.array(self.cache_hit[idx] == 1, mask=self.cache_hit[idx] < 0),
+            *(pa.array(self.stage_ns[name], mask=self.stage_ns[name] < 0) for name in STAGES),
+            pa.array(self.cache_hit == 1, mask=self.cache_hit < 0),
         ]
         return pa.RecordBatch.from_arrays(columns, schema=REQUEST_SCHEMA)
 

@@ -26,8 +26,11 @@ from perfray.schema import STATUS_CODE
 PENDING = STATUS_CODE["pending"]
 # The pacer's timer is armed this long before a request is due, and a gap this short is spun, not slept: a
 # sleeping loop takes tens of microseconds to wake (more on a VM), which would otherwise be every request's
-# lateness, and a sleep that short costs more CPU than the spin.
-SPIN_NS = 50_000
+# lateness. Kept short, because a spinning generator takes the core a co-located system needs: measured at
+# 5,000 req/s (benchmarks/results/http_sweep-2026-11-29.txt) 20 µs gave lateness p50 2-3 µs / p99 44-60 µs at
+# 42-49 µs CPU per request, against 1 / 12-62 µs at 71-78 µs for 50 µs (no spin: 23-25 / 90-111 µs at 53-61 µs);
+# at 20,000 req/s a 50 µs spin never slept, starved the local server and dropped 95% of the requests.
+SPIN_NS = 20_000
 # Requests sent per wake before the loop gets a turn for replies, when the generator is behind.
 MAX_SENDS_PER_WAKE = 256
 

@@ -6,7 +6,9 @@ leaves at max(its arrival, the previous reply's departure) + S, so the capacity 
 ``--stall-every-s P --stall-ms H`` it holds every reply for the first H ms of each P-second period (periods
 count from ``--epoch-ns``, Unix ns) and releases them together at the end of the hold; each release is logged
 to ``--release-log`` as one JSON line ``{"period", "released_ns", "written_ns": [each reply's write, in order]}``
-(Unix ns), so a test can compute the truth.
+(Unix ns), so a test can compute the truth. With ``--lateness-out PATH`` the server keeps its own lateness (each
+delayed reply's write − its due time) and, on SIGUSR1, saves those since the last signal to PATH (``.npy``, ns):
+a benchmark then tells a client that mis-measured from one that kept a shared box's server from its work.
 
     python -m perfray.services.http_responder --port 8080 [--delay-ms 3] [--cpu 1]
 """
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import time
 from collections import deque
 
@@ -74,6 +77,7 @@ class Responder:
         self.epoch_ns = epoch_ns or time.time_ns()
         self.held: dict[int, list] = {}
         self.log = open(release_log, "a", buffering=1) if release_log else None  # noqa: SIM115 - lives as long as the server
+        self.lateness: list[int] | None = None  # each delayed reply's write − due (ns), when asked for
 
     def answer(self, transport) -> None:
         if self.hold_ns:
@@ -106,7 +110,10 @@ class Responder:
     def _reply_due(self) -> None:
         now = time.perf_counter_ns()
         while self._due and self._due[0][0] <= now:
-            self._write(self._due.popleft()[1])
+            due, transport = self._due.popleft()
+            if self.lateness is not None:
+                self.lateness.append(now - due)
+            self._write(transport)
         if self._due:
             self._pacer.arm(self._due[0][0], self._reply_due)
 
@@ -136,11 +143,20 @@ class Responder:
             transport.write(self.response)
 
 
-def serve(port: int, responder: Responder, host: str = "127.0.0.1") -> None:
+def serve(port: int, responder: Responder, host: str = "127.0.0.1", lateness_out: str | None = None) -> None:
     """Serve forever (uvloop when installed)."""
+
+    def save_lateness():
+        import numpy as np
+
+        np.save(lateness_out, np.array(responder.lateness, dtype=np.int64))
+        responder.lateness = []
 
     async def main():
         loop = asyncio.get_running_loop()
+        if lateness_out:
+            responder.lateness = []
+            loop.add_signal_handler(signal.SIGUSR1, save_lateness)
         await loop.create_server(lambda: _Responder(responder), host, port, backlog=4096)
         await asyncio.Event().wait()
 
@@ -158,11 +174,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--release-log")
     parser.add_argument("--status", type=int, default=200)
     parser.add_argument("--cpu", type=int, help="pin the server to this core")
+    parser.add_argument("--lateness-out", help="on SIGUSR1, save the delayed replies' lateness (ns) here (.npy)")
     args = parser.parse_args(argv)
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
     serve(args.port, Responder(args.delay_ms, args.stall_every_s, args.stall_ms, args.epoch_ns, args.release_log,
-                               args.status, args.service_ms))
+                               args.status, args.service_ms), lateness_out=args.lateness_out)
 
 
 if __name__ == "__main__":

@@ -45,13 +45,13 @@ def test_a_cell_in_the_generator_process_reports_every_request_and_drains_while_
             batches, in_flight = [], []
             while not cell.done():
                 await asyncio.sleep(0.4)
-                batch, flying, pools = await proc.drain()
+                rows, flying, pools = await proc.drain()
                 in_flight.append(flying)
-                if batch is not None:
-                    batches.append(batch)
+                if rows is not None:
+                    batches.append(rows.to_batch())
             stats = await cell
-            batch, _, pools = await proc.drain()
-            batches.append(batch)
+            rows, _, pools = await proc.drain()
+            batches.append(rows.to_batch() if rows is not None else None)
             return proc.pid, plan, stats, [b for b in batches if b is not None], pools
         finally:
             proc.close()
@@ -59,6 +59,7 @@ def test_a_cell_in_the_generator_process_reports_every_request_and_drains_while_
     pid, plan, stats, batches, pools = asyncio.run(go())
     rows = pa.Table.from_batches(batches)
     assert stats["generator_pid"] == pid != os.getpid() and stats["client_path"] == "callback"
+    assert 1 < stats["generator_cpu_us_per_request"] < 10_000  # the child's own CPU, not the caller's (~0)
     assert rows.num_rows == stats["requests"] and rows.num_rows > 600
     assert pc.all(pc.equal(pc.cast(rows["status"], "string"), "ok")).as_py()
     assert sorted(rows["seq"].to_pylist()) == list(range(rows.num_rows))  # each scheduled request once

@@ -113,3 +113,42 @@ def test_http_errors_refusals_and_timeouts_become_rows_with_their_class(responde
     table, _ = run_plan(make_plan(100, 0.3), SystemEndpoint(system, 4), POOL)
     assert (statuses(table) == "error").all()
     assert set(pc.cast(table["error"], "string").to_pylist()) == {"ConnectionRefusedError"}
+
+
+def test_the_responder_saves_its_own_lateness_on_sigusr1(tmp_path):
+    """Benchmarks tell a client that mis-measured from one that kept the server from its work by the server's
+    own record: one entry per delayed reply, write − due, reset at each save."""
+    import signal
+    import time
+
+    out = tmp_path / "late.npy"
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "perfray.services.http_responder", "--port", str(port),
+                             "--delay-ms", "4", "--lateness-out", str(out)])
+    try:
+        wait_for_port(port, 20, "http responder")
+        system, endpoint = http_endpoint(f"http://127.0.0.1:{port}/search", concurrency=8)
+        table, _ = run_plan(make_plan(300, 1.0, arrival="poisson"), endpoint, POOL)
+        system.close()
+        ok = int((statuses(table) == "ok").sum())
+        assert ok == table.num_rows and (table["service_ns"].to_numpy() >= 4_000_000).all()
+
+        def saved():
+            out.unlink(missing_ok=True)
+            proc.send_signal(signal.SIGUSR1)
+            for _ in range(100):
+                if out.exists():
+                    try:
+                        return np.load(out)
+                    except (ValueError, EOFError, OSError):
+                        pass
+                time.sleep(0.05)
+            raise AssertionError("no lateness saved")
+
+        late = saved()
+        assert late.size == ok  # one per reply
+        assert late.min() >= 0 and np.median(late) < 2_000_000
+        assert saved().size == 0  # each save starts afresh
+    finally:
+        proc.terminate()
+        proc.wait(10)
