@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -53,11 +54,20 @@ class FileDataset(Strict):
 Dataset = Annotated[SyntheticDataset | FileDataset, Field(discriminator="kind")]
 
 
+SEARCH_PARAMS = {
+    "ef": "an HNSW search's candidate list: pgvector hnsw.ef_search, Milvus ef, the k asked of Neo4j's index",
+    "nprobe": "IVF lists probed: pgvector ivfflat.probes, Milvus nprobe",
+}
+
+
 class SearchSpec(Strict):
     backend: str = "auto"
     topology: Literal["replicated", "sharded"] = "replicated"
     n_gpus: int = Field(1, ge=1)
     k: int = Field(10, ge=1, le=4096)
+    params: dict[Literal["ef", "nprobe"], Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="search-time parameters of an approximate index (SEARCH_PARAMS), "
+        "e.g. {ef: 40}; a sweep axis as search.params.ef: the recall-throughput trade-off")
 
     @field_validator("backend")
     @classmethod
@@ -182,6 +192,18 @@ class Workload(Strict):
                              f"{able})")
         return self
 
+    @model_validator(mode="after")
+    def _search_params_taken(self) -> Workload:
+        from perfray.sut import SYSTEMS
+
+        untaken = sorted(set(self.search.params) - search_params_of(self))
+        if untaken:
+            name = untaken[0]
+            takers = ", ".join(n for n in SYSTEMS.names() if name in SYSTEMS.load(n).search_params)
+            raise ValueError(f"search.params.{name}: system {self.system!r} does not take it (systems that do: "
+                             f"{takers})")
+        return self
+
     @property
     def offered_qps(self) -> float:
         """The cell's target rate: ``target_qps``, times ``n_gpus`` when load scales with GPUs."""
@@ -248,16 +270,41 @@ class SweepConfig(Strict):
         return self
 
     def cells(self) -> list[Workload]:
-        """The grid: one validated Workload per combination of sweep values, in config order."""
+        """The grid: one validated Workload per combination of sweep values, in config order. A swept search
+        parameter (``search.params.ef``) applies to the cells whose system takes it; a system that does not runs
+        once without it (phase 6 sweeps the baseline's ``ef`` beside a hybrid that has none)."""
         base = self.workload.model_dump(mode="json")
         axes = [(resolve_path(k), vs) for k, vs in self.sweep.items()]
-        out = []
+        out, seen = [], set()
         for combo in itertools.product(*(vs for _, vs in axes)):
             data = copy.deepcopy(base)
+            swept_params = {}
             for (path, _), value in zip(axes, combo, strict=True):
-                set_path(data, path, value)
-            out.append(_validate(Workload, data, "sweep"))
+                if path[:2] == ("search", "params") and len(path) == 3:
+                    swept_params[path[2]] = value
+                else:
+                    set_path(data, path, value)
+            dropped = False
+            if swept_params:
+                taken = search_params_of(_validate(Workload, data, "sweep"))
+                for name, value in swept_params.items():
+                    if name in taken or name not in SEARCH_PARAMS:  # an unknown name fails validation below
+                        set_path(data, ("search", "params", name), value)
+                    else:
+                        dropped = True
+            key = json.dumps(data, sort_keys=True)
+            if not (dropped and key in seen):  # the same cell once, not once per value it does not take
+                seen.add(key)
+                out.append(_validate(Workload, data, "sweep"))
         return out
+
+
+def search_params_of(cell: Workload) -> frozenset[str]:
+    """The search parameters (``search.params``) the cell's system applies: the hybrid's are its vector stage's."""
+    from perfray.sut import SYSTEMS
+
+    name = cell.hybrid.vector if cell.system == "hybrid" else cell.system
+    return SYSTEMS.load(name).search_params
 
 
 def _leaf_paths() -> dict[str, list[str]]:
@@ -299,7 +346,7 @@ def set_path(data: dict, path: tuple[str, ...], value: Any) -> None:
 
 def _describe(err: ValidationError, where: str) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    loc = ".".join(str(p) if str(p).isprintable() else repr(p) for p in first["loc"])  # a key "\n" stays on the line
     msg = first["msg"].removeprefix("Value error, ")
     field = f"{where}: {loc}" if loc else where
     return f"{field}: {msg}"

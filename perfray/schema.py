@@ -76,5 +76,6 @@ SUMMARY_METRICS = (
     "gpu_busy_mean", "gpu_util_mean",
     "vector_p50_ms", "vector_p99_ms", "graph_p50_ms", "graph_p99_ms", "policy_p50_ms", "policy_p99_ms",
     "cache_hit_rate", "first_error_s", "last_error_s", "recovery_s",
-    "speedup_p50_vs_baseline", "speedup_p99_vs_baseline", "qps_ratio_vs_baseline",
+    "speedup_p50_vs_baseline", "speedup_p99_vs_baseline", "qps_ratio_vs_baseline", "baseline_recall",
+    "recall_gap_vs_baseline",
 )

@@ -49,11 +49,13 @@ def _recovery(rows: pa.Table, row: dict, before: list[dict], lo_ns: int, hi_ns: 
 
 
 def comparison_keys(cell: Workload) -> tuple[str, str]:
-    """(the workload without ``system``: pairs a cell with its baseline-system twin; the workload without
-    ``n_gpus``: cells with equal keys form a scaling curve)."""
+    """(the workload without ``system`` and search parameters: pairs a cell with its baseline-system twins; the
+    workload without ``n_gpus``: cells with equal keys form a scaling curve)."""
     key = cell.model_dump(mode="json")
     system = key.pop("system")
+    params = key["search"].pop("params")  # the baseline is chosen among its search parameters (add_baseline)
     baseline = json.dumps(key, sort_keys=True)
+    key["search"]["params"] = params
     key["search"].pop("n_gpus")
     key["system"] = system
     return baseline, json.dumps(key, sort_keys=True)
@@ -92,11 +94,16 @@ def _labels(cell: Workload, described: list[dict]) -> dict:
         "query_skew": cell.load.query_skew,
         # the share of the items a query may return (1.0: no filter); recall per selectivity groups on it
         "filter_selectivity": cell.filter.selectivity if cell.filter is not None else 1.0,
+        "search_params": search_params_label(cell.search.params),  # e.g. "ef=40"; "" for none
         "op_mix": cell.load.op_mix, "hops": cell.hybrid.hops, "cache": cell.hybrid.cache,
         "scale_with_gpus": cell.load.scale_with_gpus,
         "batch_max": cell.load.batch_max, "batch_window_ms": cell.load.batch_window_ms,
         "dataset": json.dumps(cell.dataset.model_dump(mode="json"), sort_keys=True),
     }
+
+
+def search_params_label(params: dict) -> str:
+    return ",".join(f"{name}={value}" for name, value in sorted(params.items()))
 
 
 def gpu_usage(before: list, after: list) -> list[dict]:

@@ -14,6 +14,7 @@ from perfray.analysis.quality import generator_late_ms, quality_section
 from perfray.analysis.runs import Run, open_run
 from perfray.analysis.scaling_model import T4, fit_usl, paper_qps
 from perfray.analysis.summary import check_targets, scaling_curves
+from perfray.analysis.tradeoff import tradeoff_curves, tradeoff_figure, tradeoff_section
 from perfray.schema import GENERATOR_LAG_LIMIT_MS, GENERATOR_SHARE_LIMIT
 from perfray.targets_config import TargetSpec
 
@@ -102,7 +103,7 @@ def render(run: Run, figure_paths: list[Path]) -> str:
             cells.append(f"{'✓' if _meets(value, goal, higher) else '✗'} {_fmt(value)}")
             cells.append("✓" if _meets(value, stretch, higher) else "✗")
         speedup = row.get("speedup_p99_vs_baseline")
-        cells.append(f"{'✓' if _meets(speedup, MIN_SPEEDUP, True) else '✗'} {_fmt(speedup)}x"
+        cells.append(f"{'✓' if _meets(speedup, MIN_SPEEDUP, True) else '✗'} {_fmt(speedup)}x{_speedup_recall(row)}"
                      if _finite(speedup) and row.get("system_name") != row.get("baseline_name") else "–")
         busy, util = row.get("gpu_busy_mean"), row.get("gpu_util_mean")
         cells.append("–" if busy is None or math.isnan(busy) else f"{busy:.0%}")
@@ -119,18 +120,51 @@ def render(run: Run, figure_paths: list[Path]) -> str:
             f"{_fmt(r['p99_ms'])} | {_fmt(r['p999_ms'])} | {_fmt(r['max_ms'])} | {_pct(r.get('failure_rate'))} | "
             f"{r['error_rate']:.2%} | {_fmt(r['recall_mean'], 4)} | {_fmt(r['schedule_lag_p99_ms'])} | "
             f"{_fmt(r.get('scaling_efficiency'))} | {r.get('status')} |")
-    lines += capacity_section(run.manifest, next((p for p in figure_paths if p.stem == "capacity_curve"), None))
+    lines += capacity_section(run.manifest, _figure(figure_paths, "capacity_curve"))
     lines += quality_section(run.summary)
     lines += degraded_section(run)
     lines += generator_section(run)
     lines += phase_section(run)
     lines += filter_section(run)
+    lines += tradeoff_section(tradeoff_curves(run.summary, m), _figure(figure_paths, "recall_tradeoff"))
+    lines += index_build_section(run)
     lines += systems_section(run)
     lines += scaling_section(run)
     lines += ["", "Latency is measured from each request's intended send time (open loop); percentiles are exact, "
               "over the raw rows of measured phases (ok and timeout rows).", "", "## Figures", ""]
-    lines += [f"![{p.stem}]({p.name})" for p in figure_paths if p.stem != "capacity_curve"]
+    lines += [f"![{p.stem}]({p.name})" for p in figure_paths if p.stem not in ("capacity_curve", "recall_tradeoff")]
     return "\n".join(lines) + "\n"
+
+
+def _figure(paths: list[Path], stem: str) -> Path | None:
+    return next((p for p in paths if p.stem == stem), None)
+
+
+def _speedup_recall(r: dict) -> str:
+    """The recalls behind a speedup: a speedup between two different answers is flagged."""
+    if not (_finite(r.get("baseline_recall")) and _finite(r.get("recall_mean"))) or \
+            r.get("system_name") == r.get("baseline_name"):
+        return ""
+    at = f" at {r['baseline_search_params']}" if r.get("baseline_search_params") else ""
+    note = f"recall {r['recall_mean']:.3f} vs {r['baseline_recall']:.3f}{at}"
+    return f" ({note})" if r.get("recall_matched") else f" (⚠ {note}: recalls differ by more than 0.01)"
+
+
+def index_build_section(run: Run) -> list[str]:
+    """What building each store's index cost, as the store reported it when it loaded (or had loaded) it."""
+    builds = [(e["cell"], e["system"]) for e in run.manifest.get("cells", [])
+              if (e.get("system") or {}).get("load", {}).get("build_s") is not None]
+    if not builds:
+        return []
+    lines = ["", "## Index build", "", "| cell | system | index | items | build s | index size MB | built by |",
+             "|---|---|---|---|---|---|---|"]
+    for cell, system in builds:
+        load = system["load"]
+        size = load.get("index_bytes")
+        lines.append(f"| {cell} | {system.get('label')} | {load.get('index', '–')} | {load.get('items', 0):,} | "
+                     f"{load['build_s']:.2f} | {_fmt(size / 1e6) if size is not None else '–'} | "
+                     f"{'this run' if load.get('loaded') else 'an earlier run (same data and index)'} |")
+    return lines
 
 
 def verdict_where(v: dict) -> str:
@@ -214,7 +248,7 @@ def systems_section(run: Run) -> list[str]:
         speedup = "–"
         if _finite(r.get("speedup_p99_vs_baseline")):
             speedup = (f"{r['speedup_p50_vs_baseline']:.2f}x / {r['speedup_p99_vs_baseline']:.2f}x "
-                       f"(vs {r.get('baseline')})")
+                       f"(vs {r.get('baseline')}){_speedup_recall(r)}")
         cache = "–"
         if _finite(r.get("cache_hit_rate")):
             cache = (f"{r['cache_hit_rate']:.0%} (hits p50/p99 {_fmt(r.get('cache_hit_p50_ms'))}/"
@@ -311,6 +345,8 @@ def write_report(run_dir: Path) -> tuple[Path, list[dict]]:
     paths = [p for p in (fig(run, run.path) for fig in figures.ALL) if p is not None]
     curve = capacity_curve(run.manifest, run.path)
     paths += [curve] if curve is not None else []
+    tradeoff = tradeoff_figure(tradeoff_curves(run.summary, run.manifest), run.path)
+    paths += [tradeoff] if tradeoff is not None else []
     report = run.path / "report.md"
     report.write_text(render(run, paths))
     return report, verdicts(run)

@@ -167,20 +167,54 @@ def add_scaling(summary: list[dict], scaling_keys: list[tuple]) -> None:
             row["scaling_efficiency"] = float("nan")
 
 
+# Two answers whose recalls differ by more than this are different answers: a speedup between them is flagged.
+RECALL_MATCH = 0.01
+
+
 def add_baseline(summary: list[dict], keys: list[str], baseline: str | None) -> None:
-    """Speedups of every cell vs the cell running ``baseline`` with the same other settings
-    (``keys[i]``: cell i's workload without ``system``). >1 means faster than the baseline."""
+    """Speedups of every cell vs a cell running ``baseline`` with the same other settings (``keys[i]``: cell i's
+    workload without ``system`` and search parameters). >1 means faster than the baseline. Where the baseline ran
+    with several search parameters (a sweep of its ``ef``), a cell is compared with the baseline at its best
+    settings at matched recall: its fastest (lowest p99) cell whose recall reaches the cell's less RECALL_MATCH,
+    else its highest recall. Every row carries the baseline's recall, the gap, and ``recall_matched`` (False: the
+    two recalls differ by more than RECALL_MATCH, so the speedup compares different answers)."""
     nan = float("nan")
-    base = {key: row for row, key in zip(summary, keys, strict=True) if baseline and row.get("system_name") == baseline}
+    groups: dict[str, list[dict]] = {}
     for row, key in zip(summary, keys, strict=True):
-        ref = base.get(key)
-        if ref is None:
+        if baseline and row.get("system_name") == baseline:
+            groups.setdefault(key, []).append(row)
+    for row, key in zip(summary, keys, strict=True):
+        refs = groups.get(key)
+        if not refs:
             row.update(speedup_p50_vs_baseline=nan, speedup_p99_vs_baseline=nan, qps_ratio_vs_baseline=nan,
-                       baseline=None, baseline_name=None)
+                       baseline=None, baseline_name=None, baseline_search_params=None, baseline_recall=nan,
+                       recall_gap_vs_baseline=nan, recall_matched=None)
             continue
+        ref = row if row.get("system_name") == baseline else _matched(refs, row.get("recall_mean"))
+        gap = _finite_or_nan(row.get("recall_mean")) - _finite_or_nan(ref.get("recall_mean"))
         row.update(baseline=ref.get("system"), baseline_name=baseline, speedup_p50_vs_baseline=_ratio(ref["p50_ms"], row["p50_ms"]),
                    speedup_p99_vs_baseline=_ratio(ref["p99_ms"], row["p99_ms"]),
-                   qps_ratio_vs_baseline=_ratio(row["achieved_qps"], ref["achieved_qps"]))
+                   qps_ratio_vs_baseline=_ratio(row["achieved_qps"], ref["achieved_qps"]),
+                   baseline_search_params=ref.get("search_params", ""), baseline_recall=ref.get("recall_mean", nan),
+                   recall_gap_vs_baseline=gap, recall_matched=None if np.isnan(gap) else bool(abs(gap) <= RECALL_MATCH + 1e-9))
+
+
+def _finite_or_nan(value) -> float:
+    return float(value) if value is not None and np.isfinite(value) else float("nan")
+
+
+def _matched(refs: list[dict], recall) -> dict:
+    """The baseline cell a cell of this recall is compared with (see add_baseline)."""
+    def p99(r):
+        value = _finite_or_nan(r.get("p99_ms"))
+        return value if not np.isnan(value) else float("inf")
+
+    recall = _finite_or_nan(recall)
+    scored = [r for r in refs if not np.isnan(_finite_or_nan(r.get("recall_mean")))]
+    if np.isnan(recall) or not scored:
+        return min(refs, key=p99)  # no recall to match: the baseline at its fastest
+    reaching = [r for r in scored if r["recall_mean"] >= recall - RECALL_MATCH]
+    return min(reaching, key=p99) if reaching else max(scored, key=lambda r: r["recall_mean"])
 
 
 def _ratio(a: float, b: float) -> float:

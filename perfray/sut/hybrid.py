@@ -75,7 +75,8 @@ class HybridSystem(SystemUnderTest):
         self.postgres = PostgresStore(self.stores_spec.postgres, self.stores_spec.postgres.pool_max or concurrency) \
             if self.spec.policy else None
         self.neo4j = Neo4jStore(self.stores_spec.neo4j, concurrency)
-        self.milvus = MilvusStore(self.stores_spec.milvus) if self.spec.vector == "milvus" else None
+        self.milvus = (MilvusStore(self.stores_spec.milvus, self.workload.search.params)
+                       if self.spec.vector == "milvus" else None)
         for store in (self.milvus, self.neo4j, self.postgres):
             if store is not None:
                 store.connect()

@@ -4,6 +4,7 @@ from the environment. Index type and parameters come from config."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 
@@ -27,8 +28,10 @@ class MilvusStore:
     """One MilvusClient on one collection of item vectors (id = catalogue item id); in a load actor served by a
     server, an ``AsyncMilvusClient`` on the actor's event loop instead (``open_async``)."""
 
-    def __init__(self, spec) -> None:
+    def __init__(self, spec, search_params: dict | None = None) -> None:
         self.spec = spec
+        # the store's own search params, then the cell's search.params (ef, nprobe: Milvus' own names) over them
+        self.search_params = {**spec.search_params, **(search_params or {})}
         self.client = None
         self.async_client = None
 
@@ -108,12 +111,15 @@ class MilvusStore:
             self.client.insert(c, [{"id": i, "embedding": base[i], "attr": int(attr[i])} for i in range(lo, hi)])
             if progress is not None:
                 progress(hi - lo)
+        started = time.perf_counter()
         index = self.client.prepare_index_params()
         index.add_index("embedding", index_type=spec.index_type, metric_type="L2", params=dict(spec.index_params))
         self.client.create_index(c, index)
         self.client.load_collection(c)
+        build_s = time.perf_counter() - started  # the index built and the collection loaded for search
         self._mark(wanted)
-        return {"store": "milvus", "loaded": True, "items": catalogue.n_items, "index_type": spec.index_type}
+        return {"store": "milvus", "loaded": True, "items": catalogue.n_items, "index_type": spec.index_type,
+                "index": spec.index_type, "build_s": build_s}
 
     def _mark(self, fingerprint: str) -> None:
         from pymilvus import DataType
@@ -127,7 +133,7 @@ class MilvusStore:
     def _search_args(self, vectors, k: int, window=None) -> dict:
         data = vectors.tolist() if isinstance(vectors, np.ndarray) else vectors
         args = {"collection_name": self.spec.collection, "data": data, "limit": int(k), "output_fields": ["id"],
-                "search_params": {"metric_type": "L2", "params": dict(self.spec.search_params)}}
+                "search_params": {"metric_type": "L2", "params": dict(self.search_params)}}
         if window is not None:  # one filter expression per call: a filtered request searches row by row
             args["filter"] = f"attr >= {int(window[0])} and attr < {int(window[1])}"
         return args
@@ -180,12 +186,13 @@ class MilvusSystem(AsyncStoreSystem):
     supported_ops = frozenset({"knn"})
     requires = ("pymilvus",)
     filterable = True  # a filter expression on attr
+    search_params = frozenset({"ef", "nprobe"})
 
     def label(self) -> str:
         return "Milvus Lite (embedded)" if self.stores_spec.milvus.embedded else "Milvus server"
 
     def make_store(self) -> MilvusStore:
-        return MilvusStore(self.stores_spec.milvus)
+        return MilvusStore(self.stores_spec.milvus, self.workload.search.params)
 
     @property
     def async_native(self) -> bool:  # type: ignore[override]

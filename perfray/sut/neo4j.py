@@ -3,6 +3,9 @@ and the Neo4j-only baseline (Neo4j's own vector index + the same expansion + the
 
 from __future__ import annotations
 
+import json
+import time
+
 import numpy as np
 
 from perfray.data.filters import item_attr, pool_windows
@@ -37,10 +40,12 @@ WITH id ORDER BY id LIMIT $limit
 RETURN collect(id) AS ids
 """
 
-# One query does what the hybrid stack does across three stores. {where}: a filter on the index's hits.
+# One query does what the hybrid stack does across three stores. {where}: a filter on the index's hits. The
+# index is asked for $asked hits (its HNSW search's candidate list: search.params.ef, raising recall) and the
+# best $candidates of them are kept, as the hybrid keeps its vector stage's top candidates.
 BASELINE_CYPHER = """
-CALL db.index.vector.queryNodes('{index}', $candidates, $vector) YIELD node AS hit, score{where}
-WITH collect(hit) AS hits
+CALL db.index.vector.queryNodes('{index}', $asked, $vector) YIELD node AS hit, score{where}
+WITH collect(hit)[0..$candidates] AS hits
 UNWIND hits[0..$seeds] AS s
 OPTIONAL MATCH (s)-[:SIMILAR_TO*1..{hops}]->(n:Item)
 WITH hits, collect(DISTINCT n) AS near
@@ -142,10 +147,12 @@ class Neo4jStore:
         if self.fingerprint() == wanted:
             if progress is not None:
                 progress(catalogue.n_items)
-            return {"store": "neo4j", "loaded": False, "items": catalogue.n_items}
+            return {"store": "neo4j", "loaded": False, "items": catalogue.n_items,
+                    **self._vector_index(catalogue.dataset.dim)}
         with self.driver.session(database=self.spec.database) as session:
             session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
             session.run(f"DROP INDEX {VECTOR_INDEX} IF EXISTS").consume()
+            session.run("MATCH (m:PerfrayMeta {key: 'vector_index'}) DELETE m").consume()
             for label in ("Item", "Genre", "Person", "User"):
                 session.run(f"CREATE CONSTRAINT perfray_{label.lower()}_id IF NOT EXISTS "
                             f"FOR (n:{label}) REQUIRE n.id IS UNIQUE").consume()
@@ -155,13 +162,37 @@ class Neo4jStore:
                 self.run(cypher, rows=rows[lo:lo + BATCH])
                 if progress is not None and name == "items":
                     progress(min(BATCH, len(rows) - lo))
-        self.run(f"CREATE VECTOR INDEX {VECTOR_INDEX} IF NOT EXISTS FOR (i:Item) ON (i.embedding) "
-                 "OPTIONS {indexConfig: {`vector.dimensions`: $dim, `vector.similarity_function`: 'euclidean'}}",
-                 dim=catalogue.dataset.dim)
-        self.run("CALL db.awaitIndexes(600)")
         self.run("MERGE (m:PerfrayMeta {key: 'catalogue'}) SET m.value = $fp", fp=wanted)
         return {"store": "neo4j", "loaded": True, "items": catalogue.n_items,
-                "similar_edges": int(catalogue.similar.size)}
+                "similar_edges": int(catalogue.similar.size), **self._vector_index(catalogue.dataset.dim)}
+
+    def _index_config(self, dim: int) -> dict:
+        config = {"vector.dimensions": int(dim), "vector.similarity_function": "euclidean",
+                  "vector.quantization.enabled": bool(self.spec.vector_quantization)}
+        if self.spec.hnsw_m is not None:
+            config["vector.hnsw.m"] = int(self.spec.hnsw_m)
+        if self.spec.hnsw_ef_construction is not None:
+            config["vector.hnsw.ef_construction"] = int(self.spec.hnsw_ef_construction)
+        return config
+
+    def _vector_index(self, dim: int) -> dict:
+        """The vector index as configured: (re)built when its settings changed (the graph stays), timed from its
+        creation until it is online; the build time is kept beside the settings for runs that reuse it."""
+        settings = self._index_config(dim)
+        config = json.dumps(settings, sort_keys=True)
+        label = "HNSW" + (", int8 quantized" if settings["vector.quantization.enabled"] else "") + "".join(
+            f", {name.removeprefix('vector.hnsw.')}={value}" for name, value in settings.items() if ".hnsw." in name)
+        rows = self.run("MATCH (m:PerfrayMeta {key: 'vector_index'}) RETURN m.value AS v, m.build_s AS s")
+        if rows and rows[0]["v"] == config:
+            return {"index": label, "build_s": rows[0]["s"]}
+        self.run(f"DROP INDEX {VECTOR_INDEX} IF EXISTS")
+        started = time.perf_counter()
+        self.run(f"CREATE VECTOR INDEX {VECTOR_INDEX} FOR (i:Item) ON (i.embedding) OPTIONS {{indexConfig: $config}}",
+                 config=settings)
+        self.run("CALL db.awaitIndexes(600)")
+        build_s = time.perf_counter() - started
+        self.run("MERGE (m:PerfrayMeta {key: 'vector_index'}) SET m.value = $v, m.build_s = $s", v=config, s=build_s)
+        return {"index": label, "build_s": build_s, "index_built": True}
 
     def expand(self, seeds: np.ndarray, hops: int, limit: int) -> np.ndarray:
         """Items within 1..``hops`` SIMILAR_TO edges of ``seeds``: the first ``limit`` by id."""
@@ -206,8 +237,9 @@ def baseline_cypher(spec, filtered: bool = False) -> str:
         "{where}", FILTER_WHERE if filtered else "")
 
 
-def baseline_params(vector: np.ndarray, user: int, spec, k: int) -> dict:
-    return {"vector": [float(x) for x in vector], "candidates": int(spec.candidates), "seeds": int(spec.seeds),
+def baseline_params(vector: np.ndarray, user: int, spec, k: int, ef: int | None = None) -> dict:
+    return {"vector": [float(x) for x in vector], "candidates": int(spec.candidates),
+            "asked": max(int(spec.candidates), int(ef or 0)), "seeds": int(spec.seeds),
             "limit": int(spec.expand_limit), "user": int(user), "k": int(k)}
 
 
@@ -288,6 +320,7 @@ class Neo4jBaselineSystem(_Neo4jBase):
     name = "neo4j_baseline"
     supported_ops = frozenset({"hybrid"})
     filterable = True  # WHERE on the vector index's hits (post-filtering: Neo4j's index does not filter)
+    search_params = frozenset({"ef"})  # how many hits its vector index is asked for (its HNSW candidate list)
 
     def label(self) -> str:
         return "Neo4j only (vector index + graph + policy)"
@@ -299,7 +332,7 @@ class Neo4jBaselineSystem(_Neo4jBase):
 
     def request_params(self, vector: np.ndarray, row: int, k: int) -> dict:
         user = int(self.catalogue.user_of(np.array([row]))[0])
-        params = baseline_params(vector, user, self.workload.hybrid, k)
+        params = baseline_params(vector, user, self.workload.hybrid, k, self.workload.search.params.get("ef"))
         if self.windows is not None:
             params["attr_lo"], params["attr_hi"] = (int(x) for x in self.windows[row])
         return params

@@ -3,6 +3,9 @@ an HNSW / IVFFlat index, over the same connection pool code as the policy store.
 
 from __future__ import annotations
 
+import json
+import time
+
 import numpy as np
 
 from perfray.data.filters import item_attr, pool_windows
@@ -13,32 +16,46 @@ SEARCH_SQL = "SELECT id FROM perfray_vectors ORDER BY embedding <-> %s::vector L
 FILTERED_SQL = ("SELECT id FROM perfray_vectors WHERE attr >= %s AND attr < %s "
                 "ORDER BY embedding <-> %s::vector LIMIT %s")
 TABLE_FORMAT = "attr-1"  # the table's columns: a table of another format is loaded again
+VECTOR_INDEX = "perfray_vectors_embedding"
+BUILD_KEY = "vectors.build"  # perfray_meta: what building the vector index cost
 
 
 def _vector_text(vector: np.ndarray) -> str:
     return "[" + ",".join(repr(float(x)) for x in vector) + "]"
 
 
+# workload.search.params -> the pgvector session setting that applies it
+PARAM_SETTINGS = {"ef": "hnsw.ef_search", "nprobe": "ivfflat.probes"}
+
+
 class PgvectorStore(PostgresStore):
     store = "pgvector"
     meta_key = "vectors"
 
+    def __init__(self, spec, pool_max: int, search_params: dict | None = None) -> None:
+        super().__init__(spec, pool_max)
+        # the store's own settings, then the cell's search.params (a sweep axis) over them
+        self.settings = {**spec.search_params,
+                         **{PARAM_SETTINGS[name]: value for name, value in (search_params or {}).items()}}
+
     def session_sql(self) -> list[str]:
         return [f"SET {_setting(name)} = {int(value)}"  # e.g. hnsw.ef_search, ivfflat.probes
-                for name, value in self.spec.search_params.items()]
+                for name, value in self.settings.items()]
 
     def load(self, catalogue, progress=None) -> dict:
-        """Vectors into ``perfray_vectors`` and the configured index, in one transaction."""
+        """Vectors into ``perfray_vectors`` and the configured index, in one transaction. The index's build time
+        is kept beside the fingerprint, so a run that finds the store loaded still reports what building cost."""
         wanted = load_fingerprint(catalogue, self.spec.index, dict(self.spec.index_params), TABLE_FORMAT)
+        info = {"store": self.store, "items": catalogue.n_items, "index": self.spec.index}
         if self.fingerprint() == wanted:
             if progress is not None:
                 progress(catalogue.n_items)
-            return {"store": self.store, "loaded": False, "items": catalogue.n_items}
+            return {**info, "loaded": False, **self._build_info()}
         spec, dim = self.spec, catalogue.dataset.dim
         with self.pool.connection() as conn, conn.transaction():
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
             conn.execute(META_SQL)
-            conn.execute("DELETE FROM perfray_meta WHERE key = %s", (self.meta_key,))
+            conn.execute("DELETE FROM perfray_meta WHERE key IN (%s, %s)", (self.meta_key, BUILD_KEY))
             conn.execute("DROP TABLE IF EXISTS perfray_vectors")
             conn.execute(f"CREATE TABLE perfray_vectors (id bigint PRIMARY KEY, embedding vector({int(dim)}) NOT NULL, "
                          "attr bigint NOT NULL)")
@@ -49,14 +66,25 @@ class PgvectorStore(PostgresStore):
             conn.execute("CREATE INDEX ON perfray_vectors (attr)")  # filtered search (workload.filter)
             if spec.index != "none":
                 params = ", ".join(f"{_setting(k)} = {int(v)}" for k, v in spec.index_params.items())
-                conn.execute(f"CREATE INDEX ON perfray_vectors USING {spec.index} (embedding vector_l2_ops)"
-                             + (f" WITH ({params})" if params else ""))
+                started = time.perf_counter()
+                conn.execute(f"CREATE INDEX {VECTOR_INDEX} ON perfray_vectors USING {spec.index} "
+                             "(embedding vector_l2_ops)" + (f" WITH ({params})" if params else ""))
+                build_s = time.perf_counter() - started
+                conn.execute("INSERT INTO perfray_meta VALUES (%s, %s)", (BUILD_KEY, json.dumps({"build_s": build_s})))
             conn.execute("ANALYZE perfray_vectors")
             conn.execute("INSERT INTO perfray_meta VALUES (%s, %s)", (self.meta_key, wanted))
         if progress is not None:
             progress(catalogue.n_items)
-        return {"store": self.store, "loaded": True, "items": catalogue.n_items, "index": spec.index}
+        return {**info, "loaded": True, **self._build_info()}
 
+    def _build_info(self) -> dict:
+        """The vector index's build time (as recorded when it was built) and its size on disk, if it has one."""
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT value FROM perfray_meta WHERE key = %s", (BUILD_KEY,)).fetchone()
+            if row is None:
+                return {}
+            size = conn.execute("SELECT pg_relation_size(to_regclass(%s))", (VECTOR_INDEX,)).fetchone()[0]
+        return {**json.loads(row[0]), "index_bytes": size}
 
 
 def _top_k(found: list[list], k: int) -> np.ndarray:
@@ -82,6 +110,7 @@ class PgvectorSystem(AsyncStoreSystem):
     supported_ops = frozenset({"knn"})
     requires = ("psycopg", "psycopg_pool")
     filterable = True  # WHERE attr >= lo AND attr < hi (a btree on attr)
+    search_params = frozenset(PARAM_SETTINGS)
 
     def label(self) -> str:
         index = self.stores_spec.pgvector.index
@@ -89,7 +118,7 @@ class PgvectorSystem(AsyncStoreSystem):
 
     def make_store(self) -> PgvectorStore:
         spec = self.stores_spec.pgvector
-        return PgvectorStore(spec, spec.pool_max or self.workload.load.concurrency)
+        return PgvectorStore(spec, spec.pool_max or self.workload.load.concurrency, self.workload.search.params)
 
     def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
         super().prepare(catalogue, gpu_handles)

@@ -64,15 +64,21 @@ def test_phase6_hybrid_vs_neo4j_only(tmp_path, store_args):
     out, run = _run(tmp_path, "6-neo4j-baseline.yaml", "p6", store_args, "--set", "load.target_qps=20",
                     "--set", "targets=[{metric: error_rate, max: 0.01}]")
     assert out.returncode == 0, out.stderr[-3000:]
-    summary = {r["system_name"]: r for r in pq.read_table(run / "summary.parquet").to_pylist()}
-    hybrid, neo = summary["hybrid"], summary["neo4j_baseline"]
+    rows = pq.read_table(run / "summary.parquet").to_pylist()
+    assert [(r["system_name"], r["search_params"]) for r in rows] == [
+        ("hybrid", ""), ("neo4j_baseline", "ef=20"), ("neo4j_baseline", "ef=80")]
+    hybrid = rows[0]  # compared with the baseline at matched recall: the cell it names
+    neo = next(r for r in rows[1:] if r["search_params"] == hybrid["baseline_search_params"])
     assert neo["system"] == "Neo4j only (vector index + graph + policy)" and hybrid["baseline"] == neo["system"]
+    assert hybrid["baseline_recall"] == neo["recall_mean"] and hybrid["recall_matched"] is (
+        abs(hybrid["recall_mean"] - neo["recall_mean"]) <= 0.01 + 1e-9)
+    assert manifest(run)["config"]["stores"]["neo4j"]["vector_quantization"] is False
     assert abs(hybrid["speedup_p99_vs_baseline"] - neo["p99_ms"] / hybrid["p99_ms"]) < 1e-9
     assert abs(hybrid["speedup_p50_vs_baseline"] - neo["p50_ms"] / hybrid["p50_ms"]) < 1e-9
     assert hybrid["qps_ratio_vs_baseline"] > 0
     assert neo["speedup_p99_vs_baseline"] == 1.0
     assert hybrid["recall_mean"] == 1.0 and 0.3 < neo["recall_mean"] <= 1.0  # HNSW: measured, not assumed
-    assert "speedup" in (run / "report.md").read_text()
+    assert f"at {neo['search_params']})" in (run / "report.md").read_text()  # the recalls beside the speedup
 
 
 @pytest.mark.parametrize(("system", "label"), [("milvus", "Milvus Lite (embedded)"),

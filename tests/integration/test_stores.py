@@ -309,3 +309,43 @@ def test_perfray_load_command_is_idempotent(store_args):
         assert f"{store}: 1,500 items already there" in second.stderr
     down = load("--set", "stores.neo4j.uri=bolt://127.0.0.1:9", "--set", "stores.neo4j.connect_timeout_s=1")
     assert down.returncode == 3 and "perfray: error: neo4j at bolt://127.0.0.1:9 is not reachable" in down.stderr
+
+
+def test_neo4j_vector_index_settings_rebuild_the_index_and_move_the_baselines_recall(stores_spec, catalogue, tmp_path):
+    """Neo4j quantizes its vector index by default, which caps the baseline's recall whatever the query asks
+    (its ``ef``: how many hits the index is asked for); full precision is an index setting: changing it rebuilds
+    the index (timed), not the graph."""
+    gt_ids, _ = ground_truth(catalogue.dataset, 10, tmp_path)
+    ef = WORKLOAD.model_copy(update={"search": WORKLOAD.search.model_copy(update={"params": {"ef": 200}})})
+
+    def recall(stores, workload=WORKLOAD):
+        system = _system("neo4j_baseline", stores, catalogue, workload)
+        try:
+            ids = system.execute(catalogue.dataset.queries[:100], 10, np.arange(100)).ids
+            params = system.request_params(catalogue.dataset.queries[0], 0, 10)
+            info = system.load(catalogue)
+        finally:
+            system.close()
+        found = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), gt_ids[:100].tolist(), strict=True)])
+        return found, params, info
+
+    quantized, params, info = recall(stores_spec)
+    assert params["asked"] == params["candidates"] == WORKLOAD.hybrid.candidates
+    assert info["loaded"] is False and info["index"] == "HNSW, int8 quantized" and info["build_s"] > 0
+    asked_more, params, _ = recall(stores_spec, ef)
+    assert params["asked"] == 200 and params["candidates"] == WORKLOAD.hybrid.candidates
+    assert asked_more >= quantized - 0.01
+    full = stores_spec.model_copy(update={"neo4j": stores_spec.neo4j.model_copy(update={
+        "vector_quantization": False, "hnsw_m": 24})})
+    system = make_system("neo4j_baseline", WORKLOAD.model_copy(update={"system": "neo4j_baseline"}), full)
+    system.connect()
+    try:
+        rebuilt = system.load(catalogue)
+        assert rebuilt["loaded"] is False and rebuilt.get("index_built") is True  # the index only, not the graph
+        assert rebuilt["index"] == "HNSW, m=24" and rebuilt["build_s"] > 0
+        assert "index_built" not in system.load(catalogue)  # built once, then reused with its recorded time
+    finally:
+        system.close()
+    precise, _, _ = recall(full)
+    assert quantized < 0.99 and precise > quantized and precise >= 0.99
+    recall(stores_spec)  # back to the default index for the tests that follow
