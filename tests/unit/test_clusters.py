@@ -38,6 +38,77 @@ def test_rays_validation_rejects_a_broken_launcher_config(breakage):
         validate_launcher(config)
 
 
+# The RayCluster fields perfray's manifest may use, with the CRD's required ones (ray.io/v1, KubeRay 1.x) and
+# no others: a misspelt field is an error here rather than a field KubeRay silently drops. Each pod template is
+# then checked against Kubernetes' own PodTemplate schema (kubernetes-validate, strict).
+_PARAMS = {"type": "object", "additionalProperties": {"type": "string"}}  # rayStartParams: strings only
+_REPLICAS = {"type": "integer", "minimum": 0}
+RAYCLUSTER = {
+    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "ray.io/v1"}, "kind": {"const": "RayCluster"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object", "required": ["headGroupSpec"], "additionalProperties": False,
+            "properties": {
+                "rayVersion": {"type": "string"}, "enableInTreeAutoscaling": {"type": "boolean"},
+                "suspend": {"type": "boolean"}, "authOptions": {"type": "object"},
+                "autoscalerOptions": {"type": "object"}, "headServiceAnnotations": {"type": "object"},
+                "headGroupSpec": {
+                    "type": "object", "required": ["template"], "additionalProperties": False,
+                    "properties": {"rayStartParams": _PARAMS, "template": {"type": "object"},
+                                   "serviceType": {"type": "string"}, "headService": {"type": "object"},
+                                   "enableIngress": {"type": "boolean"}}},
+                "workerGroupSpecs": {"type": "array", "items": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["groupName", "maxReplicas", "minReplicas", "rayStartParams", "template"],
+                    "properties": {"groupName": {"type": "string"}, "replicas": _REPLICAS, "minReplicas": _REPLICAS,
+                                   "maxReplicas": _REPLICAS, "numOfHosts": {"type": "integer", "minimum": 1},
+                                   "rayStartParams": _PARAMS, "template": {"type": "object"},
+                                   "idleTimeoutSeconds": {"type": "integer"}, "suspend": {"type": "boolean"},
+                                   "scaleStrategy": {"type": "object"}}}},
+            }},
+    },
+}
+
+
+def validate_kuberay(doc):
+    import jsonschema
+    import kubernetes_validate
+
+    jsonschema.validate(doc, RAYCLUSTER)
+    spec = doc["spec"]
+    for template in [spec["headGroupSpec"]["template"], *(g["template"] for g in spec.get("workerGroupSpecs", []))]:
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
+                                      "template": template}, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_kuberay_manifest_passes_the_raycluster_and_pod_template_schemas():
+    validate_kuberay(load("kuberay-t4.yaml"))
+
+
+@pytest.mark.parametrize("breakage", ["workerGroupSpec", "rayStartParams", "minReplicas", "resource", "env"])
+def test_the_kuberay_check_rejects_a_broken_manifest(breakage):
+    import jsonschema
+    import kubernetes_validate
+
+    doc = load("kuberay-t4.yaml")
+    group = doc["spec"]["workerGroupSpecs"][0]
+    container = group["template"]["spec"]["containers"][0]
+    if breakage == "workerGroupSpec":  # misspelt: KubeRay would start a head and no workers
+        doc["spec"]["workerGroupSpec"] = doc["spec"].pop("workerGroupSpecs")
+    elif breakage == "rayStartParams":
+        group["rayStartParams"]["num-gpus"] = 1  # the CRD wants strings
+    elif breakage == "minReplicas":
+        del group["minReplicas"]
+    elif breakage == "resource":
+        container["resource"] = container.pop("resources")
+    else:
+        container["env"].append({"value": "token"})  # an environment variable without a name
+    with pytest.raises((jsonschema.ValidationError, kubernetes_validate.ValidationError)):
+        validate_kuberay(doc)
+
+
 def test_kuberay_manifest_structure():
     doc = load("kuberay-t4.yaml")
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayCluster"
