@@ -29,8 +29,10 @@ PENDING = STATUS_CODE["pending"]
 # lateness. Kept short, because a spinning generator takes the core a co-located system needs: measured at
 # 5,000 req/s (benchmarks/results/http_sweep-2026-11-29.txt) 20 µs gave lateness p50 2-3 µs / p99 44-60 µs at
 # 42-49 µs CPU per request, against 1 / 12-62 µs at 71-78 µs for 50 µs (no spin: 23-25 / 90-111 µs at 53-61 µs);
-# at 20,000 req/s a 50 µs spin never slept, starved the local server and dropped 95% of the requests.
-SPIN_NS = 20_000
+# at 20,000 req/s a 50 µs spin never slept, starved the local server and dropped 95% of the requests. A loop that
+# slept long wakes slower (~50 µs at 200 req/s, where a 20 µs lead made sends ~30 µs late), and there a longer spin
+# costs next to nothing: a wait longer than IDLE_GAP_NS arms SPIN_IDLE_NS ahead.
+SPIN_NS, SPIN_IDLE_NS, IDLE_GAP_NS = 20_000, 60_000, 1_000_000
 # Requests sent per wake before the loop gets a turn for replies, when the generator is behind.
 MAX_SENDS_PER_WAKE = 256
 
@@ -97,7 +99,7 @@ class CellSender:
                     if sends:  # what was just sent starts first (a target's task runs on the next turn)
                         self.loop.call_soon(self._on_timer)
                     else:
-                        self.pacer.arm(due - SPIN_NS, self._on_timer)
+                        self.pacer.arm(due - (SPIN_IDLE_NS if due - now > IDLE_GAP_NS else SPIN_NS), self._on_timer)
                     return
                 while perf() < due:
                     pass

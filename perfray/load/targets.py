@@ -16,6 +16,7 @@ import numpy as np
 
 from perfray.backends.base import answer_each, merge_topk, take_waiting
 from perfray.data.filters import windows_of
+from perfray.load.eager import start_eagerly
 from perfray.timing import process_clock
 
 
@@ -96,13 +97,14 @@ class SystemEndpoint:
             await warm(queries, k)
 
     def _start(self, request) -> None:
-        """A task on this loop: it starts on the loop's next turn and replies itself."""
+        """Started at once, up to the query going out (``start_eagerly``), then a task on this loop; it replies
+        itself."""
         self._free -= 1
-        request.task = asyncio.ensure_future(self._call_async(request))
+        request.task = start_eagerly(self._call_async(request))
 
     async def _call_async(self, request) -> None:
         queries, k, rows, reply = request.args
-        sent_ns = self.clock.now_ns()  # the task runs: later than send() when the loop is saturated
+        sent_ns = self.clock.now_ns()  # started: later than send() when it waited for a slot
         try:
             answer = await self.system.execute_async(queries, k, rows)
         except Exception as err:  # a cancelled task (timed out) replies nothing
