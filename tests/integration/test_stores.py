@@ -136,6 +136,14 @@ def test_milvus_lite_flat_search_is_exact(stores_spec, catalogue, tmp_path):
         assert 0.3 < overlap <= 1.0 and (ids >= 0).all()  # the index from config, its recall measured
     finally:
         system.close()
+    # the cell's search.params (a sweep axis) over the store's own: what each search call carries
+    swept = WORKLOAD.model_copy(update={"search": WORKLOAD.search.model_copy(update={"params": {"ef": 64}})})
+    system = _system("milvus", hnsw, catalogue, swept)
+    try:
+        assert system.store._search_args([[0.0] * 16], 10)["search_params"]["params"] == {"ef": 64}
+        assert (system.execute(catalogue.dataset.queries[:5], 10, np.arange(5)).ids >= 0).all()
+    finally:
+        system.close()
 
 
 def _explain(system, vector) -> str:
