@@ -1,0 +1,99 @@
+"""The offered load of a cell: its rate, arrival process, phases, load actors and clients. Kept apart from
+``perfray.config`` (which uses it, and exports these names too) so each stays small."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Phase(_Strict):
+    """A stretch of the rate schedule. ``rate`` multiplies the cell's ``target_qps`` unless ``qps`` is set;
+    ``rate_end``/``qps_end`` make it a linear ramp."""
+
+    name: str = Field(min_length=1)
+    duration_s: float = Field(gt=0)
+    rate: float = Field(1.0, ge=0)
+    rate_end: float | None = Field(None, ge=0)
+    qps: float | None = Field(None, ge=0)
+    qps_end: float | None = Field(None, ge=0)
+    measured: bool = True
+
+
+class LoadSpec(_Strict):
+    target_qps: float = Field(500.0, gt=0)
+    scale_with_gpus: bool = Field(False, description="offer target_qps per GPU (weak scaling)")
+    duration_s: float = Field(5.0, gt=0)
+    warmup_s: float = Field(1.0, ge=0)
+    arrival: str = Field("poisson", description="constant, poisson, gamma:<cv>, pareto:<alpha> or trace:<file>")
+    phases: tuple[Phase, ...] | None = None
+    actors: int | str = Field(
+        1, description="load actors; auto: enough to keep each under half its client path's calibrated ceiling")
+    batch_window_ms: float = Field(1.0, ge=0)
+    batch_max: int = Field(64, ge=1)
+    max_in_flight: int = Field(2048, ge=1)
+    timeout_ms: float = Field(2_000.0, gt=0)
+    op_mix: Literal["simple", "mixed", "complex"] = "simple"
+    concurrency: int = Field(8, ge=1, le=1024, description="client threads per load actor (database systems)")
+    query_skew: str = Field("uniform", description="which query-pool rows are asked: uniform, or zipf:<s> "
+                            "(popularity 1/rank**s over a seeded order of the pool)")
+    seed: int = 0
+
+    @field_validator("phases")
+    @classmethod
+    def _phases(cls, value):
+        if value is not None and len(value) == 0:
+            raise ValueError("empty; list phases, or leave it out for warm-up then duration_s")
+        return value
+
+    @field_validator("arrival")
+    @classmethod
+    def _arrival(cls, value):
+        from perfray.load.schedules import load_trace, parse_arrival
+
+        kind, arg = parse_arrival(value)
+        if kind == "trace":
+            load_trace(arg)  # a missing or unusable file is a config error now, not a dead load actor later
+        return value
+
+    @field_validator("query_skew")
+    @classmethod
+    def _skew(cls, value):
+        from perfray.load.profiles import parse_skew
+
+        parse_skew(value)
+        return value
+
+    @field_validator("actors")
+    @classmethod
+    def _actors(cls, value):
+        if value == "auto" or (isinstance(value, int) and value >= 1):
+            return value
+        raise ValueError(f"expected a number of load actors >= 1 or auto, got {value!r}")
+
+    def phase_plan(self) -> tuple[Phase, ...]:
+        """Explicit phases, or warm-up (unmeasured) + sustained at ``target_qps``."""
+        if self.phases:
+            return self.phases
+        plan = []
+        if self.warmup_s > 0:
+            plan.append(Phase(name="warmup", duration_s=self.warmup_s, measured=False))
+        plan.append(Phase(name="sustained", duration_s=self.duration_s))
+        return tuple(plan)
+
+
+def phase_rates(phase: Phase, target_qps: float) -> tuple[float, float]:
+    """(start, end) rate of a phase in QPS."""
+    start = phase.qps if phase.qps is not None else phase.rate * target_qps
+    if phase.qps_end is not None:
+        end = phase.qps_end
+    elif phase.rate_end is not None:
+        end = phase.rate_end * target_qps
+    else:
+        end = start
+    return start, end
