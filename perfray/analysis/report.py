@@ -13,7 +13,7 @@ from perfray.analysis.intervals import measured_text
 from perfray.analysis.quality import generator_late_ms, quality_section
 from perfray.analysis.runs import Run, open_run
 from perfray.analysis.scaling_model import T4, fit_usl, paper_qps
-from perfray.analysis.summary import check_targets, scaling_curves
+from perfray.analysis.summary import RECALL_MATCH, check_targets, scaling_curves
 from perfray.analysis.tradeoff import tradeoff_curves, tradeoff_figure, tradeoff_section
 from perfray.schema import GENERATOR_LAG_LIMIT_MS, GENERATOR_SHARE_LIMIT
 from perfray.targets_config import TargetSpec
@@ -147,7 +147,7 @@ def _speedup_recall(r: dict) -> str:
         return ""
     at = f" at {r['baseline_search_params']}" if r.get("baseline_search_params") else ""
     note = f"recall {r['recall_mean']:.3f} vs {r['baseline_recall']:.3f}{at}"
-    return f" ({note})" if r.get("recall_matched") else f" (⚠ {note}: recalls differ by more than 0.01)"
+    return f" ({note})" if r.get("recall_matched") else f" (⚠ {note}: recalls differ by more than {RECALL_MATCH:g})"
 
 
 def index_build_section(run: Run) -> list[str]:
