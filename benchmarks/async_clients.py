@@ -1,5 +1,5 @@
 """Store systems through client threads vs their async driver on the load actor's loop (psycopg's
-AsyncConnectionPool, Neo4j's AsyncDriver), side by side in one run, same server, same schedule: the
+AsyncConnections in perfray's lean pool, Neo4j's AsyncDriver), side by side in one run, same server, same schedule: the
 hand-off (the client's own start − the generator's send: perfray's time between deciding to send and the
 query starting), the generator's own lateness (send − intended), the schedule lag (their sum) and the
 service time (the query itself) of each path.

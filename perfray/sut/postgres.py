@@ -1,4 +1,4 @@
-"""PostgreSQL, the policy store (psycopg 3 + psycopg_pool): items with scores, per-user genre policies, and
+"""PostgreSQL, the policy store (psycopg 3; psycopg_pool for checks, loads and client threads): items with scores, per-user genre policies, and
 the query that ranks a user's candidate items under their policies."""
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from perfray.sut.base import (
     span,
     unavailable,
 )
+from perfray.sut.pg_connections import AsyncConnections
 from perfray.timing import process_clock
+
+_now_ns = process_clock().now_ns
 
 RANK_SQL = """
 SELECT i.id FROM perfray_items i
@@ -38,7 +41,7 @@ CREATE TABLE perfray_policies (user_id int NOT NULL, genre int NOT NULL, weight 
 
 class PostgresStore:
     """A connection pool on the policy database: a sync pool (the driver's checks and loads; client threads),
-    or, in a load actor, an ``AsyncConnectionPool`` on the actor's event loop (``open_async``)."""
+    or, in a load actor, a lean pool of ``AsyncConnection``s on the actor's event loop (``open_async``)."""
 
     store = "postgres"  # the name errors and gauges use
     meta_key = "catalogue"  # what this store's fingerprint row is called in perfray_meta
@@ -91,34 +94,47 @@ class PostgresStore:
             await conn.execute(sql)
 
     async def open_async(self) -> None:
-        """Serve from an ``AsyncConnectionPool`` on the running loop; the sync pool (used to check and load)
-        is closed, so the server never holds two pools' connections for one client."""
-        from psycopg_pool import AsyncConnectionPool, PoolTimeout
+        """Serve from a lean pool of ``AsyncConnection``s on the running loop (``pg_connections``); the sync
+        pool (used to check and load) is closed, so the server never holds two pools' connections for one
+        client."""
+        import psycopg
+        from psycopg_pool import PoolTimeout
 
         if self.async_pool is not None:
             return
         if self.pool is not None:
             self.pool.close()
             self.pool = None
-        pool = AsyncConnectionPool(**self._pool_options(), configure=self._configure_async)
+        options = self._pool_options()
+
+        async def connect():
+            conn = await psycopg.AsyncConnection.connect(**options["kwargs"])
+            await self._configure_async(conn)
+            return conn
+
+        conns = AsyncConnections(connect, size=self.pool_max, min_size=options["min_size"],
+                                 wait_s=options["timeout"], name=options["name"])
         try:
-            await pool.open(wait=True, timeout=self.spec.connect_timeout_s)
-        except PoolTimeout as err:
-            await pool.close()
+            await conns.open(timeout_s=self.spec.connect_timeout_s)
+        except (PoolTimeout, psycopg.Error, OSError) as err:
+            await conns.close()
             raise unavailable(self.store, self.uri, err) from None
-        self.async_pool = pool
+        self.async_pool = conns
 
     async def fetch_async(self, sql: str, params) -> tuple[list, int, int]:
         """Rows of one prepared query, read to the end, with the clock's stamps around the query itself (a wait
         for a free connection is the client's queueing, not the server's time)."""
         if self.async_pool is None:
             await self.open_async()
-        clock = process_clock()
-        async with self.async_pool.connection() as conn:
-            sent_ns = clock.now_ns()
+        conns = self.async_pool
+        conn = await conns.take()
+        try:
+            sent_ns = _now_ns()
             cursor = await conn.execute(sql, params, prepare=True)
             rows = await cursor.fetchall()
-            done_ns = clock.now_ns()
+            done_ns = _now_ns()
+        finally:
+            conns.give(conn)
         return rows, sent_ns, done_ns
 
     def fetch(self, sql: str, params) -> list:
@@ -165,7 +181,9 @@ class PostgresStore:
         return ids_of(self.fetch(RANK_SQL, rank_params(user, candidates, k)))
 
     def stats(self) -> dict[str, int]:
-        pool = self.async_pool or self.pool
+        if self.async_pool is not None:
+            return self.async_pool.stats()
+        pool = self.pool
         if pool is None:
             return {}
         s = pool.get_stats()
