@@ -82,10 +82,20 @@ class SearchSpec(Strict):
 
 class FilterSpec(Strict):
     """Filtered search (``perfray.data.filters``): each query may return only the items whose seeded integer
-    attribute lies in its own window of ``selectivity × n`` values (exactly that share of the items passes)."""
+    attribute lies in its own window of ``selectivity × n`` values (exactly that share of the items passes), or,
+    with ``field: genre``, the items of the genre label whose share is ``selectivity``."""
 
     selectivity: float = Field(gt=0, le=1, description="share of the items a query may return, e.g. 0.01")
-    field: Literal["attr"] = Field("attr", description="the filtered attribute: attr, a seeded integer per item")
+    field: Literal["attr", "genre"] = Field("attr", description="the filtered attribute: attr, a seeded integer per "
+                                            "item (a range), or genre, a label (selectivity: one of its shares)")
+
+    @model_validator(mode="after")
+    def _genre_share(self) -> FilterSpec:
+        from perfray.data.filters import genre_of_selectivity
+
+        if self.field == "genre":
+            genre_of_selectivity(self.selectivity)
+        return self
 
 
 class Workload(Strict):

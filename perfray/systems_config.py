@@ -104,7 +104,8 @@ class Neo4jSpec(_Strict):
 class HttpSpec(_Strict):
     """A deployed service (e.g. the hybrid coordinator): each request POSTs ``{"vector", "k", "user"}`` as
     JSON (and ``"filter": {"attr": [lo, hi]}`` when the cell filters: only items whose attribute is in
-    ``[lo, hi)`` may be returned); when the reply has ``ids_field`` (a list of ids), recall is computed on it."""
+    ``[lo, hi)`` may be returned; ``{"genre_label": g}`` with ``filter.field: genre``: only items of that genre
+    label, ``perfray.data.filters``); when the reply has ``ids_field`` (a list of ids), recall is computed on it."""
 
     url: str = "http://127.0.0.1:8080/search"
     method: Literal["POST", "GET"] = "POST"

@@ -94,6 +94,7 @@ def _labels(cell: Workload, described: list[dict]) -> dict:
         "query_skew": cell.load.query_skew,
         # the share of the items a query may return (1.0: no filter); recall per selectivity groups on it
         "filter_selectivity": cell.filter.selectivity if cell.filter is not None else 1.0,
+        "filter_field": cell.filter.field if cell.filter is not None else "",  # attr (a range) or genre (a label)
         "search_params": search_params_label(cell.search.params),  # e.g. "ef=40"; "" for none
         "op_mix": cell.load.op_mix, "hops": cell.hybrid.hops, "cache": cell.hybrid.cache,
         "scale_with_gpus": cell.load.scale_with_gpus,

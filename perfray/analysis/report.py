@@ -267,11 +267,13 @@ def filter_section(run: Run) -> list[str]:
         return []
     lines = ["", "## Filtered search", "",
              "Each query may return only the items whose seeded attribute lies in its own window (`filter.selectivity` "
-             "of the items pass, exactly); recall is against the exact top-k among them.", "",
-             "| cell | system / backend | selectivity | recall mean | recall min | achieved QPS | p50 ms | p99 ms |",
-             "|---|---|---|---|---|---|---|---|"]
+             "of the items pass, exactly), or, filtered by genre, the items of the genre label holding that share; "
+             "recall is against the exact top-k among them.", "",
+             "| cell | system / backend | filter | selectivity | recall mean | recall min | achieved QPS | p50 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(run.summary, key=lambda r: (_system_or_backend(r), -r.get("filter_selectivity", 1.0), r["cell"])):
-        lines.append(f"| {r['cell']} | {_system_or_backend(r)} | {r.get('filter_selectivity', 1.0):.3%} | "
+        lines.append(f"| {r['cell']} | {_system_or_backend(r)} | {r.get('filter_field') or 'none'} | "
+                     f"{r.get('filter_selectivity', 1.0):.3%} | "
                      f"{_fmt(r['recall_mean'], 4)} | {_fmt(r['recall_min'], 4)} | {_fmt(r['achieved_qps'])} | "
                      f"{_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} |")
     return lines

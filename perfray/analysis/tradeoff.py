@@ -10,7 +10,7 @@ from pathlib import Path
 
 OPERATING_RECALLS = (0.90, 0.95)
 # Summary labels that make two cells different experiments (everything a curve's points must share).
-_SAME = ("system", "system_name", "k", "dataset", "filter_selectivity", "n_gpus", "topology", "backend", "op_mix",
+_SAME = ("system", "system_name", "k", "dataset", "filter_selectivity", "filter_field", "n_gpus", "topology", "backend", "op_mix",
          "arrival", "query_skew", "load_actors", "concurrency", "batch_max", "batch_window_ms", "hops", "cache",
          "repeat")
 

@@ -73,8 +73,8 @@ class Fleet:
         """The cell's dataset in the object store, with ground truth (for the cell's filter) deep enough for
         every cell that uses it."""
         key = json.dumps(cell.dataset.model_dump(mode="json"), sort_keys=True)
-        selectivity = cell.filter.selectivity if cell.filter is not None else None
-        state = self._datasets.get(json.dumps([key, selectivity]))
+        wanted = cell.filter.model_dump() if cell.filter is not None else None
+        state = self._datasets.get(json.dumps([key, wanted], sort_keys=True))
         if state is not None:
             return state
         shared = next((s for k, s in self._datasets.items() if json.loads(k)[0] == key), None)
@@ -86,14 +86,15 @@ class Fleet:
             base_ref, attr_ref = ray.put(dataset.base), ray.put(item_attr(dataset))
         else:
             dataset, max_k, base_ref, attr_ref = shared.dataset, shared.max_k, shared.base_ref, shared.attr_ref
-        filters = query_filters(dataset, selectivity) if selectivity is not None else None
+        filters = query_filters(dataset, wanted["selectivity"], wanted["field"]) if wanted is not None else None
         gt_ids, gt_dists = ground_truth(dataset, max_k, self.cache_dir, filters)
         pool = QueryPool(dataset.queries, gt_ids, gt_dists, filters.windows if filters is not None else None)
         state = DatasetState(dataset, base_ref, ray.put(pool), max_k, attr_ref)
-        self._datasets[json.dumps([key, selectivity])] = state
+        self._datasets[json.dumps([key, wanted], sort_keys=True)] = state
         coverage = truth_coverage(gt_ids)
         self.truth[dataset.name] = coverage
-        among = f" among the {filters.width:,} items each query's filter passes" if filters is not None else ""
+        among = "" if filters is None else f" among the {filters.width:,} items each query's filter passes" + (
+            f" (genre {int(filters.labels[0])})" if filters.labels is not None else "")
         self.progress.note(f"dataset {dataset.name}: {dataset.n:,} x {dataset.dim}, {dataset.queries.shape[0]:,} "
                            f"queries, top-{max_k} ground truth{among} {coverage['how']}")
         return state

@@ -17,7 +17,7 @@ try:  # ~8x faster than json on the replies scored for recall
 except ImportError:
     from json import loads as _json_loads
 
-from perfray.data.filters import pool_windows
+from perfray.data.filters import pool_filters
 from perfray.redact import redact
 from perfray.sut.base import Answer, PerRow, SystemUnderTest, env_secret, unavailable
 from perfray.sut.http_client import Exchange, HttpPool
@@ -49,7 +49,7 @@ class HttpSystem(SystemUnderTest):
 
     def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
         super().prepare(catalogue)
-        self.windows = pool_windows(self.workload, catalogue.dataset) if catalogue is not None else None
+        self.filters = pool_filters(self.workload, catalogue.dataset) if catalogue is not None else None
         self._pool: HttpPool | None = None
         self._requests = PerRow(self._encode)  # (pool row, k) -> encoded request
 
@@ -70,8 +70,10 @@ class HttpSystem(SystemUnderTest):
         catalogue = getattr(self, "catalogue", None)
         user = int(catalogue.user_of(np.array([row]))[0]) if catalogue is not None else row
         request = {"vector": vector.tolist(), "k": k, "user": user}
-        if getattr(self, "windows", None) is not None:  # the service applies it (a system that cannot: recall shows)
-            request["filter"] = {"attr": [int(x) for x in self.windows[row]]}
+        filters = getattr(self, "filters", None)
+        if filters is not None:  # the service applies it (a system that cannot: recall shows)
+            request["filter"] = ({"attr": [int(x) for x in filters.windows[row]]} if filters.labels is None
+                                 else {"genre_label": int(filters.labels[row])})
         body = json.dumps(request, separators=(",", ":"))
         return self._client().encode(body.encode())
 

@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from perfray.data.filters import item_attr, pool_windows, windows_of
+from perfray.data.filters import item_attr, pool_filters, windows_of
 from perfray.sut.base import Answer, SystemUnderTest, span
 from perfray.sut.batching import MicroBatcher
 from perfray.sut.gpu_search import GpuActorsVector
@@ -91,7 +91,10 @@ class HybridSystem(SystemUnderTest):
 
     def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
         super().prepare(catalogue)
-        self.windows = pool_windows(self.workload, catalogue.dataset)
+        filters = pool_filters(self.workload, catalogue.dataset)
+        self.windows = filters.windows if filters is not None else None
+        if self.milvus is not None:
+            self.milvus.use_filters(filters)
         self.vector = self.milvus if self.milvus is not None else GpuActorsVector(
             gpu_handles, catalogue.dataset.base, self.workload.search.topology,
             item_attr(catalogue.dataset) if self.windows is not None else None)

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from perfray.data.filters import item_attr, pool_windows, windows_of
+from perfray.data.filters import item_attr, item_genre_label, pool_filters, windows_of
 from perfray.sut.base import (
     Answer,
     AsyncStoreSystem,
@@ -21,7 +21,7 @@ from perfray.sut.base import (
 from perfray.timing import process_clock
 
 INSERT_BATCH = 5_000
-COLLECTION_FORMAT = "attr-1"  # the collection's fields: a collection of another format is loaded again
+COLLECTION_FORMAT = "attr-genre-1"  # the collection's fields: a collection of another format is loaded again
 
 
 class MilvusStore:
@@ -34,6 +34,13 @@ class MilvusStore:
         self.search_params = {**spec.search_params, **(search_params or {})}
         self.client = None
         self.async_client = None
+        self._genre_of: dict[int, int] | None = None  # filter.field genre: a window's start -> its genre label
+
+    def use_filters(self, filters) -> None:
+        """Filter by genre label (``genre_label == g``) when ``filters`` (``QueryFilters``) are genre filters;
+        searches still name each request's window, which is that genre's ``attr`` range."""
+        self._genre_of = None if filters is None or filters.labels is None else {
+            int(lo): int(label) for (lo, _), label in zip(filters.windows, filters.labels, strict=True)}
 
     @property
     def uri(self) -> str:
@@ -104,11 +111,14 @@ class MilvusStore:
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=catalogue.dataset.dim)
         schema.add_field("attr", DataType.INT64)  # filtered search (workload.filter)
+        schema.add_field("genre_label", DataType.INT64)  # by label (filter.field: genre)
         self.client.create_collection(c, schema=schema)
-        base, attr = catalogue.dataset.base, item_attr(catalogue.dataset)
+        base = catalogue.dataset.base
+        attr, genre = item_attr(catalogue.dataset).tolist(), item_genre_label(catalogue.dataset).tolist()
         for lo in range(0, catalogue.n_items, INSERT_BATCH):
             hi = min(lo + INSERT_BATCH, catalogue.n_items)
-            self.client.insert(c, [{"id": i, "embedding": base[i], "attr": int(attr[i])} for i in range(lo, hi)])
+            self.client.insert(c, [{"id": i, "embedding": base[i], "attr": attr[i], "genre_label": genre[i]}
+                                   for i in range(lo, hi)])
             if progress is not None:
                 progress(hi - lo)
         started = time.perf_counter()
@@ -135,7 +145,8 @@ class MilvusStore:
         args = {"collection_name": self.spec.collection, "data": data, "limit": int(k), "output_fields": ["id"],
                 "search_params": {"metric_type": "L2", "params": dict(self.search_params)}}
         if window is not None:  # one filter expression per call: a filtered request searches row by row
-            args["filter"] = f"attr >= {int(window[0])} and attr < {int(window[1])}"
+            args["filter"] = (f"attr >= {int(window[0])} and attr < {int(window[1])}" if self._genre_of is None
+                              else f"genre_label == {self._genre_of[int(window[0])]}")
         return args
 
     def search(self, vectors, k: int, windows=None) -> np.ndarray:
@@ -185,7 +196,7 @@ class MilvusSystem(AsyncStoreSystem):
     stores = ("milvus",)
     supported_ops = frozenset({"knn"})
     requires = ("pymilvus",)
-    filterable = True  # a filter expression on attr
+    filterable = True  # a filter expression on attr (a range) or genre_label (equality)
     search_params = frozenset({"ef", "nprobe"})
 
     def label(self) -> str:
@@ -200,7 +211,9 @@ class MilvusSystem(AsyncStoreSystem):
 
     def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
         super().prepare(catalogue, gpu_handles)
-        self.windows = pool_windows(self.workload, catalogue.dataset)
+        filters = pool_filters(self.workload, catalogue.dataset)
+        self.windows = filters.windows if filters is not None else None
+        self.store.use_filters(filters)
 
     def request_params(self, vector: np.ndarray, row: int, k: int) -> list[float]:
         return vector.tolist()

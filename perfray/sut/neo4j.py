@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from perfray.data.filters import item_attr, pool_windows
+from perfray.data.filters import item_attr, item_genre_label, pool_filters
 from perfray.sut.base import (
     Answer,
     AsyncStoreSystem,
@@ -23,10 +23,11 @@ from perfray.sut.base import (
 from perfray.timing import process_clock
 
 VECTOR_INDEX = "perfray_item_embedding"
-GRAPH_FORMAT = "attr-1"  # the items' properties: a graph of another format is loaded again
+GRAPH_FORMAT = "attr-genre-1"  # the items' properties: a graph of another format is loaded again
 # Neo4j's vector index has no filter of its own: the query keeps the hits inside the window (post-filtering,
 # as an application would), so fewer than k may remain; recall shows what that costs.
-FILTER_WHERE = "\nWHERE hit.attr >= $attr_lo AND hit.attr < $attr_hi"
+FILTER_WHERE = {"attr": "\nWHERE hit.attr >= $attr_lo AND hit.attr < $attr_hi",
+                "genre": "\nWHERE hit.genre_label = $genre_label"}
 BATCH = 2_000
 
 # DISTINCT before ORDER BY: Neo4j 5.26 returns duplicates for `WITH DISTINCT n ORDER BY n.id` after a
@@ -65,7 +66,7 @@ LOAD_STEPS = (
     ("users", "UNWIND $rows AS r CREATE (:User {id: r})"),
     ("items", "UNWIND $rows AS r MATCH (g:Genre {id: r.genre}) "
               "CREATE (i:Item {id: r.id, genre: r.genre, popularity: r.popularity, embedding: r.embedding, "
-              "attr: r.attr})"
+              "attr: r.attr, genre_label: r.genre_label})"
               "-[:IN_GENRE]->(g)"),
     ("similar", "UNWIND $rows AS r MATCH (a:Item {id: r[0]}), (b:Item {id: r[1]}) CREATE (a)-[:SIMILAR_TO]->(b)"),
     ("people_edges", "UNWIND $rows AS r MATCH (p:Person {id: r[1]}), (i:Item {id: r[0]}) "
@@ -232,9 +233,10 @@ def expanded(records: list) -> np.ndarray:
     return np.asarray(records[0]["ids"] if records else [], dtype=np.int64)
 
 
-def baseline_cypher(spec, filtered: bool = False) -> str:
+def baseline_cypher(spec, filter_field: str | None = None) -> str:
+    """The Neo4j-only query, keeping the hits that pass a filter on ``filter_field`` (attr or genre) if given."""
     return BASELINE_CYPHER.replace("{index}", VECTOR_INDEX).replace("{hops}", str(int(spec.hops))).replace(
-        "{where}", FILTER_WHERE if filtered else "")
+        "{where}", FILTER_WHERE[filter_field] if filter_field else "")
 
 
 def baseline_params(vector: np.ndarray, user: int, spec, k: int, ef: int | None = None) -> dict:
@@ -259,9 +261,9 @@ def _rows(catalogue, step: str) -> list:
     if step == "users":
         return list(range(c.n_users))
     if step == "items":
-        return [{"id": i, "genre": int(g), "popularity": float(p), "embedding": v, "attr": int(a)}
-                for i, (g, p, v, a) in enumerate(zip(c.item_genre, c.item_popularity, c.dataset.base.tolist(),
-                                                     item_attr(c.dataset), strict=True))]
+        return [{"id": i, "genre": int(g), "popularity": float(p), "embedding": v, "attr": int(a), "genre_label": int(b)}
+                for i, (g, p, v, a, b) in enumerate(zip(c.item_genre, c.item_popularity, c.dataset.base.tolist(),
+                                                        item_attr(c.dataset), item_genre_label(c.dataset), strict=True))]
     if step == "similar":
         src = np.repeat(np.arange(c.n_items), c.similar.shape[1])
         return np.stack([src, c.similar.ravel()], axis=1).tolist()
@@ -327,14 +329,16 @@ class Neo4jBaselineSystem(_Neo4jBase):
 
     def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
         super().prepare(catalogue)
-        self.windows = pool_windows(self.workload, catalogue.dataset)
-        self.cypher = baseline_cypher(self.workload.hybrid, self.windows is not None)
+        self.filters = pool_filters(self.workload, catalogue.dataset)
+        self.cypher = baseline_cypher(self.workload.hybrid, self.filters.field if self.filters is not None else None)
 
     def request_params(self, vector: np.ndarray, row: int, k: int) -> dict:
         user = int(self.catalogue.user_of(np.array([row]))[0])
         params = baseline_params(vector, user, self.workload.hybrid, k, self.workload.search.params.get("ef"))
-        if self.windows is not None:
-            params["attr_lo"], params["attr_hi"] = (int(x) for x in self.windows[row])
+        if self.filters is not None and self.filters.labels is not None:
+            params["genre_label"] = int(self.filters.labels[row])
+        elif self.filters is not None:
+            params["attr_lo"], params["attr_hi"] = (int(x) for x in self.filters.windows[row])
         return params
 
     @staticmethod

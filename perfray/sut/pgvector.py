@@ -8,14 +8,15 @@ import time
 
 import numpy as np
 
-from perfray.data.filters import item_attr, pool_windows
+from perfray.data.filters import item_attr, item_genre_label, pool_filters
 from perfray.sut.base import Answer, AsyncStoreSystem, each_in_turn, load_fingerprint, span
 from perfray.sut.postgres import META_SQL, PostgresStore, ids_of
 
 SEARCH_SQL = "SELECT id FROM perfray_vectors ORDER BY embedding <-> %s::vector LIMIT %s"
 FILTERED_SQL = ("SELECT id FROM perfray_vectors WHERE attr >= %s AND attr < %s "
                 "ORDER BY embedding <-> %s::vector LIMIT %s")
-TABLE_FORMAT = "attr-1"  # the table's columns: a table of another format is loaded again
+GENRE_SQL = "SELECT id FROM perfray_vectors WHERE genre_label = %s ORDER BY embedding <-> %s::vector LIMIT %s"
+TABLE_FORMAT = "attr-genre-1"  # the table's columns: a table of another format is loaded again
 VECTOR_INDEX = "perfray_vectors_embedding"
 BUILD_KEY = "vectors.build"  # perfray_meta: what building the vector index cost
 
@@ -58,12 +59,14 @@ class PgvectorStore(PostgresStore):
             conn.execute("DELETE FROM perfray_meta WHERE key IN (%s, %s)", (self.meta_key, BUILD_KEY))
             conn.execute("DROP TABLE IF EXISTS perfray_vectors")
             conn.execute(f"CREATE TABLE perfray_vectors (id bigint PRIMARY KEY, embedding vector({int(dim)}) NOT NULL, "
-                         "attr bigint NOT NULL)")
-            attr = item_attr(catalogue.dataset)
-            with conn.cursor() as cur, cur.copy("COPY perfray_vectors (id, embedding, attr) FROM STDIN") as copy:
+                         "attr bigint NOT NULL, genre_label int NOT NULL)")
+            attr, genre = item_attr(catalogue.dataset).tolist(), item_genre_label(catalogue.dataset).tolist()
+            with conn.cursor() as cur, cur.copy("COPY perfray_vectors (id, embedding, attr, genre_label) FROM STDIN") \
+                    as copy:
                 for i, vector in enumerate(catalogue.dataset.base):
-                    copy.write_row((i, _vector_text(vector), int(attr[i])))
+                    copy.write_row((i, _vector_text(vector), attr[i], genre[i]))
             conn.execute("CREATE INDEX ON perfray_vectors (attr)")  # filtered search (workload.filter)
+            conn.execute("CREATE INDEX ON perfray_vectors (genre_label)")  # by label (filter.field: genre)
             if spec.index != "none":
                 params = ", ".join(f"{_setting(k)} = {int(v)}" for k, v in spec.index_params.items())
                 started = time.perf_counter()
@@ -109,7 +112,7 @@ class PgvectorSystem(AsyncStoreSystem):
     stores = ("pgvector",)
     supported_ops = frozenset({"knn"})
     requires = ("psycopg", "psycopg_pool")
-    filterable = True  # WHERE attr >= lo AND attr < hi (a btree on attr)
+    filterable = True  # WHERE attr >= lo AND attr < hi, or genre_label = g (btrees on both)
     search_params = frozenset(PARAM_SETTINGS)
 
     def label(self) -> str:
@@ -122,13 +125,15 @@ class PgvectorSystem(AsyncStoreSystem):
 
     def prepare(self, catalogue, gpu_handles: list | None = None) -> None:
         super().prepare(catalogue, gpu_handles)
-        self.windows = pool_windows(self.workload, catalogue.dataset)
-        self.sql = SEARCH_SQL if self.windows is None else FILTERED_SQL
+        self.filters = pool_filters(self.workload, catalogue.dataset)
+        self.sql = SEARCH_SQL if self.filters is None else FILTERED_SQL if self.filters.labels is None else GENRE_SQL
 
     def request_params(self, vector: np.ndarray, row: int, k: int) -> tuple:
-        if self.windows is None:
+        if self.filters is None:
             return _vector_text(vector), int(k)
-        lo, hi = self.windows[row]
+        if self.filters.labels is not None:
+            return int(self.filters.labels[row]), _vector_text(vector), int(k)
+        lo, hi = self.filters.windows[row]
         return int(lo), int(hi), _vector_text(vector), int(k)
 
     def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:

@@ -21,13 +21,14 @@ def knn_service():
 
     from perfray.config import SyntheticDataset
     from perfray.data import load_dataset
-    from perfray.data.filters import item_attr
+    from perfray.data.filters import item_attr, item_genre_label
 
     dataset = load_dataset(SyntheticDataset(n=2000, dim=16, n_queries=50, clusters=32, seed=7))
-    base, attr = dataset.base, item_attr(dataset)
+    base, attr, genre = dataset.base, item_attr(dataset), item_genre_label(dataset)
     norms = (base * base).sum(1)
     port = free_port()
-    state = {"stall_until": 0.0, "requests": 0, "repeat_first": False, "authorization": None, "filtered": 0}
+    state = {"stall_until": 0.0, "requests": 0, "repeat_first": False, "authorization": None, "filtered": 0,
+             "filter_keys": set()}
 
     async def search(request):
         if state["authorization"] is not None and request.headers.get("Authorization") != state["authorization"]:
@@ -38,10 +39,14 @@ def knn_service():
             await asyncio.sleep(0.005)
         q = np.asarray(body["vector"], dtype=np.float32)
         d = norms - 2 * base @ q
-        if "filter" in body:  # only items whose attribute is in [lo, hi)
-            lo, hi = body["filter"]["attr"]
-            d = np.where((attr >= lo) & (attr < hi), d, np.inf)
+        if "filter" in body:  # only items whose attribute is in [lo, hi), or of one genre label
+            if "genre_label" in body["filter"]:
+                d = np.where(genre == body["filter"]["genre_label"], d, np.inf)
+            else:
+                lo, hi = body["filter"]["attr"]
+                d = np.where((attr >= lo) & (attr < hi), d, np.inf)
             state["filtered"] += 1
+            state["filter_keys"].update(body["filter"])
         ids = np.lexsort((np.arange(d.size), d))[: body["k"]]
         ids = ids[np.isfinite(d[ids])]
         if state["repeat_first"]:  # the nearest neighbour k times: one true id, not k
@@ -128,15 +133,18 @@ def test_cells_asking_a_load_actor_for_over_half_its_ceiling_are_flagged_and_aut
     assert "1" not in flagged or summary[1]["generator_lateness_p99_ms"] > 1.0
 
 
-def test_a_filtered_cell_sends_each_querys_window_and_the_service_applying_it_has_exact_recall(tmp_path, knn_service):
+@pytest.mark.parametrize("field", ["attr", "genre"])
+def test_a_filtered_cell_sends_each_querys_window_and_the_service_applying_it_has_exact_recall(tmp_path, knn_service,
+                                                                                             field):
     url, state = knn_service
     out = http_sweep(tmp_path, "filtered", url, "load.target_qps=100", "load.duration_s=1", "load.warmup_s=0.2",
-                     "filter.selectivity=0.002", "targets=[{metric: recall_min, min: 1.0}]")
+                     "filter.selectivity=0.002", f"filter.field={field}", "targets=[{metric: recall_min, min: 1.0}]")
     assert out.returncode == 0, out.stderr[-3000:]
     rows = pq.read_table(tmp_path / "filtered" / "requests").to_pandas()
     assert (rows.status == "ok").all() and (rows.recall == 1.0).all() and state["filtered"] >= len(rows)
+    assert state["filter_keys"] == {"attr" if field == "attr" else "genre_label"}
     summary = pq.read_table(tmp_path / "filtered" / "summary.parquet").to_pylist()[0]
-    assert summary["filter_selectivity"] == 0.002  # 4 items per query: recall is of those 4
+    assert summary["filter_selectivity"] == 0.002 and summary["filter_field"] == field  # 4 items: recall is of those
 
 
 def test_a_service_that_repeats_one_true_neighbour_scores_one_hit_not_k(tmp_path, knn_service):

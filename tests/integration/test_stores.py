@@ -179,15 +179,16 @@ def test_pgvector_exact_scan_is_exact_and_hnsw_recall_is_measured(stores_spec, c
 
 
 @pytest.mark.parametrize("name", ["pgvector", "milvus", "neo4j_baseline", "hybrid"])
-@pytest.mark.parametrize("selectivity", [0.01, 0.002])
-def test_stores_apply_each_querys_filter_natively(name, stores_spec, catalogue, tmp_path, selectivity):
+@pytest.mark.parametrize(("field", "selectivity"), [("attr", 0.01), ("attr", 0.002), ("genre", 0.002)])
+def test_stores_apply_each_querys_filter_natively(name, stores_spec, catalogue, tmp_path, field, selectivity):
     """pgvector's WHERE over an exact scan, Milvus Lite's filter expression over FLAT (alone, and as the hybrid
-    stack's vector stage): the filtered ground truth, with fewer than k ids where fewer items pass. Neo4j's
-    vector index does not filter: its hits are filtered after the index (the unfiltered hits inside the window)."""
+    stack's vector stage): the filtered ground truth, with fewer than k ids where fewer items pass; by attr range
+    or by genre label (``genre_label = g``). Neo4j's vector index does not filter: its hits are filtered after
+    the index (the unfiltered hits inside the window)."""
     from perfray.data.filters import item_attr, query_filters
 
     filtered = Workload.model_validate({**WORKLOAD.model_dump(mode="json"), "system": name,
-                                        "filter": {"selectivity": selectivity}})
+                                        "filter": {"selectivity": selectivity, "field": field}})
     if name == "neo4j_baseline":
         filtered = filtered.model_copy(update={"hybrid": filtered.hybrid.model_copy(update={"candidates": 500})})
     if name == "hybrid":  # its vector stage on Milvus (FLAT): the filtered ground truth as the vector ids
@@ -195,13 +196,13 @@ def test_stores_apply_each_querys_filter_natively(name, stores_spec, catalogue, 
     if name in ("milvus", "hybrid"):  # its own file (see test_milvus_lite_flat_search_is_exact)
         stores_spec = stores_spec.model_copy(update={"milvus": stores_spec.milvus.model_copy(
             update={"uri": str(tmp_path / "own.db")})})
-    gt_ids, _ = ground_truth(catalogue.dataset, 10, tmp_path, query_filters(catalogue.dataset, selectivity))
+    gt_ids, _ = ground_truth(catalogue.dataset, 10, tmp_path, query_filters(catalogue.dataset, selectivity, field))
     system = _system(name, stores_spec, catalogue, filtered)
     try:
         rows = np.arange(20)
         answer = system.execute(catalogue.dataset.queries[rows], 10, rows)
         if name == "neo4j_baseline":
-            attr, windows = item_attr(catalogue.dataset), query_filters(catalogue.dataset, selectivity).windows
+            attr, windows = item_attr(catalogue.dataset), query_filters(catalogue.dataset, selectivity, field).windows
             for r in rows:
                 user = int(catalogue.user_of(np.array([r]))[0])
                 hits, _ = system.store.baseline(catalogue.dataset.queries[r], user, filtered.hybrid, 10)

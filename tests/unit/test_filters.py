@@ -10,7 +10,7 @@ from perfray.backends import BACKENDS, create_backend
 from perfray.backends.base import ALL_ITEMS, select_smallest, take_waiting
 from perfray.config import SyntheticDataset, load_config
 from perfray.data import load_dataset
-from perfray.data.filters import item_attr, query_filters
+from perfray.data.filters import GENRE_SHARES, genre_bounds, item_attr, item_genre_label, query_filters
 from perfray.data.groundtruth import ground_truth, recall
 from perfray.errors import UsageError
 from perfray.sut.gpu_search import GpuSearchWorker, SearchCoalescer
@@ -47,6 +47,34 @@ def test_every_query_gets_exactly_its_share_of_the_items_seeded(dataset):
     assert query_filters(dataset, 1e-9).width == 1
     with pytest.raises(ValueError, match="selectivity"):
         query_filters(dataset, 0)
+
+
+
+def test_a_genre_filter_asks_every_query_for_the_genre_holding_exactly_that_share(dataset):
+    """filter.field genre: labels with the shares 50% … 0.1% (the rest "other"), each genre the items of one attr
+    range, so the stores' genre_label = g and the search actors' window select the same items."""
+    labels = item_genre_label(dataset)
+    counts = np.bincount(labels, minlength=len(GENRE_SHARES) + 1)
+    assert counts.tolist() == [1500, 600, 300, 150, 60, 30, 15, 6, 3, 336]  # round(share x 3000), then the rest
+    for share in (0.5, 0.01, 0.001):
+        f = query_filters(dataset, share, "genre")
+        label = GENRE_SHARES.index(share)
+        assert f.field == "genre" and (f.labels == label).all() and f.width == counts[label]
+        lo, hi = f.windows[0]
+        assert (f.windows == [lo, hi]).all()
+        attr = item_attr(dataset)
+        assert np.array_equal(np.flatnonzero(labels == label), np.flatnonzero((attr >= lo) & (attr < hi)))
+    with pytest.raises(ValueError, match="genre shares 0.5, 0.2, 0.1"):
+        query_filters(dataset, 0.03, "genre")
+    assert genre_bounds(10)[-3:].tolist() == [10, 10, 10]  # too few items: the rarest genres are empty
+    small = load_dataset(SyntheticDataset(n=10, dim=4, n_queries=3, clusters=2, seed=1))
+    with pytest.raises(ValueError, match="too few for a genre of that share"):
+        query_filters(small, 0.001, "genre")
+    with pytest.raises(UsageError) as err:
+        load_config(None, ["filter.field=genre", "filter.selectivity=0.03"])
+    assert "filter" in str(err.value) and "genre shares" in str(err.value) and "\n" not in str(err.value)
+    cell = load_config(None, ["filter.field=genre", "filter.selectivity=0.01"]).cells()[0]
+    assert (cell.filter.field, cell.filter.selectivity) == ("genre", 0.01)
 
 
 CPU = [name for name in ("numpy", "faiss") if BACKENDS.load(name).is_available()]
