@@ -129,6 +129,19 @@ class Workload(Strict):
         return self
 
     @model_validator(mode="after")
+    def _writable(self) -> Workload:
+        from perfray.sut import SYSTEMS
+
+        if self.load.writes is not None:
+            if not SYSTEMS.load(self.system).writable:
+                able = ", ".join(n for n in SYSTEMS.names() if SYSTEMS.load(n).writable)
+                raise ValueError(f"load.writes: system {self.system!r} does not apply writes yet (systems that do: "
+                                 f"{able})")
+            if self.filter is not None:
+                raise ValueError("load.writes: not with a filter yet (written items carry no filter attribute)")
+        return self
+
+    @model_validator(mode="after")
     def _search_params_taken(self) -> Workload:
         from perfray.sut import SYSTEMS
 

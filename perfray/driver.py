@@ -243,13 +243,26 @@ class SweepDriver:
         phases = [PhaseRates(p.name, p.duration_s, *phase_rates(p, cell.offered_qps), p.measured)
                   for p in cell.load.phase_plan()]
         ops = op_mix(cell.load.op_mix, cell.search.k, ds.dataset.n)
+        writes = fleet.begin_writes(cell, ds, phases, index)
+        try:
+            self._load_cell(index, cell, ds, group, loaders, phases, ops, system, catalogue_ref, writes,
+                            gpu_ready_s, load_ready_s)
+        finally:
+            if writes is not None:
+                fleet.undo_writes(cell, ds, writes)
+
+    def _load_cell(self, index, cell, ds, group, loaders, phases, ops, system, catalogue_ref, writes,
+                   gpu_ready_s: float, load_ready_s: float) -> None:
+        """Send the cell's load, gather its rows as they come, account for lost actors, summarize."""
+        fleet, entry = self.fleet, self.manifest.doc["cells"][index]
         start_ns = time.time_ns() + START_LEAD_NS
         plans = [CellPlan(cell=index, actor=i, n_actors=len(loaders), start_unix_ns=start_ns, phases=phases,
                           arrival=cell.load.arrival, ops=ops, seed=cell.load.seed,
                           batch_window_ns=int(cell.load.batch_window_ms * 1e6), batch_max=cell.load.batch_max,
                           max_in_flight=cell.load.max_in_flight, timeout_ns=int(cell.load.timeout_ms * 1e6),
                           extra={"target_qps": cell.offered_qps}, trace=_trace(cell.load.arrival),
-                          query_skew=cell.load.query_skew)
+                          query_skew=cell.load.query_skew,
+                          write_rate=cell.load.writes.rate if writes is not None else 0.0, writes=writes)
                  for i in range(len(loaders))]
         entry.update(status="running", start_unix_ns=start_ns)
         self.manifest.write()

@@ -10,6 +10,7 @@ STATUSES = ("pending", "ok", "error", "timeout", "dropped", "lost")  # lost: sch
 FAILURES = ("error", "timeout", "dropped", "lost")  # what failure_rate counts
 STATUS_CODE = {name: i for i, name in enumerate(STATUSES)}
 STAGES = ("vector_ns", "graph_ns", "policy_ns")
+WRITE_KINDS = ("insert", "upsert", "delete")  # the ops of load.writes' rows (reads are named knn_k<k>_q<n>)
 
 _dict = pa.dictionary(pa.int16(), pa.string())
 
@@ -40,6 +41,8 @@ REQUEST_SCHEMA = pa.schema(
         pa.field("graph_ns", pa.int64()),
         pa.field("policy_ns", pa.int64()),
         pa.field("cache_hit", pa.bool_()),
+        # A write followed by probe searches (load.writes): its ack -> the first search that showed it; v3+.
+        pa.field("freshness_ns", pa.int64()),
     ],
     metadata={b"perfray.schema_version": str(SCHEMA_VERSION).encode()},
 )
@@ -76,6 +79,7 @@ SUMMARY_METRICS = (
     "gpu_busy_mean", "gpu_util_mean",
     "vector_p50_ms", "vector_p99_ms", "graph_p50_ms", "graph_p99_ms", "policy_p50_ms", "policy_p99_ms",
     "cache_hit_rate", "first_error_s", "last_error_s", "recovery_s",
+    "writes", "write_p50_ms", "write_p99_ms", "freshness_p50_ms", "freshness_p99_ms", "freshness_samples",
     "speedup_p50_vs_baseline", "speedup_p99_vs_baseline", "qps_ratio_vs_baseline", "baseline_recall",
     "recall_gap_vs_baseline",
 )

@@ -25,6 +25,20 @@ class Phase(_Strict):
     measured: bool = True
 
 
+class WriteSpec(_Strict):
+    """Writes mixed into a cell's schedule (``perfray.data.writes``): open loop like reads, at ``rate`` per second
+    through every phase, each a row with ``op`` = ``kind``. ``freshness_sample`` writes, spread over the cell, are
+    followed by probe searches at the written vector until the store shows the write (an insert or upsert found
+    as the nearest item, a delete gone): their rows carry ``freshness_ns``, the time from the write's
+    acknowledgement until a search first showed it."""
+
+    rate: float = Field(gt=0, description="writes per second, across the load actors")
+    kind: Literal["insert", "upsert", "delete"] = "insert"
+    freshness_sample: int = Field(20, ge=0, description="writes per cell followed by freshness probes")
+    probe_interval_ms: float = Field(1.0, gt=0)
+    probe_limit_ms: float = Field(1_000.0, gt=0, description="a write not shown by then has no freshness")
+
+
 class LoadSpec(_Strict):
     target_qps: float = Field(500.0, gt=0)
     scale_with_gpus: bool = Field(False, description="offer target_qps per GPU (weak scaling)")
@@ -42,6 +56,7 @@ class LoadSpec(_Strict):
     concurrency: int = Field(8, ge=1, le=1024, description="client threads per load actor (database systems)")
     query_skew: str = Field("uniform", description="which query-pool rows are asked: uniform, or zipf:<s> "
                             "(popularity 1/rank**s over a seeded order of the pool)")
+    writes: WriteSpec | None = Field(None, description="writes while searching: {rate, kind: insert|upsert|delete}")
     seed: int = 0
 
     @field_validator("phases")

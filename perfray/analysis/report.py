@@ -126,6 +126,7 @@ def render(run: Run, figure_paths: list[Path]) -> str:
     lines += generator_section(run)
     lines += phase_section(run)
     lines += filter_section(run)
+    lines += writes_section(run)
     lines += tradeoff_section(tradeoff_curves(run.summary, m), _figure(figure_paths, "recall_tradeoff"))
     lines += index_build_section(run)
     lines += systems_section(run)
@@ -276,6 +277,29 @@ def filter_section(run: Run) -> list[str]:
                      f"{r.get('filter_selectivity', 1.0):.3%} | "
                      f"{_fmt(r['recall_mean'], 4)} | {_fmt(r['recall_min'], 4)} | {_fmt(r['achieved_qps'])} | "
                      f"{_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} |")
+    return lines
+
+
+def writes_section(run: Run) -> list[str]:
+    """Cells that wrote while searching (``load.writes``): the writes' latency and freshness beside the reads'."""
+    written = [r for r in run.summary if (r.get("writes") or 0) > 0]
+    if not written:
+        return []
+    lines = ["", "## Writes while searching", "",
+             "Writes mixed into the schedule, open loop like the reads (`load.writes`); freshness: from a probed "
+             "write's acknowledgement until a search first showed it (an insert or upsert found as the nearest item, "
+             "a delete gone). Read latency and recall are the reads'; recall is over the items no write touched.", "",
+             "| cell | system | writes | write p50 ms | write p99 ms | freshness p50 ms | freshness p99 ms | probed | "
+             "read p99 ms | recall mean |", "|---|---|---|---|---|---|---|---|---|---|"]
+    kinds = {c["cell"]: ((c.get("workload") or {}).get("load") or {}).get("writes") or {}
+             for c in run.manifest.get("cells", [])}
+    for r in written:
+        spec = kinds.get(r["cell"], {})
+        what = f"{r['writes']:,} {spec.get('kind', 'writes')}" + (f" ({spec['rate']:g}/s)" if "rate" in spec else "")
+        lines.append(f"| {r['cell']} | {_system_or_backend(r)} | {what} | {_fmt(r.get('write_p50_ms'))} | "
+                     f"{_fmt(r.get('write_p99_ms'))} | {_fmt(r.get('freshness_p50_ms'), 3)} | "
+                     f"{_fmt(r.get('freshness_p99_ms'), 3)} | {r.get('freshness_samples', 0)} | {_fmt(r['p99_ms'])} | "
+                     f"{_fmt(r['recall_mean'], 4)} |")
     return lines
 
 

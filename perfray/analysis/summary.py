@@ -1,7 +1,9 @@
 """Per-cell summary from raw request rows (exact percentiles), scaling vs the 1-GPU cell, target verdicts.
 
 Latency percentiles cover ok and timeout rows (a timed-out request was at least that slow); errors and drops
-are counted as rates, never hidden. Only rows of measured phases count.
+are counted as rates, never hidden. Only rows of measured phases count. In a cell with writes (``load.writes``)
+the latency figures are the reads'; the writes have their own (``write_p50_ms`` …, ``freshness_p50_ms`` …),
+and rates count every scheduled request, reads and writes.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import pyarrow.compute as pc
 
 from perfray.analysis.intervals import PERCENTILES, judge, percentile_intervals
 from perfray.analysis.quality import quality
-from perfray.schema import FAILURES
+from perfray.schema import FAILURES, WRITE_KINDS
 
 STAGES = ("vector", "graph", "policy")
 
@@ -28,7 +30,9 @@ def summarize_cell(rows: pa.Table, meta: dict) -> dict:
     status = pc.cast(measured["status"], pa.string()).to_numpy(zero_copy_only=False)
     n = int(measured.num_rows)
     counts = {s: int((status == s).sum()) for s in ("ok", *FAILURES)}
-    timed = (status == "ok") | (status == "timeout")
+    writing = (pc.is_in(pc.cast(measured["op"], pa.string()), value_set=pa.array(WRITE_KINDS)).to_numpy(
+        zero_copy_only=False) if "op" in measured.column_names else np.zeros(n, dtype=bool))
+    timed = ((status == "ok") | (status == "timeout")) & ~writing
     latency = measured["latency_ns"].to_numpy(zero_copy_only=False)[timed].astype(np.float64)
     service = measured["service_ns"].to_numpy(zero_copy_only=False)[timed].astype(np.float64)
     lag = measured["schedule_lag_ns"].to_numpy(zero_copy_only=False)
@@ -80,6 +84,7 @@ def summarize_cell(rows: pa.Table, meta: dict) -> dict:
         "batch_size_mean": float(batch.mean()) if batch.size else float("nan"),
         **_stages(measured, status),
         **_error_window(measured, status, meta.get("start_ns")),
+        **_writes(measured, status, writing),
     }
     labels = meta["labels"]
     batched = labels.get("batch_max", 1) > 1 and labels.get("batch_window_ms", 0.0) > 0
@@ -111,6 +116,19 @@ def _stages(measured: pa.Table, status: np.ndarray) -> dict:
         chosen = latency[ok & (flags == want)] if looked else np.empty(0)
         out[f"cache_{name}_p50_ms"], out[f"cache_{name}_p99_ms"] = _ms(chosen, 50), _ms(chosen, 99)
     return out
+
+
+def _writes(measured: pa.Table, status: np.ndarray, writing: np.ndarray) -> dict:
+    """Writes (``load.writes``): how many, their latency (ok rows), and freshness over the probed writes the
+    store showed (``freshness_samples`` of them)."""
+    ok = (status == "ok") & writing
+    latency = measured["latency_ns"].to_numpy(zero_copy_only=False)[ok].astype(np.float64)
+    fresh = np.empty(0)
+    if "freshness_ns" in measured.column_names:
+        fresh = measured["freshness_ns"].to_numpy(zero_copy_only=False)[ok].astype(np.float64)
+        fresh = fresh[~np.isnan(fresh)]
+    return {"writes": int(writing.sum()), "write_p50_ms": _ms(latency, 50), "write_p99_ms": _ms(latency, 99),
+            "freshness_p50_ms": _ms(fresh, 50), "freshness_p99_ms": _ms(fresh, 99), "freshness_samples": int(fresh.size)}
 
 
 def _error_window(measured: pa.Table, status: np.ndarray, start_ns: int | None) -> dict:

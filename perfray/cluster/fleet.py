@@ -14,9 +14,11 @@ from perfray.config import SweepConfig, Workload
 from perfray.data import load_dataset
 from perfray.data.filters import item_attr, query_filters
 from perfray.data.groundtruth import ground_truth, truth_coverage
+from perfray.data.writes import WriteSet, cell_writes
 from perfray.errors import UnavailableError
 from perfray.load.generator import QueryPool
 from perfray.load.profiles import op_mix
+from perfray.load.schedules import write_schedule
 from perfray.progress import Progress
 from perfray.sut.session import SystemPlan, SystemSession, make_system
 
@@ -204,6 +206,21 @@ class Fleet:
                                f"in {time.perf_counter() - started:.1f} s")
         entry["system"] = {"name": plan.name, "label": plan.label, "catalogue": catalogue.fingerprint, "load": info}
         return plan, self._catalogue_refs[catalogue.fingerprint]
+
+    def begin_writes(self, cell: Workload, ds: DatasetState, phases: list, index: int) -> WriteSet | None:
+        """The cell's ``load.writes`` (None without): its writes, seeded by the cell, with the store marked as
+        being written (``begin_writes``), so that a run that dies before ``undo_writes`` reloads it."""
+        spec = cell.load.writes
+        if spec is None:
+            return None
+        offsets, _ = write_schedule(phases, spec.rate, cell.load.seed, index)
+        writes = cell_writes(ds.dataset, spec, offsets.size, cell.load.seed, index)
+        self.systems.on_system(cell, "begin_writes")
+        return writes
+
+    def undo_writes(self, cell: Workload, ds: DatasetState, writes: WriteSet) -> None:
+        """Put the catalogue back in the cell's store: the next cell starts from the same data."""
+        self.systems.on_system(cell, "undo_writes", self.systems.catalogue(cell, ds.dataset), writes)
 
     def load_actors(self, count: int) -> list:
         for i in range(count):

@@ -96,16 +96,34 @@ def _to_cache(cache_dir: Path, key: str, ids: np.ndarray, dists: np.ndarray) -> 
     os.replace(tmp, final)
 
 
-def recall(found_ids: np.ndarray, gt_ids: np.ndarray, gt_dists: np.ndarray, k: int) -> np.ndarray:
+def recall(found_ids: np.ndarray, gt_ids: np.ndarray, gt_dists: np.ndarray, k: int,
+           ignore: np.ndarray | None = None) -> np.ndarray:
     """Per query: share of the k returned ids that are true k-nearest neighbours (within tolerance). Each id
     counts once however often a reply repeats it; -1 and ids outside the dataset are misses. Where a filter
-    lets fewer than k items through, the share is of those (all of them found: 1.0)."""
+    lets fewer than k items through, the share is of those (all of them found: 1.0). ``ignore`` (sorted ids:
+    the items a cell's writes touch, whose truth ``stable_truth`` left out) are neither hits nor misses: a reply
+    holding r of them is scored on its other k - r ids, which must be the truth's first k - r."""
     found = found_ids[:, :k]
     threshold = gt_dists[:, k - 1 : k] * (1 + RECALL_REL_TOL) + 1e-12
     accepted = (gt_dists <= threshold) & (gt_ids >= 0)
     hits = ((found[:, :, None] == gt_ids[:, None, :]) & accepted[:, None, :]).any(axis=2)
     possible = np.minimum((gt_ids[:, :k] >= 0).sum(axis=1), k)
+    if ignore is not None:
+        possible = possible - (np.isin(found, ignore) & _first_occurrence(found)).sum(axis=1)
     return (hits & _first_occurrence(found)).sum(axis=1) / np.maximum(possible, 1)
+
+
+def stable_truth(gt_ids: np.ndarray, gt_dists: np.ndarray, touched: np.ndarray):
+    """The truth without the items ``touched`` by a cell's writes: (ids, dists, depth), each row's remaining
+    neighbours moved to the front (-1 / inf behind them); ``depth``: how many remain per row (a row left with
+    fewer than k cannot be scored at k)."""
+    gone = np.isin(gt_ids, touched)
+    order = np.argsort(gone, axis=1, kind="stable")
+    ids = np.take_along_axis(gt_ids, order, axis=1)
+    dists = np.take_along_axis(gt_dists, order, axis=1).astype(np.float64)
+    moved = np.take_along_axis(gone, order, axis=1)
+    ids[moved], dists[moved] = -1, np.inf
+    return ids, dists, (~gone & (gt_ids >= 0)).sum(axis=1)
 
 
 def _first_occurrence(found: np.ndarray) -> np.ndarray:

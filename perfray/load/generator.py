@@ -17,7 +17,7 @@ import numpy as np
 from perfray.load.pacer import Pacer
 from perfray.load.profiles import OpSpec, assign_ops, query_rows
 from perfray.load.recorder import Recorder
-from perfray.load.schedules import PhaseRates, arrival_offsets_ns
+from perfray.load.schedules import PhaseRates, arrival_offsets_ns, write_schedule
 from perfray.load.sending import CellSender, callback_target
 from perfray.timing import Clock, process_clock
 
@@ -53,17 +53,39 @@ class CellPlan:
     extra: dict = field(default_factory=dict)
     trace: np.ndarray | None = None  # a trace: arrival's recorded offsets (s), read by the driver
     query_skew: str = "uniform"  # which pool rows are asked: uniform or zipf:<s>
+    write_rate: float = 0.0  # load.writes.rate: writes per second across the actors
+    writes: object | None = None  # the cell's ``perfray.data.writes.WriteSet`` when it writes
+
+
+def op_table(plan: CellPlan) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(name, k, queries per request) per op index: the plan's read ops, then its write kind (k 0, one item)."""
+    names = [o.name for o in plan.ops]
+    k = [o.k for o in plan.ops]
+    n_queries = [o.n_queries for o in plan.ops]
+    if plan.writes is not None:
+        names, k, n_queries = [*names, plan.writes.kind], [*k, 0], [*n_queries, 1]
+    return names, np.array(k, dtype=np.int32), np.array(n_queries, dtype=np.int32)
 
 
 def plan_requests(plan: CellPlan, n_pool: int):
     """This actor's share of the cell's schedule: (seq, intended_ns, phase, op, query_start).
 
     The whole cell is generated from one seed and dealt round-robin, so the union over actors is exactly the
-    configured arrival process."""
+    configured arrival process. Writes (``plan.writes``) are merged in by time, with op index ``len(plan.ops)``
+    and the write's index in the cell's ``WriteSet`` as their query_start."""
     rng = np.random.default_rng(np.random.SeedSequence([plan.seed, plan.cell]))
     offsets, phase = arrival_offsets_ns(plan.phases, plan.arrival, rng, plan.trace)
     op = assign_ops(offsets.size, plan.ops, rng)
     query_start = query_rows(offsets.size, n_pool, plan.query_skew, rng)
+    if plan.writes is not None:
+        w_offsets, w_phase = write_schedule(plan.phases, plan.write_rate, plan.seed, plan.cell)
+        if w_offsets.size != len(plan.writes):
+            raise ValueError(f"the cell's write set holds {len(plan.writes)} writes, its schedule {w_offsets.size}")
+        order = np.argsort(np.concatenate([offsets, w_offsets]), kind="stable")
+        offsets = np.concatenate([offsets, w_offsets])[order]
+        phase = np.concatenate([phase, w_phase])[order]
+        op = np.concatenate([op, np.full(w_offsets.size, len(plan.ops), dtype=op.dtype)])[order]
+        query_start = np.concatenate([query_start, np.arange(w_offsets.size, dtype=query_start.dtype)])[order]
     mine = slice(plan.actor, None, plan.n_actors)
     seq = np.arange(offsets.size, dtype=np.int64)[mine]
     return seq, plan.start_unix_ns + offsets[mine], phase[mine], op[mine], query_start[mine]
@@ -76,10 +98,9 @@ def lost_rows(plan: CellPlan, n_pool: int, recorded_seq: np.ndarray, error: str)
     missing = ~np.isin(seq, recorded_seq)
     if not missing.any():
         return None
-    op_k = np.array([o.k for o in plan.ops], dtype=np.int32)
-    op_q = np.array([o.n_queries for o in plan.ops], dtype=np.int32)
+    op_names, op_k, op_q = op_table(plan)
     rec = Recorder(plan.cell, plan.actor, seq[missing], intended[missing], phase[missing], op[missing], op_k, op_q,
-                   [p.name for p in plan.phases], [o.name for o in plan.ops])
+                   [p.name for p in plan.phases], op_names)
     rec.finish(0, len(rec), "lost", error=error)
     return rec.drain()
 
@@ -118,11 +139,10 @@ class LoadGenerator:
     async def run_cell(self, plan: CellPlan, pool: QueryPool, target) -> dict:
         """Send this actor's share of the cell to ``target``; returns once every row is final."""
         seq, intended, phase, op, qstart = plan_requests(plan, pool.queries.shape[0])
-        op_k = np.array([o.k for o in plan.ops], dtype=np.int32)
-        op_q = np.array([o.n_queries for o in plan.ops], dtype=np.int32)
+        op_names, op_k, op_q = op_table(plan)
         rec = Recorder(plan.cell, plan.actor, seq, intended, phase, op, op_k, op_q,
-                       [p.name for p in plan.phases], [o.name for o in plan.ops])
-        rec.score_against(pool.gt_ids, pool.gt_dists)
+                       [p.name for p in plan.phases], op_names)
+        rec.score_against(pool.gt_ids, pool.gt_dists, ignore=plan.writes.touched if plan.writes is not None else None)
         self.recorder = rec
         loop = asyncio.get_running_loop()
         pacer = Pacer(loop)

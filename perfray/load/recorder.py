@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from perfray.data.groundtruth import recall as recall_of
+from perfray.data.groundtruth import stable_truth
 from perfray.schema import REQUEST_SCHEMA, STAGES, STATUS_CODE, STATUSES
 
 NULL_NS = 0
@@ -41,16 +42,24 @@ class Recorder:
         self.recall = np.full(n, np.nan, dtype=np.float32)
         self.stage_ns = {name: np.full(n, -1, dtype=np.int64) for name in STAGES}
         self.cache_hit = np.full(n, -1, dtype=np.int8)
+        self.freshness_ns = np.full(n, -1, dtype=np.int64)  # a probed write: ack -> first search showing it
         self.error_names: list[str] = []
         self._final: list[tuple[int, int]] = []  # finished ranges of several rows
         self._final_rows: list[int] = []  # finished single rows (the per-request path): ints, not tuples
         self._to_score: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # (a, b, found ids, pool rows)
         self._truth: tuple[np.ndarray, np.ndarray] | None = None
+        self._ignore: np.ndarray | None = None
+        self._depth: np.ndarray | None = None
         self.counts = dict.fromkeys(STATUSES[1:], 0)
 
-    def score_against(self, gt_ids: np.ndarray | None, gt_dists: np.ndarray | None) -> None:
-        """Exact neighbours of the query pool: replies passed to ``finish(found_ids=...)`` get their recall."""
-        self._truth = None if gt_ids is None else (gt_ids, gt_dists)
+    def score_against(self, gt_ids: np.ndarray | None, gt_dists: np.ndarray | None,
+                      ignore: np.ndarray | None = None) -> None:
+        """Exact neighbours of the query pool: replies passed to ``finish(found_ids=...)`` get their recall. With
+        ``ignore`` (the items a cell's writes touch), over the other items (``groundtruth.stable_truth``)."""
+        self._truth, self._ignore, self._depth = None if gt_ids is None else (gt_ids, gt_dists), None, None
+        if gt_ids is not None and ignore is not None:
+            ids, dists, self._depth = stable_truth(gt_ids, gt_dists, ignore)
+            self._truth, self._ignore = (ids, dists), ignore
 
     @classmethod
     def warm_up(cls) -> None:
@@ -85,7 +94,8 @@ class Recorder:
 
     def finish(self, a: int, b: int, status: str, done_ns: int = NULL_NS, endpoint: int = -1,
                recall: np.ndarray | None = None, error: str | None = None, stages: dict | None = None,
-               found_ids: np.ndarray | None = None, q_index: np.ndarray | None = None) -> None:
+               found_ids: np.ndarray | None = None, q_index: np.ndarray | None = None,
+               freshness_ns: int | None = None) -> None:
         """Give rows ``[a, b)`` their final status; from here on they are drained. ``stages`` holds the
         call's per-stage spans (``vector_ns`` …) and ``cache_hit``, when the system reports them;
         ``found_ids`` (one row of ids per query, pool rows ``q_index``; or a callable that returns them, so a
@@ -102,6 +112,8 @@ class Recorder:
             self._to_score.append((a, b, found_ids, q_index))
         if recall is not None:
             self.recall[a:b] = recall
+        if freshness_ns is not None:
+            self.freshness_ns[a:b] = freshness_ns
         if error is not None:
             if error not in self.error_names:
                 self.error_names.append(error)
@@ -144,7 +156,8 @@ class Recorder:
             list(self.op_names), self.k[idx], self.n_queries[idx], self.status[idx], self.error[idx],
             list(self.error_names), self.intended_ns[idx], self.sent_ns[idx], self.done_ns[idx],
             self.batch_id[idx], self.batch_size[idx], self.batch_queries[idx], self.endpoint[idx],
-            self.recall[idx], {name: self.stage_ns[name][idx] for name in STAGES}, self.cache_hit[idx])
+            self.recall[idx], {name: self.stage_ns[name][idx] for name in STAGES}, self.cache_hit[idx],
+            self.freshness_ns[idx])
 
     def score(self, limit: int | None = None) -> int:
         """Recall of up to ``limit`` replies kept since the last drain (all when None), one vectorised pass
@@ -170,8 +183,11 @@ class Recorder:
         per_query = np.empty(q_index.size, dtype=np.float64)
         for k in np.unique(per_query_k):
             rows = per_query_k == k
-            per_query[rows] = recall_of(found[rows], gt_ids[q_index[rows]], gt_dists[q_index[rows]], int(k))
+            per_query[rows] = recall_of(found[rows], gt_ids[q_index[rows]], gt_dists[q_index[rows]], int(k),
+                                        self._ignore)
         per_query[gt_ids[q_index, 0] < 0] = np.nan  # a row outside a large pool's sampled truth: not scored
+        if self._depth is not None:  # writes touched so many of its neighbours that its top-k is not known
+            per_query[self._depth[q_index] < per_query_k] = np.nan
         starts = np.cumsum(counts) - counts
         self.recall[requests] = (np.add.reduceat(per_query, starts) / counts).astype(np.float32)
 
@@ -203,6 +219,7 @@ class DrainedRows:
     recall: np.ndarray
     stage_ns: dict[str, np.ndarray]
     cache_hit: np.ndarray
+    freshness_ns: np.ndarray
 
     def __len__(self) -> int:
         return self.seq.size
@@ -243,6 +260,7 @@ class DrainedRows:
             pa.array(recall, mask=np.isnan(recall)),
             *(pa.array(self.stage_ns[name], mask=self.stage_ns[name] < 0) for name in STAGES),
             pa.array(self.cache_hit == 1, mask=self.cache_hit < 0),
+            ns(self.freshness_ns, self.freshness_ns < 0),
         ]
         return pa.RecordBatch.from_arrays(columns, schema=REQUEST_SCHEMA)
 

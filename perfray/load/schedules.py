@@ -54,6 +54,15 @@ def arrival_offsets_ns(phases: list[PhaseRates], arrival: str, rng: np.random.Ge
     return np.concatenate(offsets), np.concatenate(phase_index)
 
 
+def write_schedule(phases: list[PhaseRates], rate: float, seed: int, cell: int) -> tuple[np.ndarray, np.ndarray]:
+    """(offset ns, phase index) of a cell's writes (``load.writes``): Poisson at ``rate`` through every phase, exactly
+    ``round(rate x duration)`` per phase, from a stream of its own (the reads' schedule is the same with or
+    without writes)."""
+    steady = [PhaseRates(p.name, p.duration_s, rate, rate, p.measured) for p in phases]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, cell, 0x3717E5]))
+    return arrival_offsets_ns(steady, "poisson", rng)
+
+
 def expected_requests(phase: PhaseRates) -> float:
     return 0.5 * (phase.start_qps + phase.end_qps) * phase.duration_s
 

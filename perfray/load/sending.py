@@ -50,6 +50,11 @@ class CellSender:
         self.due_perf = rec.intended_ns - clock.offset_ns
         self.qstart = np.asarray(query_start, dtype=np.int64)
         self._single_query = bool((rec.n_queries == 1).all())
+        # load.writes: rows whose op is the write kind go to ``target.write`` one by one, never in a read batch
+        self.writes = getattr(plan, "writes", None)
+        self._is_write = rec.op == len(plan.ops) if self.writes is not None else None
+        if self._is_write is not None:
+            self._next_write = np.flatnonzero(self._is_write)
         self.per_request = plan.batch_window_ns <= 0 or plan.batch_max <= int(rec.n_queries.min(initial=1))
         if not self.per_request:
             self._cum_queries = np.cumsum(rec.n_queries, dtype=np.int64)
@@ -118,13 +123,17 @@ class CellSender:
         """The next micro-batch from ``self._next``: requests within the window, at most ``batch_max`` queries;
         due when full or when the window closes."""
         a = self._next
-        if self.per_request:
+        if self.per_request or (self._is_write is not None and self._is_write[a]):
             return a, a + 1, int(self.due_perf[a])
         plan, cum, intended = self.plan, self._cum_queries, self.rec.intended_ns
         before = int(cum[a]) - int(self.rec.n_queries[a])
         by_size = max(a + 1, int(np.searchsorted(cum, before + plan.batch_max, side="right")))
         by_window = int(np.searchsorted(intended, intended[a] + plan.batch_window_ns, side="right"))
         b = min(self.n, by_size, by_window)
+        if self._is_write is not None:  # a batch of reads ends before the next write
+            later = self._next_write[np.searchsorted(self._next_write, a):]
+            if later.size and later[0] < b:
+                return a, int(later[0]), int(self.due_perf[a]) + plan.batch_window_ns
         if b == by_size and by_size <= by_window:
             return a, b, int(self.due_perf[b - 1])
         return a, b, int(self.due_perf[a]) + plan.batch_window_ns
@@ -135,6 +144,9 @@ class CellSender:
         if self.in_flight + (b - a) > self.plan.max_in_flight:
             rec.finish(a, b, "dropped")
             return
+        if self._is_write is not None and self._is_write[a]:
+            self._send_write(a, due_perf)
+            return
         if b == a + 1 and self._single_query:
             row = int(self.qstart[a])
             rows = self.qstart[a:b]
@@ -144,18 +156,39 @@ class CellSender:
             rows = _query_rows(self.qstart[a:b], rec.n_queries[a:b], self.pool.queries.shape[0])
             queries = self.pool.queries[rows]
             k = int(rec.k[a:b].max())
-        sent = self.clock.now_ns()
-        rec.sent(a, b, sent, self.next_batch_id, rows.size)
-        self.next_batch_id += 1
-        self._lateness[self.batches] = sent - self.clock.offset_ns - due_perf
-        self.batches += 1
-        self.in_flight += b - a
+        sent = self._stamp_sent(a, b, due_perf, rows.size)
         try:
             handle = self.target.send(queries, k, rows, functools.partial(self._guard, self._replied, a, b, rows))
         except Exception as exc:
             self._settle(a, b, "error", self.clock.now_ns(), error=type(exc).__name__)
             return
-        if rec.status[a] != PENDING:  # answered synchronously
+        self._await_reply(a, b, sent, handle)
+
+    def _send_write(self, a: int, due_perf: int) -> None:
+        """Write ``qstart[a]`` of the cell's ``WriteSet``: ``target.write(writes, j, reply)``, replied like a read
+        (no ids; a probed write's reply carries ``freshness_ns``)."""
+        sent = self._stamp_sent(a, a + 1, due_perf, 1)
+        try:
+            handle = self.target.write(self.writes, int(self.qstart[a]),
+                                       functools.partial(self._guard, self._replied, a, a + 1, None))
+        except Exception as exc:
+            self._settle(a, a + 1, "error", self.clock.now_ns(), error=type(exc).__name__)
+            return
+        self._await_reply(a, a + 1, sent, handle)
+
+    def _stamp_sent(self, a: int, b: int, due_perf: int, n_queries: int) -> int:
+        sent = self.clock.now_ns()
+        self.rec.sent(a, b, sent, self.next_batch_id, n_queries)
+        self.next_batch_id += 1
+        self._lateness[self.batches] = sent - self.clock.offset_ns - due_perf
+        self.batches += 1
+        self.in_flight += b - a
+        return sent
+
+    def _await_reply(self, a: int, b: int, sent: int, handle) -> None:
+        """Keep the request's deadline, unless it was answered synchronously."""
+        rec = self.rec
+        if rec.status[a] != PENDING:
             return
         deadlines, status = self._deadlines, rec.status
         # Settled requests leave from the front as new ones join at the back, so the queue (and every reply
@@ -167,7 +200,8 @@ class CellSender:
         if self._timeout_handle is None:
             self._arm_timeouts()
 
-    def _replied(self, a: int, b: int, rows, result=None, error=None, sent_ns=None, done_ns=None) -> None:
+    def _replied(self, a: int, b: int, rows, result=None, error=None, sent_ns=None, done_ns=None,
+                 freshness_ns=None) -> None:
         rec = self.rec
         if rec.status[a] != PENDING:  # timed out already
             return
@@ -183,7 +217,7 @@ class CellSender:
             self.handoffs += 1
             rec.started(a, b, sent_ns)
         if result is None:
-            self._settle(a, b, "ok", done)
+            self._settle(a, b, "ok", done, freshness_ns=freshness_ns)
             return
         ids, _dists, endpoint, *extra = result
         self._settle(a, b, "ok", done, endpoint=endpoint, stages=extra[0] if extra else None, found_ids=ids,

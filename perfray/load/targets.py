@@ -17,6 +17,7 @@ import numpy as np
 from perfray.backends.base import answer_each, merge_topk, take_waiting
 from perfray.data.filters import windows_of
 from perfray.load.eager import start_eagerly
+from perfray.load.writing import write_and_probe
 from perfray.timing import process_clock
 
 
@@ -70,15 +71,24 @@ class SystemEndpoint:
         if self.mode == "callback":
             return self.system.send(queries, k, rows, reply)
         if self.mode == "async":
-            request = _AsyncRequest(queries, k, rows, reply)
-            if self._free > 0:
-                self._start(request)
-            else:
-                self._queued.append(request)
-            return request
+            return self._enqueue(_AsyncRequest(self._call_async, queries, k, rows, reply))
         future = asyncio.get_running_loop().run_in_executor(self._pool, self._call, queries, k, rows)
         future.add_done_callback(functools.partial(self._settled, reply))
         return future
+
+    def write(self, writes, j: int, reply):
+        """Write ``j`` of the cell's ``WriteSet`` (``load.writes``), in turn with the reads for a connection; a
+        sampled write's freshness probes follow on the same slot."""
+        if self.mode != "async":
+            raise RuntimeError(f"load.writes: {self.system.name} writes on the async client path only, not {self.mode}")
+        return self._enqueue(_AsyncRequest(self._write_async, writes, j, reply))
+
+    def _enqueue(self, request):
+        if self._free > 0:
+            self._start(request)
+        else:
+            self._queued.append(request)
+        return request
 
     async def call(self, queries, k, rows):
         """One request, awaited (priming before a cell)."""
@@ -100,7 +110,7 @@ class SystemEndpoint:
         """Started at once, up to the query going out (``start_eagerly``), then a task on this loop; it replies
         itself."""
         self._free -= 1
-        request.task = start_eagerly(self._call_async(request))
+        request.task = start_eagerly(request.work(request))
 
     async def _call_async(self, request) -> None:
         queries, k, rows, reply = request.args
@@ -112,12 +122,26 @@ class SystemEndpoint:
         else:
             self._replied(reply, answer, sent_ns, self.clock.now_ns())
         finally:
-            self._free += 1
-            while self._queued:
-                waiting = self._queued.popleft()
-                if not waiting.cancelled:
-                    self._start(waiting)
-                    break
+            self._slot_free()
+
+    async def _write_async(self, request) -> None:
+        writes, j, reply = request.args
+        try:
+            stamps = await write_and_probe(self.system, writes, j)
+        except Exception as err:
+            reply(error=err, done_ns=self.clock.now_ns())
+        else:
+            reply(**stamps)
+        finally:
+            self._slot_free()
+
+    def _slot_free(self) -> None:
+        self._free += 1
+        while self._queued:
+            waiting = self._queued.popleft()
+            if not waiting.cancelled:
+                self._start(waiting)
+                break
 
     def _call(self, queries, k, rows):
         sent_ns = self.clock.now_ns()
@@ -144,12 +168,13 @@ class SystemEndpoint:
 
 
 class _AsyncRequest:
-    """A request on ``SystemEndpoint``'s async path: waiting for a slot, then a task."""
+    """A request on ``SystemEndpoint``'s async path (``work(request)``: a read or a write): waiting for a slot,
+    then a task."""
 
-    __slots__ = ("args", "task", "cancelled")
+    __slots__ = ("work", "args", "task", "cancelled")
 
-    def __init__(self, *args) -> None:
-        self.args, self.task, self.cancelled = args, None, False
+    def __init__(self, work, *args) -> None:
+        self.work, self.args, self.task, self.cancelled = work, args, None, False
 
     def cancel(self) -> None:
         self.cancelled = True

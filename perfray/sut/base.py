@@ -46,6 +46,7 @@ class SystemUnderTest:
     callback_native: ClassVar[bool] = False  # True: ``send(queries, k, rows, reply)`` starts it on that loop
     requires: ClassVar[tuple[str, ...]] = ()  # client modules (pip extras) it imports
     filterable: ClassVar[bool] = False  # True: applies ``workload.filter`` natively (``perfray.data.filters``)
+    writable: ClassVar[bool] = False  # True: applies ``load.writes`` (``write``/``probe``/``undo_writes``)
     search_params: ClassVar[frozenset[str]] = frozenset()  # ``search.params`` it applies (config.SEARCH_PARAMS)
 
     def __init__(self, workload, stores) -> None:

@@ -46,7 +46,7 @@ class PgvectorStore(PostgresStore):
     def load(self, catalogue, progress=None) -> dict:
         """Vectors into ``perfray_vectors`` and the configured index, in one transaction. The index's build time
         is kept beside the fingerprint, so a run that finds the store loaded still reports what building cost."""
-        wanted = load_fingerprint(catalogue, self.spec.index, dict(self.spec.index_params), TABLE_FORMAT)
+        wanted = load_fingerprint(catalogue, *self.fingerprint_settings())
         info = {"store": self.store, "items": catalogue.n_items, "index": self.spec.index}
         if self.fingerprint() == wanted:
             if progress is not None:
@@ -79,6 +79,28 @@ class PgvectorStore(PostgresStore):
         if progress is not None:
             progress(catalogue.n_items)
         return {**info, "loaded": True, **self._build_info()}
+
+    def fingerprint_settings(self) -> tuple:
+        """What besides the catalogue the loaded table must match: the index and the table's format."""
+        return self.spec.index, dict(self.spec.index_params), TABLE_FORMAT
+
+    def forget_load(self) -> None:
+        """Drop the fingerprint: the next load rebuilds the table (it is about to be written to)."""
+        with self.pool.connection() as conn:
+            conn.execute("DELETE FROM perfray_meta WHERE key = %s", (self.meta_key,))
+
+    def restore(self, n_items: int, originals: list[tuple], fingerprint: str) -> None:
+        """Remove rows written past the catalogue's ``n_items``, put ``originals`` (id, vector text, attr, genre
+        label) back, and the fingerprint with them, in one transaction."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("DELETE FROM perfray_vectors WHERE id >= %s", (n_items,))
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO perfray_vectors (id, embedding, attr, genre_label) "
+                                "VALUES (%s, %s::vector, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+                                "embedding = EXCLUDED.embedding, attr = EXCLUDED.attr, "
+                                "genre_label = EXCLUDED.genre_label", originals)
+            conn.execute("INSERT INTO perfray_meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = "
+                         "EXCLUDED.value", (self.meta_key, fingerprint))
 
     def _build_info(self) -> dict:
         """The vector index's build time (as recorded when it was built) and its size on disk, if it has one."""
@@ -113,6 +135,7 @@ class PgvectorSystem(AsyncStoreSystem):
     supported_ops = frozenset({"knn"})
     requires = ("psycopg", "psycopg_pool")
     filterable = True  # WHERE attr >= lo AND attr < hi, or genre_label = g (btrees on both)
+    writable = True  # INSERT / upsert / DELETE per write, autocommitted
     search_params = frozenset(PARAM_SETTINGS)
 
     def label(self) -> str:
@@ -145,3 +168,44 @@ class PgvectorSystem(AsyncStoreSystem):
     async def execute_async(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
         found, sent_ns, done_ns = await each_in_turn(self.store.fetch_async, self.sql, self.params(queries, k, rows))
         return Answer(ids=_top_k(found, k), stages={"vector_ns": done_ns - sent_ns}, sent_ns=sent_ns, done_ns=done_ns)
+
+    # ------------------------------------------------------------------------------------ load.writes
+    async def write_async(self, writes, j: int) -> tuple[int, int]:
+        """Apply write ``j`` of the cell's ``WriteSet`` (autocommit: visible to the next search once acknowledged);
+        returns the query's (sent_ns, done_ns)."""
+        _, sent_ns, done_ns = await self.store.fetch_async(WRITE_SQL[writes.kind], _write_params(writes, j))
+        return sent_ns, done_ns
+
+    async def shows_async(self, writes, j: int) -> tuple[bool, int]:
+        """Whether a search at write ``j``'s vector shows it (an insert or upsert found as the nearest item, a
+        delete gone); returns that and when the search was sent."""
+        found, sent_ns, _ = await self.store.fetch_async(SEARCH_SQL, (_vector_text(writes.vectors[j]), 1))
+        top = int(found[0][0]) if found else -1
+        return (top != int(writes.ids[j])) if writes.kind == "delete" else (top == int(writes.ids[j])), sent_ns
+
+    def begin_writes(self) -> None:
+        """The table is about to change: its fingerprint goes until ``undo_writes`` restores the catalogue, so a
+        run that dies mid-cell leaves a store that the next run loads again."""
+        self.store.forget_load()
+
+    def undo_writes(self, catalogue, writes) -> None:
+        """Back to the catalogue: written items removed, touched items' rows restored, the fingerprint back."""
+        dataset = catalogue.dataset
+        attr, genre = item_attr(dataset), item_genre_label(dataset)
+        originals = [(int(i), _vector_text(dataset.base[i]), int(attr[i]), int(genre[i]))
+                     for i in writes.touched.tolist() if i < dataset.n]
+        self.store.restore(dataset.n, originals, load_fingerprint(catalogue, *self.store.fingerprint_settings()))
+
+
+WRITE_SQL = {
+    "insert": "INSERT INTO perfray_vectors (id, embedding, attr, genre_label) VALUES (%s, %s::vector, -1, -1) "
+              "RETURNING id",
+    "upsert": "INSERT INTO perfray_vectors (id, embedding, attr, genre_label) VALUES (%s, %s::vector, -1, -1) "
+              "ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding RETURNING id",
+    "delete": "DELETE FROM perfray_vectors WHERE id = %s RETURNING id",
+}
+
+
+def _write_params(writes, j: int) -> tuple:
+    item = int(writes.ids[j])
+    return (item,) if writes.kind == "delete" else (item, _vector_text(writes.vectors[j]))

@@ -123,6 +123,15 @@ class SystemSession:
         key = json.dumps([cell.system, workload_json, stores_json, catalogue.fingerprint], sort_keys=True)
         return SystemPlan(cell.system, key, workload_json, stores_json, label, system.needs_gpu_actors), info
 
+    def on_system(self, cell, action: str, *args) -> None:
+        """``action(*args)`` (``begin_writes``, ``undo_writes``) on a connected instance of the cell's system."""
+        system = make_system(cell.system, cell, self._stores_for(cell))
+        system.connect()
+        try:
+            getattr(system, action)(*args)
+        finally:
+            system.close()
+
     def close(self) -> None:
         if self._milvus_server is not None:
             self._milvus_server.stop()

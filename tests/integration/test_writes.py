@@ -1,0 +1,70 @@
+"""Writes while searching (``load.writes``) on a real pgvector, through Ray: every scheduled write is a row with
+``op`` = its kind, the store applies it (a probe finds an insert as the nearest item, a deleted item is gone
+once its delete is acknowledged), freshness is measured, reads keep exact recall over the items no write
+touched, and the store holds the catalogue again after the cell."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from perfray.analysis.report import write_report
+from perfray.config import load_config
+from perfray.data import load_dataset
+from perfray.data.catalogue import build_catalogue
+from perfray.driver import SweepDriver
+from perfray.results.writer import prepare_run_dir
+from perfray.sut.base import load_fingerprint
+from perfray.sut.pgvector import PgvectorStore
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("kind", ["insert", "delete"])
+def test_writes_are_rows_applied_by_the_store_and_undone_after_the_cell(stores_spec, tmp_path, kind):
+    pgv = stores_spec.pgvector
+    config = load_config(None, [
+        "system=pgvector", "sweep={}", "dataset.n=2000", "dataset.dim=16", "dataset.n_queries=200", "dataset.seed=31",
+        "target_qps=150", "duration_s=2.0", "warmup_s=0.3", "microbench.enabled=false", "load.concurrency=4",
+        f"load.writes={{rate: 40, kind: {kind}, freshness_sample: 30}}",
+        "targets=[{metric: recall_min, min: 1.0}, {metric: failure_rate, max: 0.0}]",
+        f"stores.pgvector.port={pgv.port}", f"stores.pgvector.user={pgv.user}"])
+    run_dir = prepare_run_dir(tmp_path, f"writes-{kind}")
+    assert SweepDriver(config, run_dir, "writes").run() == 0
+
+    rows = pq.read_table(run_dir / "requests").to_pandas()
+    writes = rows[rows.op == kind]
+    assert len(writes) == round(40 * 2.3)  # every scheduled write is a row (warm-up and measured)
+    assert (writes.status == "ok").all() and writes.recall.isna().all() and (writes.k == 0).all()
+    fresh = writes.freshness_ns.dropna()
+    assert len(fresh) == 30 and (fresh > 0).all() and (fresh < 50_000_000).all()  # shown at once, by the first probe
+    reads = rows[rows.op != kind]
+    assert len(reads) == round(150 * 2.3) and (reads.recall == 1.0).all()  # exact over the untouched items
+
+    summary = pq.read_table(run_dir / "summary.parquet").to_pylist()[0]
+    assert summary["writes"] == round(40 * 2.0) and summary["freshness_samples"] > 0
+    assert 0 < summary["freshness_p50_ms"] <= summary["freshness_p99_ms"] < 50
+    assert summary["write_p50_ms"] > 0 and summary["requests"] == round(190 * 2.0)
+    section = write_report(run_dir)[0].read_text().split("## Writes while searching", 1)[1].split("\n## ")[0]
+    assert f"| 0 | pgvector (exact scan) | 80 {kind} (40/s) |" in section
+
+    # after the cell: the catalogue again (written items gone, deleted ones back), fingerprint in place
+    cell = config.cells()[0]
+    catalogue = build_catalogue(load_dataset(cell.dataset), cell.catalogue)
+    store = PgvectorStore(pgv, 2)
+    store.connect()
+    try:
+        table = store.fetch("SELECT id, embedding::text, attr FROM perfray_vectors ORDER BY id", ())
+        assert [r[0] for r in table] == list(range(2000))
+        vectors = np.array([r[1].strip("[]").split(",") for r in table], dtype=np.float32)
+        assert np.allclose(vectors, catalogue.dataset.base, atol=1e-6) and min(r[2] for r in table) == 0
+        assert store.fingerprint() == load_fingerprint(catalogue, *store.fingerprint_settings())
+    finally:
+        store.close()
+
+
+def test_writes_on_a_system_that_cannot_apply_them_is_a_one_line_error():
+    from perfray.errors import UsageError
+
+    with pytest.raises(UsageError) as err:
+        load_config(None, ["system=gpu_search", "load.writes={rate: 10}"])
+    assert "load.writes: system 'gpu_search' does not apply writes yet (systems that do: pgvector)" in str(err.value)
+    assert "\n" not in str(err.value)

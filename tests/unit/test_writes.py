@@ -1,0 +1,118 @@
+"""Writes while searching: the writes' own seeded schedule merged into a cell's (reads unchanged), the write set
+each actor and the driver derive, writes never batched with reads, and recall over the items no write touched."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from support import make_plan, run_plan
+
+from perfray.config import SyntheticDataset, load_config
+from perfray.data import load_dataset
+from perfray.data.groundtruth import recall, stable_truth
+from perfray.data.writes import cell_writes
+from perfray.load.generator import plan_requests
+from perfray.load.schedules import PhaseRates, write_schedule
+from perfray.traffic_config import WriteSpec
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return load_dataset(SyntheticDataset(n=500, dim=8, n_queries=20, clusters=4, seed=5))
+
+
+def _writing(plan, dataset, rate, kind="insert", sample=5):
+    offsets, _ = write_schedule(plan.phases, rate, plan.seed, plan.cell)
+    writes = cell_writes(dataset, WriteSpec(rate=rate, kind=kind, freshness_sample=sample), offsets.size, plan.seed,
+                         plan.cell)
+    return dataclasses.replace(plan, write_rate=rate, writes=writes)
+
+
+def test_writes_join_the_schedule_at_their_rate_and_leave_the_reads_as_they_were(dataset):
+    phases = [PhaseRates("warmup", 1.0, 300, 300, False), PhaseRates("sustained", 4.0, 300, 300, True)]
+    plan = make_plan(300, 5.0, arrival="poisson", phases=phases)
+    reads = plan_requests(plan, 20)
+    written = _writing(plan, dataset, 50)
+    seq, intended, phase, op, start = plan_requests(written, 20)
+    is_write = op == len(plan.ops)
+    assert is_write.sum() == 50 * 5 and (phase[is_write] == 0).sum() == 50  # exactly rate x duration per phase
+    assert np.array_equal(np.sort(start[is_write]), np.arange(250))  # write j of the write set, each once
+    assert np.array_equal(intended[~is_write], reads[1]) and np.array_equal(start[~is_write], reads[4])
+    assert (np.diff(intended) >= 0).all() and np.array_equal(seq, np.arange(seq.size))
+    gaps = np.diff(np.sort(intended[is_write])) / 1e9
+    assert 0.8 < gaps.std() / gaps.mean() < 1.2  # Poisson: coefficient of variation ~1
+    dealt = [plan_requests(dataclasses.replace(written, actor=i, n_actors=3), 20) for i in range(3)]
+    assert np.array_equal(np.sort(np.concatenate([d[0] for d in dealt])), seq)  # round-robin, nothing twice
+    again = plan_requests(_writing(plan, dataset, 50), 20)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (seq, intended, phase, op, start), strict=True))
+
+
+def test_a_write_set_is_seeded_and_says_what_each_write_touches(dataset):
+    spec = WriteSpec(rate=10, kind="insert", freshness_sample=4)
+    inserts = cell_writes(dataset, spec, 30, seed=1, cell=2)
+    assert inserts.ids.tolist() == list(range(500, 530)) and inserts.vectors.shape == (30, 8)
+    assert np.flatnonzero(inserts.probe).tolist() == [0, 10, 19, 29]  # spread over the cell
+    nearest = ((dataset.base[None, :, :] - inserts.vectors[:, None, :]) ** 2).sum(-1).min(1)
+    assert (nearest > 0).all()  # new points: no base item sits exactly where an insert goes
+    deletes = cell_writes(dataset, spec.model_copy(update={"kind": "delete"}), 30, seed=1, cell=2)
+    assert np.unique(deletes.ids).size == 30 and deletes.ids.max() < 500
+    assert np.array_equal(deletes.vectors, dataset.base[deletes.ids])  # what a delete's probe searches at
+    assert np.array_equal(deletes.touched, np.sort(deletes.ids))
+    again = cell_writes(dataset, spec.model_copy(update={"kind": "delete"}), 30, seed=1, cell=2)
+    assert np.array_equal(again.ids, deletes.ids)
+    assert not np.array_equal(cell_writes(dataset, spec.model_copy(update={"kind": "delete"}), 30, 1, 3).ids,
+                              deletes.ids)
+    with pytest.raises(ValueError, match="600 upserts in one cell, but the dataset has 500 items"):
+        cell_writes(dataset, spec.model_copy(update={"kind": "upsert"}), 600, seed=1, cell=2)
+
+
+class _Recording:
+    """Answers reads and writes at once and keeps what each call carried."""
+
+    def __init__(self) -> None:
+        self.reads, self.writes = [], []
+
+    def send(self, queries, k, rows, reply):
+        self.reads.append(len(rows))
+        reply(result=(np.zeros((len(rows), k), dtype=np.int64), None, 0))
+
+    def write(self, writes, j, reply):
+        self.writes.append(j)
+        reply(sent_ns=None, done_ns=None, freshness_ns=1234 if writes.probe[j] else None)
+
+
+def test_writes_go_to_the_target_one_by_one_and_never_in_a_read_batch(dataset):
+    plan = _writing(make_plan(2000, 1.0, arrival="poisson", window_ns=5_000_000, batch_max=64), dataset, 200)
+    target = _Recording()
+    table, _ = run_plan(plan, target)
+    rows = table.to_pandas()
+    writes = rows[rows.op == "insert"]
+    assert len(writes) == 200 and sorted(target.writes) == list(range(200))
+    assert (writes.batch_size == 1).all() and (writes.k == 0).all() and (writes.status == "ok").all()
+    assert writes.freshness_ns.notna().sum() == 5 and (writes.freshness_ns.dropna() == 1234).all()
+    reads = rows[rows.op != "insert"]
+    assert len(reads) == 2000 and sum(target.reads) == 2000 and reads.batch_size.max() > 1
+    assert not set(writes.batch_id) & set(reads.batch_id)
+
+
+def test_recall_with_writes_counts_only_the_items_no_write_touched():
+    gt_ids = np.array([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]])
+    gt_dists = np.arange(12, dtype=np.float64).reshape(2, 6)
+    touched = np.array([2, 9, 10, 11, 500])
+    ids, dists, depth = stable_truth(gt_ids, gt_dists, touched)
+    assert ids.tolist() == [[1, 3, 4, 5, 6, -1], [7, 8, 12, -1, -1, -1]] and depth.tolist() == [5, 3]
+    assert np.isinf(dists[0, 5]) and dists[1].tolist()[:3] == [6, 7, 11]
+    # a reply with a new item (500) and a touched one (2) is scored on its other ids: the truth's first two
+    found = np.array([[500, 1, 2, 3]])
+    assert recall(found, ids[:1], dists[:1], 4, ignore=touched).tolist() == [1.0]
+    assert recall(found, ids[:1], dists[:1], 4).tolist() == [0.5]  # without: the writes look like misses
+    assert recall(np.array([[500, 1, 2, 6]]), ids[:1], dists[:1], 4, ignore=touched).tolist() == [0.5]  # 6 is 4th
+
+
+def test_writes_are_validated_in_one_line():
+    with pytest.raises(Exception, match="load.writes: not with a filter yet"):
+        load_config(None, ["system=pgvector", "load.writes={rate: 10}", "filter.selectivity=0.01"])
+    with pytest.raises(Exception, match="kind"):
+        load_config(None, ["system=pgvector", "load.writes={rate: 10, kind: truncate}"])
+    cell = load_config(None, ["system=pgvector", "load.writes={rate: 25, kind: upsert}"]).cells()[0]
+    assert (cell.load.writes.rate, cell.load.writes.kind, cell.load.writes.freshness_sample) == (25, "upsert", 20)
