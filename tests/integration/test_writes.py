@@ -18,7 +18,7 @@ from perfray.sut.pgvector import PgvectorStore
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("kind", ["insert", "delete"])
+@pytest.mark.parametrize("kind", ["insert", "upsert", "delete"])
 def test_writes_are_rows_applied_by_the_store_and_undone_after_the_cell(stores_spec, tmp_path, kind):
     pgv = stores_spec.pgvector
     config = load_config(None, [
