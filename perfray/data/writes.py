@@ -63,3 +63,10 @@ def cell_writes(dataset, spec, n_writes: int, seed: int, cell: int) -> WriteSet:
         probe[np.unique(np.linspace(0, n_writes - 1, min(spec.freshness_sample, n_writes)).round().astype(int))] = True
     return WriteSet(spec.kind, ids, np.ascontiguousarray(vectors, dtype=np.float32), probe, n,
                     int(spec.probe_interval_ms * 1e6), int(spec.probe_limit_ms * 1e6))
+
+
+def shown(writes: WriteSet, j: int, top_id: int) -> bool:
+    """Whether a search at write ``j``'s vector whose nearest item was ``top_id`` shows the write: an insert or
+    upsert found, a delete gone."""
+    item = int(writes.ids[j])
+    return top_id != item if writes.kind == "delete" else top_id == item

@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from perfray.data.filters import item_attr, item_genre_label, pool_filters, windows_of
+from perfray.data.writes import shown
 from perfray.sut.base import (
     Answer,
     AsyncStoreSystem,
@@ -98,7 +99,7 @@ class MilvusStore:
         from pymilvus import DataType
 
         c, spec = self.spec.collection, self.spec
-        wanted = load_fingerprint(catalogue, spec.index_type, dict(spec.index_params), COLLECTION_FORMAT)
+        wanted = load_fingerprint(catalogue, *self.fingerprint_settings())
         if self.fingerprint() == wanted:
             if progress is not None:
                 progress(catalogue.n_items)
@@ -130,6 +131,40 @@ class MilvusStore:
         self._mark(wanted)
         return {"store": "milvus", "loaded": True, "items": catalogue.n_items, "index_type": spec.index_type,
                 "index": spec.index_type, "build_s": build_s}
+
+    def fingerprint_settings(self) -> tuple:
+        """What besides the catalogue the loaded collection must match: the index and the collection's format."""
+        return self.spec.index_type, dict(self.spec.index_params), COLLECTION_FORMAT
+
+    async def write_async(self, kind: str, item: int, vector: np.ndarray) -> tuple[int, int]:
+        """One insert, upsert or delete on the async client; the clock's stamps around the call."""
+        if self.async_client is None:
+            await self.open_async()
+        clock, c = process_clock(), self.spec.collection
+        sent_ns = clock.now_ns()
+        if kind == "delete":
+            await self.async_client.delete(c, ids=[item])
+        else:  # written items carry no filter attribute (load.writes excludes a filter)
+            await getattr(self.async_client, kind)(c, [{"id": item, "embedding": vector.tolist(), "attr": -1,
+                                                         "genre_label": -1}])
+        return sent_ns, clock.now_ns()
+
+    def forget_load(self) -> None:
+        """Drop the fingerprint marker: the next load rebuilds the collection (it is about to be written to)."""
+        for name in self._markers():
+            self.client.drop_collection(name)
+
+    def restore(self, catalogue, touched: np.ndarray) -> None:
+        """Back to ``catalogue``: items past it deleted, the ``touched`` ones written as they were, the marker
+        back."""
+        dataset, c = catalogue.dataset, self.spec.collection
+        self.client.delete(c, filter=f"id >= {int(dataset.n)}")
+        attr, genre = item_attr(dataset), item_genre_label(dataset)
+        originals = [{"id": int(i), "embedding": dataset.base[i], "attr": int(attr[i]), "genre_label": int(genre[i])}
+                     for i in touched.tolist() if i < dataset.n]
+        for lo in range(0, len(originals), INSERT_BATCH):
+            self.client.upsert(c, originals[lo:lo + INSERT_BATCH])
+        self._mark(load_fingerprint(catalogue, *self.fingerprint_settings()))
 
     def _mark(self, fingerprint: str) -> None:
         from pymilvus import DataType
@@ -197,6 +232,7 @@ class MilvusSystem(AsyncStoreSystem):
     supported_ops = frozenset({"knn"})
     requires = ("pymilvus",)
     filterable = True  # a filter expression on attr (a range) or genre_label (equality)
+    writable = True  # insert / upsert / delete on the async client (a served Milvus or Milvus Lite)
     search_params = frozenset({"ef", "nprobe"})
 
     def label(self) -> str:
@@ -228,3 +264,18 @@ class MilvusSystem(AsyncStoreSystem):
         ids, sent_ns, done_ns = await self.store.search_async(self.params(queries, k, rows), k,
                                                               windows_of(self.windows, rows))
         return Answer(ids=ids, stages={"vector_ns": done_ns - sent_ns}, sent_ns=sent_ns, done_ns=done_ns)
+
+    # ------------------------------------------------------------------------------------ load.writes
+    async def write_async(self, writes, j: int) -> tuple[int, int]:
+        return await self.store.write_async(writes.kind, int(writes.ids[j]), writes.vectors[j])
+
+    async def shows_async(self, writes, j: int) -> tuple[bool, int]:
+        """Whether a search at write ``j``'s vector shows it; and when that search was sent."""
+        ids, sent_ns, _ = await self.store.search_async([writes.vectors[j].tolist()], 1)
+        return shown(writes, j, int(ids[0, 0])), sent_ns
+
+    def begin_writes(self) -> None:
+        self.store.forget_load()
+
+    def undo_writes(self, catalogue, writes) -> None:
+        self.store.restore(catalogue, writes.touched)

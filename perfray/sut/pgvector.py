@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from perfray.data.filters import item_attr, item_genre_label, pool_filters
+from perfray.data.writes import shown
 from perfray.sut.base import Answer, AsyncStoreSystem, each_in_turn, load_fingerprint, span
 from perfray.sut.postgres import META_SQL, PostgresStore, ids_of
 
@@ -180,8 +181,7 @@ class PgvectorSystem(AsyncStoreSystem):
         """Whether a search at write ``j``'s vector shows it (an insert or upsert found as the nearest item, a
         delete gone); returns that and when the search was sent."""
         found, sent_ns, _ = await self.store.fetch_async(SEARCH_SQL, (_vector_text(writes.vectors[j]), 1))
-        top = int(found[0][0]) if found else -1
-        return (top != int(writes.ids[j])) if writes.kind == "delete" else (top == int(writes.ids[j])), sent_ns
+        return shown(writes, j, int(found[0][0]) if found else -1), sent_ns
 
     def begin_writes(self) -> None:
         """The table is about to change: its fingerprint goes until ``undo_writes`` restores the catalogue, so a

@@ -66,5 +66,42 @@ def test_writes_on_a_system_that_cannot_apply_them_is_a_one_line_error():
 
     with pytest.raises(UsageError) as err:
         load_config(None, ["system=gpu_search", "load.writes={rate: 10}"])
-    assert "load.writes: system 'gpu_search' does not apply writes yet (systems that do: pgvector)" in str(err.value)
+    assert "load.writes: system 'gpu_search' does not apply writes yet (systems that do: milvus, pgvector)" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("kind", ["insert", "delete"])
+def test_milvus_applies_writes_reports_their_freshness_and_gets_its_catalogue_back(tmp_path, kind):
+    """Milvus Lite, served to the load actor (its async client): writes applied and probed, reads exact over
+    the untouched items (FLAT), the collection as loaded after the cell."""
+    from pymilvus import MilvusClient
+
+    db = tmp_path / "writes.db"
+    config = load_config(None, [
+        "system=milvus", "sweep={}", "dataset.n=1500", "dataset.dim=16", "dataset.n_queries=100",
+        "dataset.seed=37", "target_qps=60", "duration_s=2.0", "warmup_s=0.3", "microbench.enabled=false",
+        "load.concurrency=4", f"load.writes={{rate: 20, kind: {kind}, freshness_sample: 10}}",
+        "targets=[{metric: recall_min, min: 1.0}, {metric: failure_rate, max: 0.0}]", f"stores.milvus.uri={db}"])
+    run_dir = prepare_run_dir(tmp_path, f"milvus-{kind}")
+    assert SweepDriver(config, run_dir, "milvus-writes").run() == 0
+    rows = pq.read_table(run_dir / "requests").to_pandas()
+    writes, reads = rows[rows.op == kind], rows[rows.op != kind]
+    assert len(writes) == round(20 * 2.3) and (writes.status == "ok").all() and (reads.recall == 1.0).all()
+    fresh = writes.freshness_ns.dropna()
+    assert len(fresh) == 10 and (fresh > 0).all()
+    summary = pq.read_table(run_dir / "summary.parquet").to_pylist()[0]
+    assert summary["freshness_samples"] == len(rows[(rows.op == kind) & (rows.phase == "sustained")]
+                                               .freshness_ns.dropna())
+
+    cell = config.cells()[0]
+    base = load_dataset(cell.dataset).base
+    client = MilvusClient(uri=str(db))
+    try:
+        client.load_collection(cell_collection := config.stores.milvus.collection)
+        got = client.query(cell_collection, filter="id >= 0", output_fields=["id", "embedding"], limit=16_384)
+        assert sorted(r["id"] for r in got) == list(range(1500))
+        vectors = np.array([r["embedding"] for r in sorted(got, key=lambda r: r["id"])], dtype=np.float32)
+        assert np.allclose(vectors, base, atol=1e-6)
+    finally:
+        client.close()
