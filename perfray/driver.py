@@ -249,7 +249,7 @@ class SweepDriver:
                             gpu_ready_s, load_ready_s)
         finally:
             if writes is not None:
-                fleet.undo_writes(cell, ds, writes)
+                fleet.undo_writes(cell, ds, writes, group)
 
     def _load_cell(self, index, cell, ds, group, loaders, phases, ops, system, catalogue_ref, writes,
                    gpu_ready_s: float, load_ready_s: float) -> None:

@@ -110,6 +110,12 @@ class CupyBackend:
         ids, d = chunked_topk(cp, block, self._n, k, chunk)
         return ids, cp.maximum(d + cp.einsum("ij,ij->i", q, q)[:, None], 0.0)
 
+    def set_attr(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Change some items' filter attribute in place (a deleted item: -1, outside every window)."""
+        import cupy as cp
+
+        self._attr[cp.asarray(rows)] = cp.asarray(values, dtype=self._attr.dtype)
+
     def synchronize(self) -> None:
         import cupy as cp
 

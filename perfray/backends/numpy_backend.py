@@ -70,6 +70,10 @@ class NumpyBackend:
         dists = np.maximum(dists + np.einsum("ij,ij->i", q, q)[:, None], 0.0)
         return drop_excluded(ids, dists.astype(self.dtype if windows is not None else np.float32, copy=False))
 
+    def set_attr(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Change some items' filter attribute in place (a deleted item: -1, outside every window)."""
+        self._attr[rows] = values
+
     def synchronize(self) -> None:
         return None
 

@@ -129,6 +129,13 @@ class GpuSearchActorBody(GpuSearchWorker):
         finally:
             self._busy_ns += time.perf_counter_ns() - started
 
+    async def apply_write(self, kind: str, item: int, vector=None) -> None:
+        """On the actor's loop, between searches (which run there too): visible to the next one."""
+        GpuSearchWorker.apply_write(self, kind, item, vector)
+
+    async def reset_writes(self) -> int:
+        return GpuSearchWorker.reset_writes(self)
+
     def counters(self) -> dict:
         """Running totals the driver differences over a cell: busy time, calls received, searches run (fewer
         when queued calls were coalesced) and NVML utilisation samples."""

@@ -215,12 +215,20 @@ class Fleet:
             return None
         offsets, _ = write_schedule(phases, spec.rate, cell.load.seed, index)
         writes = cell_writes(ds.dataset, spec, offsets.size, cell.load.seed, index)
-        self.systems.on_system(cell, "begin_writes")
+        if not self.needs_gpu_actors(cell):
+            self.systems.on_system(cell, "begin_writes")
         return writes
 
-    def undo_writes(self, cell: Workload, ds: DatasetState, writes: WriteSet) -> None:
-        """Put the catalogue back in the cell's store: the next cell starts from the same data."""
-        self.systems.on_system(cell, "undo_writes", self.systems.catalogue(cell, ds.dataset), writes)
+    def undo_writes(self, cell: Workload, ds: DatasetState, writes: WriteSet, group: GpuGroup) -> None:
+        """Put the dataset back in the cell's store, or in its search actors (every write undone): the next cell
+        starts from the same data."""
+        if group.handles:
+            try:
+                _ray().get([h.reset_writes.remote() for h in group.handles])
+            except _ray().exceptions.RayActorError:  # a dead search actor holds no writes; its group is replaced
+                self._group = None
+        else:
+            self.systems.on_system(cell, "undo_writes", self.systems.catalogue(cell, ds.dataset), writes)
 
     def load_actors(self, count: int) -> list:
         for i in range(count):

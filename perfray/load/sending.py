@@ -21,6 +21,7 @@ from collections import deque
 
 import numpy as np
 
+from perfray.load.writing import write_and_probe
 from perfray.schema import STATUS_CODE
 
 PENDING = STATUS_CODE["pending"]
@@ -287,6 +288,20 @@ class _AwaitableTarget:
         except Exception as err:
             return None, err, self.clock.now_ns()
         return result, None, self.clock.now_ns()
+
+    def write(self, writes, j: int, reply):
+        """A write of ``load.writes`` (and its probes) through the target's ``write_async`` / ``shows_async``."""
+        future = asyncio.ensure_future(write_and_probe(self.target, writes, j))
+        future.add_done_callback(functools.partial(self._written, reply))
+        return future
+
+    def _written(self, reply, future) -> None:
+        if future.cancelled():
+            return
+        if future.exception() is not None:
+            reply(error=future.exception(), done_ns=self.clock.now_ns())
+        else:
+            reply(**future.result())
 
     def _settled(self, reply, future) -> None:
         if future.cancelled():

@@ -16,6 +16,7 @@ import numpy as np
 
 from perfray.backends.base import answer_each, merge_topk, take_waiting
 from perfray.data.filters import windows_of
+from perfray.data.writes import shown
 from perfray.load.eager import start_eagerly
 from perfray.load.writing import write_and_probe
 from perfray.timing import process_clock
@@ -34,6 +35,10 @@ class ThreadEndpoint:
     def submit(self, queries, k, rows=None):
         windows = windows_of(self.filters, rows)
         return asyncio.get_running_loop().run_in_executor(self._pool, self.worker.search, queries, k, windows)
+
+    def apply_write(self, kind: str, item: int, vector):
+        """On the worker's thread, in turn with its searches."""
+        return asyncio.get_running_loop().run_in_executor(self._pool, self.worker.apply_write, kind, item, vector)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -195,6 +200,9 @@ class RayEndpoint:
         return self.handle.search.remote(queries, k) if windows is None else \
             self.handle.search.remote(queries, k, windows)
 
+    def apply_write(self, kind: str, item: int, vector):
+        return self.handle.apply_write.remote(kind, item, vector)
+
 
 class CoalescingEndpoint:
     """At most ``max_calls`` calls in flight to ``endpoint``; micro-batches that come meanwhile wait here and
@@ -215,6 +223,10 @@ class CoalescingEndpoint:
         if self._in_flight < self.max_calls:
             self._dispatch()
         return answer
+
+    def apply_write(self, kind: str, item: int, vector):
+        """Straight to the endpoint: a write is not coalesced with searches."""
+        return self.endpoint.apply_write(kind, item, vector)
 
     def _dispatch(self) -> None:
         taken, queries, k_max, windows = take_waiting(self._waiting, self.max_rows)  # a timed-out batch: not sent
@@ -245,7 +257,24 @@ class NoLiveEndpoint(RuntimeError):
     """Every replica behind a router is gone."""
 
 
-class ReplicatedRouter:
+class _RoutedWrites:
+    """``load.writes`` through a router (``perfray.load.writing``): a write is acknowledged once every endpoint
+    that holds the item (``_owners``) has applied it; a probe is a one-query search routed like any other."""
+
+    async def write_async(self, writes, j: int) -> tuple[int, int]:
+        clock = process_clock()
+        sent_ns = clock.now_ns()
+        item, vector = int(writes.ids[j]), writes.vectors[j]
+        await asyncio.gather(*(self.endpoints[i].apply_write(writes.kind, item, vector) for i in self._owners(writes, j)))
+        return sent_ns, clock.now_ns()
+
+    async def shows_async(self, writes, j: int) -> tuple[bool, int]:
+        sent_ns = process_clock().now_ns()
+        ids, *_ = await self.submit(writes.vectors[j][None, :], 1)
+        return shown(writes, j, int(ids[0, 0])), sent_ns
+
+
+class ReplicatedRouter(_RoutedWrites):
     """Each batch goes to the live replica with the fewest batches in flight (what a load balancer does)."""
 
     def __init__(self, endpoints: list) -> None:
@@ -253,6 +282,10 @@ class ReplicatedRouter:
         self.in_flight = [0] * len(endpoints)
         self.dead: set[int] = set()
         self._next = 0
+
+    def _owners(self, writes, j: int) -> list[int]:
+        """Every live replica holds every item."""
+        return [i for i in range(len(self.endpoints)) if i not in self.dead]
 
     def submit(self, queries, k, rows=None):
         live = [i for i in range(len(self.endpoints)) if i not in self.dead]
@@ -276,11 +309,21 @@ class ReplicatedRouter:
         return ids, dists, pick
 
 
-class ShardedRouter:
+class ShardedRouter(_RoutedWrites):
     """Each batch goes to every shard; per-shard top-k lists are merged exactly."""
 
     def __init__(self, endpoints: list) -> None:
         self.endpoints = list(endpoints)
+
+    def _owners(self, writes, j: int) -> list[int]:
+        """The shard holding the item: a dataset item's own shard, a new one's by its number (spread evenly)."""
+        from perfray.sut.gpu_search import shard_bounds
+
+        item, n, shards = int(writes.ids[j]), writes.n_items, len(self.endpoints)
+        if item >= n:
+            return [(item - n) % shards]
+        ends = [shard_bounds(n, s, shards)[1] for s in range(shards)]
+        return [int(np.searchsorted(ends, item, side="right"))]
 
     def submit(self, queries, k, rows=None):
         return self._merge([endpoint.submit(queries, k, rows) for endpoint in self.endpoints], k)

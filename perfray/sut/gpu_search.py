@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from perfray.backends import create_backend
-from perfray.backends.base import answer_each, take_waiting
+from perfray.backends.base import ALL_ITEMS, answer_each, merge_topk, select_smallest, take_waiting
 from perfray.sut.base import SystemUnderTest
 
 
@@ -24,6 +24,10 @@ class GpuSearchWorker:
         self.rows = 0
         self.dim = 0
         self.filterable = False
+        self._attr: np.ndarray | None = None
+        self._masked: dict[int, int] = {}  # load.writes: base rows deleted or upserted -> their original attribute
+        self._delta: dict[int, np.ndarray] = {}  # load.writes: items written (inserted, upserted) -> vector
+        self._delta_index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (ids, vectors, norms)
 
     def build(self, base: np.ndarray, shard: int = 0, n_shards: int = 1, attr: np.ndarray | None = None) -> dict:
         """Index rows ``[lo, hi)`` of ``base`` for shard ``shard`` of ``n_shards`` (1 = full replica), with the
@@ -31,7 +35,9 @@ class GpuSearchWorker:
         self.backend = create_backend(self.backend_name)
         lo, hi = shard_bounds(base.shape[0], shard, n_shards)
         started = time.perf_counter_ns()
-        self.backend.build(base[lo:hi], attr[lo:hi] if attr is not None else None)
+        self._attr = attr[lo:hi] if attr is not None else None  # as built: what a reset puts back
+        self.backend.build(base[lo:hi], attr[lo:hi].copy() if attr is not None else None)  # its own: writes mask it
+        self._masked, self._delta, self._delta_index = {}, {}, None
         self.filterable = attr is not None
         self.backend.synchronize()
         self.id_offset, self.rows, self.dim = lo, hi - lo, base.shape[1]
@@ -40,6 +46,8 @@ class GpuSearchWorker:
     def search(self, queries: np.ndarray, k: int, windows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (global ids, squared L2) for a batch of queries, among the items inside each query's filter
         window when ``windows`` is given (id -1 past the items that passed); results are on the host."""
+        if windows is None and self._masked:  # deleted items are outside every window
+            windows = np.tile(np.array(ALL_ITEMS, dtype=np.int64), (queries.shape[0], 1))
         if windows is None:
             ids, dists = self.backend.search(queries, min(k, self.rows))
         elif not self.filterable:
@@ -48,7 +56,48 @@ class GpuSearchWorker:
             ids, dists = self.backend.search(queries, min(k, self.rows), windows)
         if self.id_offset:
             ids = np.where(ids >= 0, ids + self.id_offset, ids)
+        if self._delta:
+            ids, dists = merge_topk([(ids, dists), self._search_delta(queries, k)], k)
         return ids, dists
+
+    # ------------------------------------------------------------------------------------ load.writes
+    def apply_write(self, kind: str, item: int, vector: np.ndarray | None = None) -> None:
+        """One write of ``load.writes`` to this worker's items: a base item deleted or upserted is masked out
+        of the index (its attribute set outside every window: the backends' filter path), an inserted or upserted
+        vector joins a delta searched exactly beside it. Visible to the next search once this returns."""
+        row = item - self.id_offset
+        if 0 <= row < self.rows and item not in self._delta and row not in self._masked:
+            set_attr = getattr(self.backend, "set_attr", None)
+            if set_attr is None or not self.filterable:
+                raise ValueError(f"load.writes: the {type(self.backend).name} backend cannot mask a written item")
+            self._masked[row] = int(self._attr[row])
+            set_attr(np.array([row]), np.array([-1]))
+        if kind == "delete":
+            self._delta.pop(item, None)
+        else:
+            self._delta[item] = np.asarray(vector, dtype=np.float32)
+        self._delta_index = None
+
+    def reset_writes(self) -> int:
+        """Undo every write: masked items back, the delta gone (the next cell starts from the dataset)."""
+        undone = len(self._masked) + len(self._delta)
+        if self._masked:
+            rows = np.fromiter(self._masked, dtype=np.int64)
+            self.backend.set_attr(rows, np.fromiter(self._masked.values(), dtype=np.int64))
+        self._masked, self._delta, self._delta_index = {}, {}, None
+        return undone
+
+    def _search_delta(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k among the written vectors (squared L2, ties by id), on the host."""
+        if self._delta_index is None:
+            order = sorted(self._delta)
+            vectors = np.stack([self._delta[i] for i in order])
+            self._delta_index = (np.array(order, dtype=np.int64), vectors, np.einsum("ij,ij->i", vectors, vectors))
+        ids, vectors, norms = self._delta_index
+        q = np.asarray(queries, dtype=np.float32)
+        d = norms[None, :] - 2.0 * (q @ vectors.T) + np.einsum("ij,ij->i", q, q)[:, None]
+        local, dists = select_smallest(np.maximum(d, 0.0), min(k, ids.size))
+        return ids[local], dists
 
     def describe(self) -> dict:
         backend = type(self.backend) if self.backend is not None else None
@@ -171,6 +220,7 @@ class GpuSearchSystem(SystemUnderTest):
 
     name = "gpu_search"
     supported_ops = frozenset({"knn"})
+    writable = True  # applied on every replica (or the owning shard): a mask plus an exact delta per worker
     needs_gpu_actors = True
     micro_batched = True
     filterable = True  # a mask on the search actors' distances

@@ -65,8 +65,9 @@ def test_writes_on_a_system_that_cannot_apply_them_is_a_one_line_error():
     from perfray.errors import UsageError
 
     with pytest.raises(UsageError) as err:
-        load_config(None, ["system=gpu_search", "load.writes={rate: 10}"])
-    assert "load.writes: system 'gpu_search' does not apply writes yet (systems that do: milvus, pgvector)" in str(err.value)
+        load_config(None, ["system=neo4j", "load.writes={rate: 10}"])
+    assert ("load.writes: system 'neo4j' does not apply writes yet (systems that do: gpu_search, milvus, pgvector)"
+            in str(err.value))
     assert "\n" not in str(err.value)
 
 
@@ -105,3 +106,23 @@ def test_milvus_applies_writes_reports_their_freshness_and_gets_its_catalogue_ba
         assert np.allclose(vectors, base, atol=1e-6)
     finally:
         client.close()
+
+
+@pytest.mark.timeout(600)
+def test_the_default_path_applies_writes_on_its_search_actors_through_ray(tmp_path):
+    """gpu_search (numpy, two sharded actors through Ray): each write goes to the shard holding its item,
+    upserts are shown by their probes, reads stay exact over the untouched items, and the next cell (same
+    seed, no writes) finds the dataset as it was: every read exact against the plain truth."""
+    config = load_config(None, [
+        "sweep={load.writes: [{rate: 30, kind: upsert, freshness_sample: 10}, null]}", "dataset.n=3000", "dataset.dim=16", "dataset.n_queries=200",
+        "search.backend=numpy", "search.n_gpus=2", "search.topology=sharded", "target_qps=200", "duration_s=1.5",
+        "warmup_s=0.3", "microbench.enabled=false",
+        "targets=[{metric: recall_min, min: 1.0}, {metric: failure_rate, max: 0.0}]"])
+    run_dir = prepare_run_dir(tmp_path, "gpu-writes")
+    assert SweepDriver(config, run_dir, "gpu-writes").run() == 0
+    rows = pq.read_table(run_dir / "requests").to_pandas()
+    writes = rows[rows.op == "upsert"]
+    assert len(writes) == round(30 * 1.8) and (writes.cell == 0).all() and (writes.status == "ok").all()
+    assert writes.freshness_ns.notna().sum() == 10 and (rows[rows.op != "upsert"].recall == 1.0).all()
+    summary = pq.read_table(run_dir / "summary.parquet").to_pylist()
+    assert [r["writes"] for r in summary] == [45, 0] and summary[0]["freshness_samples"] > 0

@@ -1,6 +1,7 @@
 """Writes while searching: the writes' own seeded schedule merged into a cell's (reads unchanged), the write set
 each actor and the driver derive, writes never batched with reads, and recall over the items no write touched."""
 
+import asyncio
 import dataclasses
 
 import numpy as np
@@ -116,3 +117,45 @@ def test_writes_are_validated_in_one_line():
         load_config(None, ["system=pgvector", "load.writes={rate: 10, kind: truncate}"])
     cell = load_config(None, ["system=pgvector", "load.writes={rate: 25, kind: upsert}"]).cells()[0]
     assert (cell.load.writes.rate, cell.load.writes.kind, cell.load.writes.freshness_sample) == (25, "upsert", 20)
+
+
+@pytest.mark.parametrize(("topology", "kind"), [("replicated", "insert"), ("sharded", "upsert"),
+                                                ("replicated", "delete"), ("sharded", "delete")])
+def test_search_workers_apply_writes_on_every_replica_or_the_owning_shard(dataset, topology, kind):
+    """The default path without Ray: numpy workers behind a router. Every write acknowledged is shown by the
+    next search (freshness from the first probe), reads keep exact recall over the untouched items, a deleted
+    item is never returned once its delete is acknowledged, and a reset gives the dataset back."""
+    from perfray.data.filters import item_attr
+    from perfray.data.groundtruth import ground_truth
+    from perfray.load.generator import QueryPool
+    from perfray.load.targets import ThreadEndpoint, make_router
+    from perfray.sut.gpu_search import GpuSearchWorker
+
+    workers = [GpuSearchWorker("numpy") for _ in range(2)]
+    for i, w in enumerate(workers):
+        w.build(dataset.base, *((i, 2) if topology == "sharded" else (0, 1)), attr=item_attr(dataset))
+    gt_ids, gt_dists = ground_truth(dataset, 10, None)
+    plan = _writing(make_plan(400, 1.5, arrival="poisson", window_ns=2_000_000, batch_max=16), dataset, 80, kind, 8)
+    router = make_router(topology, [ThreadEndpoint(w) for w in workers])
+    table, _ = run_plan(plan, router, QueryPool(dataset.queries, gt_ids, gt_dists))
+    rows = table.to_pandas()
+    writes, reads = rows[rows.op == kind], rows[rows.op != kind]
+    assert len(writes) == 120 and (writes.status == "ok").all() and (reads.status == "ok").all()
+    assert (reads.recall == 1.0).all()
+    fresh = writes.freshness_ns.dropna()
+    assert len(fresh) == 8 and (fresh >= 0).all()
+    # the state the writes left: each written vector found (or, deleted, gone) on every path to it
+    ids = asyncio.run(_search(router, plan.writes.vectors))[:, 0]
+    if kind == "delete":
+        assert not np.isin(ids, plan.writes.ids).any()
+    else:
+        assert np.array_equal(ids, plan.writes.ids)
+    per_write = (2 if kind == "upsert" else 1) * (2 if topology == "replicated" else 1)  # mask + delta, replicas
+    assert sum(w.reset_writes() for w in workers) == 120 * per_write
+    after = asyncio.run(_search(router, dataset.base[plan.writes.ids[plan.writes.ids < dataset.n]]))[:, 0]
+    assert np.array_equal(after, plan.writes.ids[plan.writes.ids < dataset.n])  # back where they were
+
+
+async def _search(router, vectors):
+    ids, *_ = await router.submit(np.ascontiguousarray(vectors, dtype=np.float32), 1)
+    return ids
