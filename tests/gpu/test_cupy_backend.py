@@ -110,3 +110,28 @@ def test_k_above_the_kernel_is_exact_with_ties_by_id_in_bounded_blocks(monkeypat
     ids, dists = backend.search(queries, k)
     want_ids, want_dists = numpy.search(queries, k)
     assert np.array_equal(ids, want_ids) and np.allclose(dists, want_dists)
+
+
+def test_writes_on_a_cupy_worker_answer_like_a_numpy_one():
+    """load.writes on the GPU: a deleted or upserted item masked on the device (set_attr), written vectors in
+    the exact delta beside it; the same answers as the numpy worker, and a reset gives the dataset back."""
+    from perfray.sut.gpu_search import GpuSearchWorker
+
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((4000, 32), dtype=np.float32)
+    attr = rng.permutation(4000).astype(np.int64)
+    queries = rng.standard_normal((16, 32), dtype=np.float32)
+    workers = [GpuSearchWorker(name) for name in ("cupy", "numpy")]
+    for w in workers:
+        w.build(base, attr=attr)
+        for item in range(0, 400, 4):
+            w.apply_write("delete", item)
+        for j, item in enumerate(range(1, 400, 4)):
+            w.apply_write("upsert", item, queries[j % 16] + 0.01)
+        w.apply_write("insert", 4000, queries[3])
+    (gpu_ids, gpu_d), (cpu_ids, cpu_d) = (w.search(queries, 10) for w in workers)
+    assert np.array_equal(gpu_ids, cpu_ids) and np.allclose(gpu_d, cpu_d, rtol=1e-4, atol=1e-3)
+    assert not np.isin(gpu_ids, np.arange(0, 400, 4)).any() and gpu_ids[3, 0] == 4000
+    for w in workers:
+        w.reset_writes()
+    assert np.array_equal(workers[0].search(base[:400:4], 1)[0][:, 0], np.arange(0, 400, 4))
