@@ -43,6 +43,8 @@ REQUEST_SCHEMA = pa.schema(
         pa.field("cache_hit", pa.bool_()),
         # A write followed by probe searches (load.writes): its ack -> the first search that showed it; v3+.
         pa.field("freshness_ns", pa.int64()),
+        # A scored read in a cell with writes: deleted items it returned after their delete should have shown; v3+.
+        pa.field("stale_hits", pa.int16()),
     ],
     metadata={b"perfray.schema_version": str(SCHEMA_VERSION).encode()},
 )
@@ -80,6 +82,7 @@ SUMMARY_METRICS = (
     "vector_p50_ms", "vector_p99_ms", "graph_p50_ms", "graph_p99_ms", "policy_p50_ms", "policy_p99_ms",
     "cache_hit_rate", "first_error_s", "last_error_s", "recovery_s",
     "writes", "write_p50_ms", "write_p99_ms", "freshness_p50_ms", "freshness_p99_ms", "freshness_samples",
+    "stale_reads",
     "speedup_p50_vs_baseline", "speedup_p99_vs_baseline", "qps_ratio_vs_baseline", "baseline_recall",
     "recall_gap_vs_baseline",
 )

@@ -37,6 +37,8 @@ class WriteSpec(_Strict):
     freshness_sample: int = Field(20, ge=0, description="writes per cell followed by freshness probes")
     probe_interval_ms: float = Field(1.0, gt=0)
     probe_limit_ms: float = Field(1_000.0, gt=0, description="a write not shown by then has no freshness")
+    visibility_ms: float = Field(0.0, ge=0, description="how long the store states a write may take to show: a "
+                                 "read sent later that returns a deleted item is a stale read")
 
 
 class LoadSpec(_Strict):

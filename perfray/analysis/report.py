@@ -288,9 +288,11 @@ def writes_section(run: Run) -> list[str]:
     lines = ["", "## Writes while searching", "",
              "Writes mixed into the schedule, open loop like the reads (`load.writes`); freshness: from a probed "
              "write's acknowledgement until a search first showed it (an insert or upsert found as the nearest item, "
-             "a delete gone). Read latency and recall are the reads'; recall is over the items no write touched.", "",
+             "a delete gone); stale reads: reads that returned an item deleted longer than `load.writes.visibility_ms` "
+             "before they were sent. Read latency and recall are the reads'; recall is over the items no write "
+             "touched.", "",
              "| cell | system | writes | write p50 ms | write p99 ms | freshness p50 ms | freshness p99 ms | probed | "
-             "read p99 ms | recall mean |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "stale reads | read p99 ms | recall mean |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     kinds = {c["cell"]: ((c.get("workload") or {}).get("load") or {}).get("writes") or {}
              for c in run.manifest.get("cells", [])}
     for r in written:
@@ -298,7 +300,8 @@ def writes_section(run: Run) -> list[str]:
         what = f"{r['writes']:,} {spec.get('kind', 'writes')}" + (f" ({spec['rate']:g}/s)" if "rate" in spec else "")
         lines.append(f"| {r['cell']} | {_system_or_backend(r)} | {what} | {_fmt(r.get('write_p50_ms'))} | "
                      f"{_fmt(r.get('write_p99_ms'))} | {_fmt(r.get('freshness_p50_ms'), 3)} | "
-                     f"{_fmt(r.get('freshness_p99_ms'), 3)} | {r.get('freshness_samples', 0)} | {_fmt(r['p99_ms'])} | "
+                     f"{_fmt(r.get('freshness_p99_ms'), 3)} | {r.get('freshness_samples', 0)} | "
+                     f"{_fmt(r.get('stale_reads'))} | {_fmt(r['p99_ms'])} | "
                      f"{_fmt(r['recall_mean'], 4)} |")
     return lines
 

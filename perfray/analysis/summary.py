@@ -119,16 +119,21 @@ def _stages(measured: pa.Table, status: np.ndarray) -> dict:
 
 
 def _writes(measured: pa.Table, status: np.ndarray, writing: np.ndarray) -> dict:
-    """Writes (``load.writes``): how many, their latency (ok rows), and freshness over the probed writes the
-    store showed (``freshness_samples`` of them)."""
+    """Writes (``load.writes``): how many, their latency (ok rows), freshness over the probed writes the store
+    showed (``freshness_samples`` of them), and reads that returned an item after its delete should have shown."""
     ok = (status == "ok") & writing
     latency = measured["latency_ns"].to_numpy(zero_copy_only=False)[ok].astype(np.float64)
     fresh = np.empty(0)
     if "freshness_ns" in measured.column_names:
         fresh = measured["freshness_ns"].to_numpy(zero_copy_only=False)[ok].astype(np.float64)
         fresh = fresh[~np.isnan(fresh)]
+    stale = float("nan")
+    if "stale_hits" in measured.column_names and measured["stale_hits"].null_count < measured.num_rows:
+        stale = int(pc.sum(pc.greater(measured["stale_hits"], 0)).as_py() or 0)
     return {"writes": int(writing.sum()), "write_p50_ms": _ms(latency, 50), "write_p99_ms": _ms(latency, 99),
-            "freshness_p50_ms": _ms(fresh, 50), "freshness_p99_ms": _ms(fresh, 99), "freshness_samples": int(fresh.size)}
+            "freshness_p50_ms": _ms(fresh, 50), "freshness_p99_ms": _ms(fresh, 99), "freshness_samples": int(fresh.size),
+            # reads that returned an item deleted (acknowledged) longer than load.writes.visibility_ms before
+            "stale_reads": stale}
 
 
 def _error_window(measured: pa.Table, status: np.ndarray, start_ns: int | None) -> dict:

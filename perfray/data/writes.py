@@ -31,6 +31,7 @@ class WriteSet:
     n_items: int  # the dataset's items before any write
     probe_interval_ns: int
     probe_limit_ns: int
+    visibility_ns: int = 0
 
     def __len__(self) -> int:
         return int(self.ids.size)
@@ -62,7 +63,7 @@ def cell_writes(dataset, spec, n_writes: int, seed: int, cell: int) -> WriteSet:
     if n_writes and spec.freshness_sample:
         probe[np.unique(np.linspace(0, n_writes - 1, min(spec.freshness_sample, n_writes)).round().astype(int))] = True
     return WriteSet(spec.kind, ids, np.ascontiguousarray(vectors, dtype=np.float32), probe, n,
-                    int(spec.probe_interval_ms * 1e6), int(spec.probe_limit_ms * 1e6))
+                    int(spec.probe_interval_ms * 1e6), int(spec.probe_limit_ms * 1e6), int(spec.visibility_ms * 1e6))
 
 
 def shown(writes: WriteSet, j: int, top_id: int) -> bool:

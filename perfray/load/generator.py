@@ -143,6 +143,7 @@ class LoadGenerator:
         rec = Recorder(plan.cell, plan.actor, seq, intended, phase, op, op_k, op_q,
                        [p.name for p in plan.phases], op_names)
         rec.score_against(pool.gt_ids, pool.gt_dists, ignore=plan.writes.touched if plan.writes is not None else None)
+        rec.visibility_ns = plan.writes.visibility_ns if plan.writes is not None else 0
         self.recorder = rec
         loop = asyncio.get_running_loop()
         pacer = Pacer(loop)

@@ -43,6 +43,7 @@ class Recorder:
         self.stage_ns = {name: np.full(n, -1, dtype=np.int64) for name in STAGES}
         self.cache_hit = np.full(n, -1, dtype=np.int8)
         self.freshness_ns = np.full(n, -1, dtype=np.int64)  # a probed write: ack -> first search showing it
+        self.stale_hits = np.full(n, -1, dtype=np.int16)  # a scored read in a cell with writes: deleted ids returned
         self.error_names: list[str] = []
         self._final: list[tuple[int, int]] = []  # finished ranges of several rows
         self._final_rows: list[int] = []  # finished single rows (the per-request path): ints, not tuples
@@ -50,6 +51,8 @@ class Recorder:
         self._truth: tuple[np.ndarray, np.ndarray] | None = None
         self._ignore: np.ndarray | None = None
         self._depth: np.ndarray | None = None
+        self._deleted: list[tuple[int, int]] = []  # (item, when its delete was acknowledged)
+        self.visibility_ns = 0  # load.writes.visibility_ms: how long a store may take to show a write
         self.counts = dict.fromkeys(STATUSES[1:], 0)
 
     def score_against(self, gt_ids: np.ndarray | None, gt_dists: np.ndarray | None,
@@ -60,6 +63,11 @@ class Recorder:
         if gt_ids is not None and ignore is not None:
             ids, dists, self._depth = stable_truth(gt_ids, gt_dists, ignore)
             self._truth, self._ignore = (ids, dists), ignore
+
+    def deleted(self, item: int, acked_ns: int) -> None:
+        """A delete was acknowledged: a read sent more than ``visibility_ns`` later that returns the item counts it
+        as a stale hit (``stale_hits``)."""
+        self._deleted.append((item, acked_ns))
 
     @classmethod
     def warm_up(cls) -> None:
@@ -157,7 +165,7 @@ class Recorder:
             list(self.error_names), self.intended_ns[idx], self.sent_ns[idx], self.done_ns[idx],
             self.batch_id[idx], self.batch_size[idx], self.batch_queries[idx], self.endpoint[idx],
             self.recall[idx], {name: self.stage_ns[name][idx] for name in STAGES}, self.cache_hit[idx],
-            self.freshness_ns[idx])
+            self.freshness_ns[idx], self.stale_hits[idx])
 
     def score(self, limit: int | None = None) -> int:
         """Recall of up to ``limit`` replies kept since the last drain (all when None), one vectorised pass
@@ -190,6 +198,20 @@ class Recorder:
             per_query[self._depth[q_index] < per_query_k] = np.nan
         starts = np.cumsum(counts) - counts
         self.recall[requests] = (np.add.reduceat(per_query, starts) / counts).astype(np.float32)
+        if self._ignore is not None:  # a cell with writes: deleted items returned after their delete showed
+            self.stale_hits[requests] = np.add.reduceat(self._stale(requests, counts, found), starts)
+
+    def _stale(self, requests: np.ndarray, counts: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """Per query of ``requests``: how many of its ids were deleted (acknowledged) more than ``visibility_ns``
+        before the request was sent."""
+        if not self._deleted:
+            return np.zeros(found.shape[0], dtype=np.int64)
+        items, acked = (np.array(column, dtype=np.int64) for column in zip(*self._deleted, strict=True))
+        order = np.argsort(items)
+        items, acked = items[order], acked[order]
+        at = np.clip(np.searchsorted(items, found), 0, items.size - 1)
+        sent = np.repeat(self.sent_ns[requests], counts)[:, None]
+        return ((items[at] == found) & (acked[at] + self.visibility_ns < sent)).sum(axis=1)
 
 
 @dataclass
@@ -220,6 +242,7 @@ class DrainedRows:
     stage_ns: dict[str, np.ndarray]
     cache_hit: np.ndarray
     freshness_ns: np.ndarray
+    stale_hits: np.ndarray
 
     def __len__(self) -> int:
         return self.seq.size
@@ -261,6 +284,7 @@ class DrainedRows:
             *(pa.array(self.stage_ns[name], mask=self.stage_ns[name] < 0) for name in STAGES),
             pa.array(self.cache_hit == 1, mask=self.cache_hit < 0),
             ns(self.freshness_ns, self.freshness_ns < 0),
+            pa.array(self.stale_hits, mask=self.stale_hits < 0),
         ]
         return pa.RecordBatch.from_arrays(columns, schema=REQUEST_SCHEMA)
 

@@ -171,11 +171,18 @@ class CellSender:
         sent = self._stamp_sent(a, a + 1, due_perf, 1)
         try:
             handle = self.target.write(self.writes, int(self.qstart[a]),
-                                       functools.partial(self._guard, self._replied, a, a + 1, None))
+                                       functools.partial(self._guard, self._write_replied, a))
         except Exception as exc:
             self._settle(a, a + 1, "error", self.clock.now_ns(), error=type(exc).__name__)
             return
         self._await_reply(a, a + 1, sent, handle)
+
+    def _write_replied(self, a: int, **reply) -> None:
+        """A delete's acknowledgement is kept: reads sent after it (plus the store's visibility delay) must not
+        return the item (``Recorder.deleted``)."""
+        if self.writes.kind == "delete" and reply.get("error") is None and self.rec.status[a] == PENDING:
+            self.rec.deleted(int(self.writes.ids[self.qstart[a]]), reply.get("done_ns") or self.clock.now_ns())
+        self._replied(a, a + 1, None, **reply)
 
     def _stamp_sent(self, a: int, b: int, due_perf: int, n_queries: int) -> int:
         sent = self.clock.now_ns()

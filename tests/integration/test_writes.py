@@ -38,11 +38,12 @@ def test_writes_are_rows_applied_by_the_store_and_undone_after_the_cell(stores_s
     assert len(fresh) == 30 and (fresh > 0).all() and (fresh < 50_000_000).all()  # shown at once, by the first probe
     reads = rows[rows.op != kind]
     assert len(reads) == round(150 * 2.3) and (reads.recall == 1.0).all()  # exact over the untouched items
+    assert (reads.stale_hits == 0).all()  # no deleted item came back once its delete was acknowledged
 
     summary = pq.read_table(run_dir / "summary.parquet").to_pylist()[0]
     assert summary["writes"] == round(40 * 2.0) and summary["freshness_samples"] > 0
     assert 0 < summary["freshness_p50_ms"] <= summary["freshness_p99_ms"] < 50
-    assert summary["write_p50_ms"] > 0 and summary["requests"] == round(190 * 2.0)
+    assert summary["write_p50_ms"] > 0 and summary["requests"] == round(190 * 2.0) and summary["stale_reads"] == 0
     section = write_report(run_dir)[0].read_text().split("## Writes while searching", 1)[1].split("\n## ")[0]
     assert f"| 0 | pgvector (exact scan) | 80 {kind} (40/s) |" in section
 

@@ -159,3 +159,39 @@ def test_search_workers_apply_writes_on_every_replica_or_the_owning_shard(datase
 async def _search(router, vectors):
     ids, *_ = await router.submit(np.ascontiguousarray(vectors, dtype=np.float32), 1)
     return ids
+
+
+class _Forgetful(_Recording):
+    """A store that acknowledges deletes but keeps answering with the items it was told to delete."""
+
+    def __init__(self, plan) -> None:
+        super().__init__()
+        self.plan, self.acked = plan, []
+
+    def send(self, queries, k, rows, reply):
+        self.reads.append(len(rows))
+        found = np.full((len(rows), k), -1, dtype=np.int64)
+        found[:, 0] = self.acked[-1] if self.acked else 0
+        reply(result=(found, None, 0))
+
+    def write(self, writes, j, reply):
+        self.acked.append(int(writes.ids[j]))
+        reply(sent_ns=None, done_ns=None)
+
+
+@pytest.mark.parametrize("visibility_ms", [0, 10_000])
+def test_a_deleted_item_returned_after_its_delete_showed_is_a_stale_hit(dataset, visibility_ms):
+    from perfray.data.groundtruth import ground_truth
+    from perfray.load.generator import QueryPool
+
+    plan = _writing(make_plan(300, 1.0, arrival="poisson"), dataset, 30, "delete", 0)
+    plan = dataclasses.replace(plan, writes=dataclasses.replace(plan.writes, visibility_ns=visibility_ms * 1_000_000))
+    gt_ids, gt_dists = ground_truth(dataset, 10, None)
+    table, _ = run_plan(plan, _Forgetful(plan), QueryPool(dataset.queries, gt_ids, gt_dists))
+    rows = table.to_pandas()
+    reads = rows[rows.op != "delete"]
+    after_first = reads.intended_ns > rows[rows.op == "delete"].intended_ns.min()
+    if visibility_ms:  # within the stated delay: not stale
+        assert (reads.stale_hits == 0).all()
+    else:
+        assert (reads.stale_hits[after_first] == 1).all() and (reads.stale_hits[~after_first] == 0).all()
