@@ -46,7 +46,7 @@ class SystemUnderTest:
     callback_native: ClassVar[bool] = False  # True: ``send(queries, k, rows, reply)`` starts it on that loop
     requires: ClassVar[tuple[str, ...]] = ()  # client modules (pip extras) it imports
     filterable: ClassVar[bool] = False  # True: applies ``workload.filter`` natively (``perfray.data.filters``)
-    writable: ClassVar[bool] = False  # True: applies ``load.writes`` (``write``/``probe``/``undo_writes``)
+    writable: ClassVar[bool] = False  # True: applies ``load.writes`` (``StoreWrites``, or its search actors)
     search_params: ClassVar[frozenset[str]] = frozenset()  # ``search.params`` it applies (config.SEARCH_PARAMS)
 
     def __init__(self, workload, stores) -> None:
@@ -129,6 +129,32 @@ class AsyncStoreSystem(StoreSystem):
     async def warm(self, queries: np.ndarray, k: int) -> None:
         await self.store.open_async()
         self.requests.fill(queries, k)
+
+
+class StoreWrites:
+    """``load.writes`` on a store-served system (``writable``), through its store's primitives:
+    ``write_async(kind, item, vector) -> (sent_ns, done_ns)``, ``nearest_async(vector) -> (id, sent_ns)`` (the
+    nearest item to a vector, for freshness probes), ``forget_load()`` (the store is about to change: its
+    fingerprint goes, so a run that dies mid-cell reloads it) and ``restore(catalogue, touched)`` (the catalogue
+    back, fingerprint and all)."""
+
+    writable = True
+
+    async def write_async(self, writes, j: int) -> tuple[int, int]:
+        return await self.store.write_async(writes.kind, int(writes.ids[j]), writes.vectors[j])
+
+    async def shows_async(self, writes, j: int) -> tuple[bool, int]:
+        """Whether a search at write ``j``'s vector shows it; and when that search was sent."""
+        from perfray.data.writes import shown
+
+        top, sent_ns = await self.store.nearest_async(writes.vectors[j])
+        return shown(writes, j, top), sent_ns
+
+    def begin_writes(self) -> None:
+        self.store.forget_load()
+
+    def undo_writes(self, catalogue, writes) -> None:
+        self.store.restore(catalogue, writes.touched)
 
 
 async def each_in_turn(query, statement: str, params: list) -> tuple[list, int, int]:

@@ -9,10 +9,10 @@ import time
 import numpy as np
 
 from perfray.data.filters import item_attr, item_genre_label, pool_filters, windows_of
-from perfray.data.writes import shown
 from perfray.sut.base import (
     Answer,
     AsyncStoreSystem,
+    StoreWrites,
     close_on_loop,
     env_secret,
     load_fingerprint,
@@ -149,6 +149,10 @@ class MilvusStore:
                                                          "genre_label": -1}])
         return sent_ns, clock.now_ns()
 
+    async def nearest_async(self, vector: np.ndarray) -> tuple[int, int]:
+        ids, sent_ns, _ = await self.search_async([vector.tolist()], 1)
+        return int(ids[0, 0]), sent_ns
+
     def forget_load(self) -> None:
         """Drop the fingerprint marker: the next load rebuilds the collection (it is about to be written to)."""
         for name in self._markers():
@@ -223,7 +227,7 @@ def _top_k(hits, n: int, k: int) -> np.ndarray:
     return ids
 
 
-class MilvusSystem(AsyncStoreSystem):
+class MilvusSystem(StoreWrites, AsyncStoreSystem):
     """Vector search in Milvus; recall against exact ground truth. On a load actor's loop through pymilvus'
     async client when Milvus is a server (a Lite file opened in-process has no async client)."""
 
@@ -232,7 +236,6 @@ class MilvusSystem(AsyncStoreSystem):
     supported_ops = frozenset({"knn"})
     requires = ("pymilvus",)
     filterable = True  # a filter expression on attr (a range) or genre_label (equality)
-    writable = True  # insert / upsert / delete on the async client (a served Milvus or Milvus Lite)
     search_params = frozenset({"ef", "nprobe"})
 
     def label(self) -> str:
@@ -264,18 +267,3 @@ class MilvusSystem(AsyncStoreSystem):
         ids, sent_ns, done_ns = await self.store.search_async(self.params(queries, k, rows), k,
                                                               windows_of(self.windows, rows))
         return Answer(ids=ids, stages={"vector_ns": done_ns - sent_ns}, sent_ns=sent_ns, done_ns=done_ns)
-
-    # ------------------------------------------------------------------------------------ load.writes
-    async def write_async(self, writes, j: int) -> tuple[int, int]:
-        return await self.store.write_async(writes.kind, int(writes.ids[j]), writes.vectors[j])
-
-    async def shows_async(self, writes, j: int) -> tuple[bool, int]:
-        """Whether a search at write ``j``'s vector shows it; and when that search was sent."""
-        ids, sent_ns, _ = await self.store.search_async([writes.vectors[j].tolist()], 1)
-        return shown(writes, j, int(ids[0, 0])), sent_ns
-
-    def begin_writes(self) -> None:
-        self.store.forget_load()
-
-    def undo_writes(self, catalogue, writes) -> None:
-        self.store.restore(catalogue, writes.touched)

@@ -12,6 +12,7 @@ from perfray.data.filters import item_attr, item_genre_label, pool_filters
 from perfray.sut.base import (
     Answer,
     AsyncStoreSystem,
+    StoreWrites,
     close_on_loop,
     each_in_turn,
     env_secret,
@@ -59,6 +60,14 @@ MATCH (c)-[:IN_GENRE]->(:Genre)<-[p:ALLOWS]-(:User {id: $user})
 WITH hits, c.id AS id, c.popularity * p.weight AS score ORDER BY score DESC, id
 RETURN [h IN hits | h.id] AS vector_ids, collect(id)[0..$k] AS ranked
 """
+
+# load.writes: a new item has no graph (no genre, so no policy ranks it); a deleted one leaves the vector index.
+WRITE_CYPHER = {
+    "insert": "CREATE (:Item {id: $id, embedding: $embedding, popularity: 0.0, attr: -1, genre_label: -1})",
+    "upsert": "MERGE (i:Item {id: $id}) SET i.embedding = $embedding",
+    "delete": "MATCH (i:Item {id: $id}) REMOVE i.embedding",
+}
+NEAREST_CYPHER = f"CALL db.index.vector.queryNodes('{VECTOR_INDEX}', 1, $vector) YIELD node RETURN node.id AS id"
 
 LOAD_STEPS = (
     ("genres", "UNWIND $rows AS r CREATE (:Genre {id: r})"),
@@ -195,6 +204,30 @@ class Neo4jStore:
         self.run("MERGE (m:PerfrayMeta {key: 'vector_index'}) SET m.value = $v, m.build_s = $s", v=config, s=build_s)
         return {"index": label, "build_s": build_s, "index_built": True}
 
+    async def write_async(self, kind: str, item: int, vector: np.ndarray) -> tuple[int, int]:
+        """One write (auto-commit); the query's stamps. A delete takes the item out of the vector index (its
+        embedding removed), so the undo can put it back with its graph as it was."""
+        _, sent_ns, done_ns = await self.run_async(WRITE_CYPHER[kind], {"id": item, "embedding": vector.tolist()})
+        return sent_ns, done_ns
+
+    async def nearest_async(self, vector: np.ndarray) -> tuple[int, int]:
+        records, sent_ns, _ = await self.run_async(NEAREST_CYPHER, {"vector": vector.tolist()})
+        return (int(records[0]["id"]) if records else -1), sent_ns
+
+    def forget_load(self) -> None:
+        """Drop the fingerprint: the next load rebuilds the graph (it is about to be written to)."""
+        self.run("MATCH (m:PerfrayMeta {key: 'catalogue'}) DELETE m")
+
+    def restore(self, catalogue, touched: np.ndarray) -> None:
+        """Back to ``catalogue``: items written past it removed, the ``touched`` ones' embeddings as they were, the
+        fingerprint back."""
+        dataset = catalogue.dataset
+        self.run("MATCH (i:Item) WHERE i.id >= $n DETACH DELETE i", n=int(dataset.n))
+        rows = [{"id": int(i), "embedding": dataset.base[i].tolist()} for i in touched.tolist() if i < dataset.n]
+        for lo in range(0, len(rows), BATCH):
+            self.run("UNWIND $rows AS r MATCH (i:Item {id: r.id}) SET i.embedding = r.embedding", rows=rows[lo:lo + BATCH])
+        self.run("MERGE (m:PerfrayMeta {key: 'catalogue'}) SET m.value = $fp", fp=load_fingerprint(catalogue, GRAPH_FORMAT))
+
     def expand(self, seeds: np.ndarray, hops: int, limit: int) -> np.ndarray:
         """Items within 1..``hops`` SIMILAR_TO edges of ``seeds``: the first ``limit`` by id."""
         return expanded(self.run(expand_cypher(hops), **expand_params(seeds, limit)))
@@ -316,7 +349,7 @@ class Neo4jSystem(_Neo4jBase):
                       done_ns=done_ns)
 
 
-class Neo4jBaselineSystem(_Neo4jBase):
+class Neo4jBaselineSystem(StoreWrites, _Neo4jBase):
     """The Neo4j-only design: vector index, expansion and policy rank in one Cypher query per request."""
 
     name = "neo4j_baseline"

@@ -9,8 +9,7 @@ import time
 import numpy as np
 
 from perfray.data.filters import item_attr, item_genre_label, pool_filters
-from perfray.data.writes import shown
-from perfray.sut.base import Answer, AsyncStoreSystem, each_in_turn, load_fingerprint, span
+from perfray.sut.base import Answer, AsyncStoreSystem, StoreWrites, each_in_turn, load_fingerprint, span
 from perfray.sut.postgres import META_SQL, PostgresStore, ids_of
 
 SEARCH_SQL = "SELECT id FROM perfray_vectors ORDER BY embedding <-> %s::vector LIMIT %s"
@@ -90,18 +89,32 @@ class PgvectorStore(PostgresStore):
         with self.pool.connection() as conn:
             conn.execute("DELETE FROM perfray_meta WHERE key = %s", (self.meta_key,))
 
-    def restore(self, n_items: int, originals: list[tuple], fingerprint: str) -> None:
-        """Remove rows written past the catalogue's ``n_items``, put ``originals`` (id, vector text, attr, genre
-        label) back, and the fingerprint with them, in one transaction."""
+    async def write_async(self, kind: str, item: int, vector: np.ndarray) -> tuple[int, int]:
+        """One write (autocommitted: shown to the next search once acknowledged); the query's stamps."""
+        params = (item,) if kind == "delete" else (item, _vector_text(vector))
+        _, sent_ns, done_ns = await self.fetch_async(WRITE_SQL[kind], params)
+        return sent_ns, done_ns
+
+    async def nearest_async(self, vector: np.ndarray) -> tuple[int, int]:
+        found, sent_ns, _ = await self.fetch_async(SEARCH_SQL, (_vector_text(vector), 1))
+        return (int(found[0][0]) if found else -1), sent_ns
+
+    def restore(self, catalogue, touched: np.ndarray) -> None:
+        """Back to ``catalogue`` in one transaction: rows written past it removed, the ``touched`` items' rows as
+        they were, the fingerprint back."""
+        dataset = catalogue.dataset
+        attr, genre = item_attr(dataset), item_genre_label(dataset)
+        originals = [(int(i), _vector_text(dataset.base[i]), int(attr[i]), int(genre[i]))
+                     for i in touched.tolist() if i < dataset.n]
         with self.pool.connection() as conn, conn.transaction():
-            conn.execute("DELETE FROM perfray_vectors WHERE id >= %s", (n_items,))
+            conn.execute("DELETE FROM perfray_vectors WHERE id >= %s", (dataset.n,))
             with conn.cursor() as cur:
                 cur.executemany("INSERT INTO perfray_vectors (id, embedding, attr, genre_label) "
                                 "VALUES (%s, %s::vector, %s, %s) ON CONFLICT (id) DO UPDATE SET "
                                 "embedding = EXCLUDED.embedding, attr = EXCLUDED.attr, "
                                 "genre_label = EXCLUDED.genre_label", originals)
             conn.execute("INSERT INTO perfray_meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = "
-                         "EXCLUDED.value", (self.meta_key, fingerprint))
+                         "EXCLUDED.value", (self.meta_key, load_fingerprint(catalogue, *self.fingerprint_settings())))
 
     def _build_info(self) -> dict:
         """The vector index's build time (as recorded when it was built) and its size on disk, if it has one."""
@@ -128,7 +141,7 @@ def _setting(name: str) -> str:
     return name
 
 
-class PgvectorSystem(AsyncStoreSystem):
+class PgvectorSystem(StoreWrites, AsyncStoreSystem):
     """Vector search in PostgreSQL with pgvector; recall against exact ground truth."""
 
     name = "pgvector"
@@ -136,7 +149,6 @@ class PgvectorSystem(AsyncStoreSystem):
     supported_ops = frozenset({"knn"})
     requires = ("psycopg", "psycopg_pool")
     filterable = True  # WHERE attr >= lo AND attr < hi, or genre_label = g (btrees on both)
-    writable = True  # INSERT / upsert / DELETE per write, autocommitted
     search_params = frozenset(PARAM_SETTINGS)
 
     def label(self) -> str:
@@ -170,32 +182,6 @@ class PgvectorSystem(AsyncStoreSystem):
         found, sent_ns, done_ns = await each_in_turn(self.store.fetch_async, self.sql, self.params(queries, k, rows))
         return Answer(ids=_top_k(found, k), stages={"vector_ns": done_ns - sent_ns}, sent_ns=sent_ns, done_ns=done_ns)
 
-    # ------------------------------------------------------------------------------------ load.writes
-    async def write_async(self, writes, j: int) -> tuple[int, int]:
-        """Apply write ``j`` of the cell's ``WriteSet`` (autocommit: visible to the next search once acknowledged);
-        returns the query's (sent_ns, done_ns)."""
-        _, sent_ns, done_ns = await self.store.fetch_async(WRITE_SQL[writes.kind], _write_params(writes, j))
-        return sent_ns, done_ns
-
-    async def shows_async(self, writes, j: int) -> tuple[bool, int]:
-        """Whether a search at write ``j``'s vector shows it (an insert or upsert found as the nearest item, a
-        delete gone); returns that and when the search was sent."""
-        found, sent_ns, _ = await self.store.fetch_async(SEARCH_SQL, (_vector_text(writes.vectors[j]), 1))
-        return shown(writes, j, int(found[0][0]) if found else -1), sent_ns
-
-    def begin_writes(self) -> None:
-        """The table is about to change: its fingerprint goes until ``undo_writes`` restores the catalogue, so a
-        run that dies mid-cell leaves a store that the next run loads again."""
-        self.store.forget_load()
-
-    def undo_writes(self, catalogue, writes) -> None:
-        """Back to the catalogue: written items removed, touched items' rows restored, the fingerprint back."""
-        dataset = catalogue.dataset
-        attr, genre = item_attr(dataset), item_genre_label(dataset)
-        originals = [(int(i), _vector_text(dataset.base[i]), int(attr[i]), int(genre[i]))
-                     for i in writes.touched.tolist() if i < dataset.n]
-        self.store.restore(dataset.n, originals, load_fingerprint(catalogue, *self.store.fingerprint_settings()))
-
 
 WRITE_SQL = {
     "insert": "INSERT INTO perfray_vectors (id, embedding, attr, genre_label) VALUES (%s, %s::vector, -1, -1) "
@@ -206,6 +192,3 @@ WRITE_SQL = {
 }
 
 
-def _write_params(writes, j: int) -> tuple:
-    item = int(writes.ids[j])
-    return (item,) if writes.kind == "delete" else (item, _vector_text(writes.vectors[j]))

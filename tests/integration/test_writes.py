@@ -67,7 +67,8 @@ def test_writes_on_a_system_that_cannot_apply_them_is_a_one_line_error():
 
     with pytest.raises(UsageError) as err:
         load_config(None, ["system=neo4j", "load.writes={rate: 10}"])
-    assert ("load.writes: system 'neo4j' does not apply writes yet (systems that do: gpu_search, milvus, pgvector)"
+    assert ("load.writes: system 'neo4j' does not apply writes yet (systems that do: gpu_search, milvus, neo4j_baseline, "
+            "pgvector)"
             in str(err.value))
     assert "\n" not in str(err.value)
 
@@ -127,3 +128,39 @@ def test_the_default_path_applies_writes_on_its_search_actors_through_ray(tmp_pa
     assert writes.freshness_ns.notna().sum() == 10 and (rows[rows.op != "upsert"].recall == 1.0).all()
     summary = pq.read_table(run_dir / "summary.parquet").to_pylist()
     assert [r["writes"] for r in summary] == [45, 0] and summary[0]["freshness_samples"] > 0
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("kind", ["delete"])  # inserts: on the other stores (the suite's time is kept short)
+def test_neo4j_applies_writes_to_its_vector_index_and_gets_its_graph_back(stores_spec, tmp_path, kind):
+    """The Neo4j-only system: writes through its async driver, shown by its vector index (freshness), no deleted
+    item in a read once its delete was acknowledged, and the graph as loaded after the cell."""
+    neo = stores_spec.neo4j
+    config = load_config(None, [
+        "system=neo4j_baseline", "sweep={}", "dataset.n=2000", "dataset.dim=16", "dataset.n_queries=100",
+        "dataset.seed=41", "target_qps=40", "duration_s=2.0", "warmup_s=0.3", "microbench.enabled=false",
+        "load.concurrency=4", f"load.writes={{rate: 20, kind: {kind}, freshness_sample: 10}}",
+        "stores.neo4j.vector_quantization=false", "targets=[{metric: failure_rate, max: 0.0}]",
+        f"stores.neo4j.uri={neo.uri}"])
+    run_dir = prepare_run_dir(tmp_path, f"neo4j-{kind}")
+    assert SweepDriver(config, run_dir, "neo4j-writes").run() == 0
+    rows = pq.read_table(run_dir / "requests").to_pandas()
+    writes, reads = rows[rows.op == kind], rows[rows.op != kind]
+    assert len(writes) == round(20 * 2.3) and (writes.status == "ok").all()
+    fresh = writes.freshness_ns.dropna()
+    assert len(fresh) == 10 and (fresh > 0).all()
+    assert (reads.stale_hits == 0).all() and reads.recall.mean() > 0.8  # its HNSW index: approximate
+
+    from perfray.sut.neo4j import Neo4jStore
+
+    cell = config.cells()[0]
+    base = load_dataset(cell.dataset).base
+    store = Neo4jStore(neo, 2)
+    store.connect()
+    try:
+        items = store.run("MATCH (i:Item) RETURN i.id AS id, i.embedding AS v ORDER BY id")
+        assert [r["id"] for r in items] == list(range(2000))
+        assert np.allclose(np.array([r["v"] for r in items], dtype=np.float32), base, atol=1e-6)
+        assert store.run("MATCH (m:PerfrayMeta {key: 'catalogue'}) RETURN count(m) AS n")[0]["n"] == 1
+    finally:
+        store.close()
