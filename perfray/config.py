@@ -137,8 +137,6 @@ class Workload(Strict):
                 able = ", ".join(n for n in SYSTEMS.names() if SYSTEMS.load(n).writable)
                 raise ValueError(f"load.writes: system {self.system!r} does not apply writes yet (systems that do: "
                                  f"{able})")
-            if self.filter is not None:
-                raise ValueError("load.writes: not with a filter yet (written items carry no filter attribute)")
         return self
 
     @model_validator(mode="after")

@@ -46,6 +46,7 @@ class GpuSearchWorker:
     def search(self, queries: np.ndarray, k: int, windows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (global ids, squared L2) for a batch of queries, among the items inside each query's filter
         window when ``windows`` is given (id -1 past the items that passed); results are on the host."""
+        filtered = windows is not None
         if windows is None and self._masked:  # deleted items are outside every window
             windows = np.tile(np.array(ALL_ITEMS, dtype=np.int64), (queries.shape[0], 1))
         if windows is None:
@@ -56,7 +57,7 @@ class GpuSearchWorker:
             ids, dists = self.backend.search(queries, min(k, self.rows), windows)
         if self.id_offset:
             ids = np.where(ids >= 0, ids + self.id_offset, ids)
-        if self._delta:
+        if self._delta and not filtered:  # written items carry no filter attribute: a filter never passes them
             ids, dists = merge_topk([(ids, dists), self._search_delta(queries, k)], k)
         return ids, dists
 

@@ -61,10 +61,11 @@ WITH hits, c.id AS id, c.popularity * p.weight AS score ORDER BY score DESC, id
 RETURN [h IN hits | h.id] AS vector_ids, collect(id)[0..$k] AS ranked
 """
 
-# load.writes: a new item has no graph (no genre, so no policy ranks it); a deleted one leaves the vector index.
+# load.writes: a new item has no graph (no genre, so no policy ranks it); a deleted one leaves the vector index; a
+# written item carries no filter attribute (-1: outside every filter), as on every system.
 WRITE_CYPHER = {
     "insert": "CREATE (:Item {id: $id, embedding: $embedding, popularity: 0.0, attr: -1, genre_label: -1})",
-    "upsert": "MERGE (i:Item {id: $id}) SET i.embedding = $embedding",
+    "upsert": "MERGE (i:Item {id: $id}) SET i.embedding = $embedding, i.attr = -1, i.genre_label = -1",
     "delete": "MATCH (i:Item {id: $id}) REMOVE i.embedding",
 }
 NEAREST_CYPHER = f"CALL db.index.vector.queryNodes('{VECTOR_INDEX}', 1, $vector) YIELD node RETURN node.id AS id"
@@ -223,9 +224,12 @@ class Neo4jStore:
         fingerprint back."""
         dataset = catalogue.dataset
         self.run("MATCH (i:Item) WHERE i.id >= $n DETACH DELETE i", n=int(dataset.n))
-        rows = [{"id": int(i), "embedding": dataset.base[i].tolist()} for i in touched.tolist() if i < dataset.n]
+        attr, genre = item_attr(dataset), item_genre_label(dataset)
+        rows = [{"id": int(i), "embedding": dataset.base[i].tolist(), "attr": int(attr[i]), "genre_label": int(genre[i])}
+                for i in touched.tolist() if i < dataset.n]
         for lo in range(0, len(rows), BATCH):
-            self.run("UNWIND $rows AS r MATCH (i:Item {id: r.id}) SET i.embedding = r.embedding", rows=rows[lo:lo + BATCH])
+            self.run("UNWIND $rows AS r MATCH (i:Item {id: r.id}) SET i.embedding = r.embedding, i.attr = r.attr, "
+                     "i.genre_label = r.genre_label", rows=rows[lo:lo + BATCH])
         self.run("MERGE (m:PerfrayMeta {key: 'catalogue'}) SET m.value = $fp", fp=load_fingerprint(catalogue, GRAPH_FORMAT))
 
     def expand(self, seeds: np.ndarray, hops: int, limit: int) -> np.ndarray:

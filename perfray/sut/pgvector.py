@@ -183,11 +183,12 @@ class PgvectorSystem(StoreWrites, AsyncStoreSystem):
         return Answer(ids=_top_k(found, k), stages={"vector_ns": done_ns - sent_ns}, sent_ns=sent_ns, done_ns=done_ns)
 
 
+# load.writes: a written item carries no filter attribute (-1: outside every filter), as on every system.
 WRITE_SQL = {
     "insert": "INSERT INTO perfray_vectors (id, embedding, attr, genre_label) VALUES (%s, %s::vector, -1, -1) "
               "RETURNING id",
     "upsert": "INSERT INTO perfray_vectors (id, embedding, attr, genre_label) VALUES (%s, %s::vector, -1, -1) "
-              "ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding RETURNING id",
+              "ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, attr = -1, genre_label = -1 RETURNING id",
     "delete": "DELETE FROM perfray_vectors WHERE id = %s RETURNING id",
 }
 

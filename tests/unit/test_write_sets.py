@@ -111,8 +111,6 @@ def test_recall_with_writes_counts_only_the_items_no_write_touched():
 
 
 def test_writes_are_validated_in_one_line():
-    with pytest.raises(Exception, match="load.writes: not with a filter yet"):
-        load_config(None, ["system=pgvector", "load.writes={rate: 10}", "filter.selectivity=0.01"])
     with pytest.raises(Exception, match="kind"):
         load_config(None, ["system=pgvector", "load.writes={rate: 10, kind: truncate}"])
     cell = load_config(None, ["system=pgvector", "load.writes={rate: 25, kind: upsert}"]).cells()[0]
@@ -195,3 +193,26 @@ def test_a_deleted_item_returned_after_its_delete_showed_is_a_stale_hit(dataset,
         assert (reads.stale_hits == 0).all()
     else:
         assert (reads.stale_hits[after_first] == 1).all() and (reads.stale_hits[~after_first] == 0).all()
+
+
+def test_with_a_filter_written_items_never_pass_it_and_reads_stay_exact(dataset):
+    """Written items carry no filter attribute: a filtered read returns neither a masked (deleted, upserted)
+    item nor a written vector, and is exact over the untouched items that pass its window."""
+    from perfray.data.filters import item_attr, query_filters
+    from perfray.data.groundtruth import ground_truth
+    from perfray.load.generator import QueryPool
+    from perfray.load.targets import ThreadEndpoint, make_router
+    from perfray.sut.gpu_search import GpuSearchWorker
+
+    filters = query_filters(dataset, 0.2)
+    worker = GpuSearchWorker("numpy")
+    worker.build(dataset.base, attr=item_attr(dataset))
+    gt_ids, gt_dists = ground_truth(dataset, 10, None, filters)
+    plan = _writing(make_plan(300, 1.0, arrival="poisson"), dataset, 100, "upsert", 5)
+    router = make_router("replicated", [ThreadEndpoint(worker, filters.windows)])
+    table, _ = run_plan(plan, router, QueryPool(dataset.queries, gt_ids, gt_dists, filters.windows))
+    rows = table.to_pandas()
+    reads = rows[rows.op != "upsert"]
+    assert (reads.status == "ok").all() and (reads.recall == 1.0).all() and (reads.stale_hits == 0).all()
+    ids, _ = worker.search(dataset.queries, 100, filters.windows)
+    assert not np.isin(ids, plan.writes.ids).any()  # upserted items gone from every filtered answer
