@@ -16,7 +16,7 @@ def test_filtered_cells_find_the_exact_neighbours_among_the_passing_items(tmp_pa
     config = load_config(None, [
         "sweep={filter.selectivity: [0.01, 0.001], filter.field: [attr, genre], system: [gpu_search, instant]}", "dataset.n=5000",
         "dataset.dim=16", "dataset.n_queries=200", "search.backend=numpy", "search.n_gpus=2",
-        "search.topology=sharded", "target_qps=200", "duration_s=1.5", "warmup_s=0.3",
+        "search.topology=sharded", "target_qps=300", "duration_s=1.0", "warmup_s=0.3",
         "microbench.enabled=false", "targets=[{metric: recall_min, min: 1.0}, {metric: failure_rate, max: 0.0}]"])
     run_dir = prepare_run_dir(tmp_path, "filtered")
     code = SweepDriver(config, run_dir, "filtered").run()
