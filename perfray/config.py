@@ -119,24 +119,18 @@ class Workload(Strict):
         return value
 
     @model_validator(mode="after")
-    def _filterable(self) -> Workload:
+    def _system_applies(self) -> Workload:
+        """A filter or writes on a system that cannot apply them: one line naming the systems that can."""
         from perfray.sut import SYSTEMS
 
-        if self.filter is not None and not SYSTEMS.load(self.system).filterable:
-            able = ", ".join(n for n in SYSTEMS.names() if SYSTEMS.load(n).filterable)
-            raise ValueError(f"filter: system {self.system!r} has no vector search to filter (systems that filter: "
-                             f"{able})")
-        return self
-
-    @model_validator(mode="after")
-    def _writable(self) -> Workload:
-        from perfray.sut import SYSTEMS
-
-        if self.load.writes is not None:
-            if not SYSTEMS.load(self.system).writable:
-                able = ", ".join(n for n in SYSTEMS.names() if SYSTEMS.load(n).writable)
-                raise ValueError(f"load.writes: system {self.system!r} does not apply writes yet (systems that do: "
-                                 f"{able})")
+        for wanted, flag, problem in (
+                (self.filter, "filterable", "filter: system {!r} has no vector search to filter (systems that filter: "
+                                            "{})"),
+                (self.load.writes, "writable", "load.writes: system {!r} does not apply writes yet (systems that do: "
+                                               "{})")):
+            if wanted is not None and not getattr(SYSTEMS.load(self.system), flag):
+                able = ", ".join(n for n in SYSTEMS.names() if getattr(SYSTEMS.load(n), flag))
+                raise ValueError(problem.format(self.system, able))
         return self
 
     @model_validator(mode="after")
