@@ -233,28 +233,29 @@ class SweepDriver:
         system, catalogue_ref = fleet.system(cell, ds, entry)
         started = time.perf_counter()
         group = fleet.gpu_group(cell, ds) if fleet.needs_gpu_actors(cell) else GpuGroup(None, [], [])
-        gpu_ready_s = time.perf_counter() - started
+        timings = {"gpu_actors_ready_s": round(time.perf_counter() - started, 3)}
         if group.handles:
             fleet.microbench(cell, ds, group)
         started = time.perf_counter()
         loaders = fleet.load_actors(cell.load.actors)
         fleet.prime(loaders, group, ds, cell.search.k, system, catalogue_ref)
-        load_ready_s = time.perf_counter() - started
+        timings["load_actors_ready_s"] = round(time.perf_counter() - started, 3)
         phases = [PhaseRates(p.name, p.duration_s, *phase_rates(p, cell.offered_qps), p.measured)
                   for p in cell.load.phase_plan()]
-        ops = op_mix(cell.load.op_mix, cell.search.k, ds.dataset.n)
-        writes = fleet.begin_writes(cell, ds, phases, index)
+        setup = CellSetup(ds, group, loaders, phases, system, catalogue_ref,
+                          fleet.begin_writes(cell, ds, phases, index), timings)
         try:
-            self._load_cell(index, cell, ds, group, loaders, phases, ops, system, catalogue_ref, writes,
-                            gpu_ready_s, load_ready_s)
+            self._load_cell(index, setup)
         finally:
-            if writes is not None:
-                fleet.undo_writes(cell, ds, writes, group)
+            if setup.writes is not None:
+                fleet.undo_writes(cell, ds, setup.writes, group)
 
-    def _load_cell(self, index, cell, ds, group, loaders, phases, ops, system, catalogue_ref, writes,
-                   gpu_ready_s: float, load_ready_s: float) -> None:
+    def _load_cell(self, index: int, setup: CellSetup) -> None:
         """Send the cell's load, gather its rows as they come, account for lost actors, summarize."""
-        fleet, entry = self.fleet, self.manifest.doc["cells"][index]
+        cell, fleet, entry = self.cells[index], self.fleet, self.manifest.doc["cells"][index]
+        ds, group, loaders, phases, system, writes = (setup.ds, setup.group, setup.loaders, setup.phases, setup.system,
+                                                      setup.writes)
+        ops = op_mix(cell.load.op_mix, cell.search.k, ds.dataset.n)
         start_ns = time.time_ns() + START_LEAD_NS
         plans = [CellPlan(cell=index, actor=i, n_actors=len(loaders), start_unix_ns=start_ns, phases=phases,
                           arrival=cell.load.arrival, ops=ops, seed=cell.load.seed,
@@ -270,7 +271,7 @@ class SweepDriver:
         self.progress.cell_started(index, len(self.cells), label, sum(p.duration_s for p in phases))
         counters_before = fleet.gpu_counters(group)
         refs = {i: loaders[i].run_cell.remote(plans[i], ds.pool_ref, group.handles, cell.search.topology,
-                                              system, catalogue_ref)
+                                              system, setup.catalogue_ref)
                 for i in range(len(loaders))}
         if self.hooks.on_cell_start:
             self.hooks.on_cell_start(index, list(loaders), list(group.handles))
@@ -297,8 +298,7 @@ class SweepDriver:
         lost = self.gather.account_lost(index, plans, ds.dataset.queries.shape[0])
         status = "degraded" if self.gather.failed_in(index) else "complete"
         entry.update(status=status, actor_stats=stats, lost_rows=lost, timings={
-            "gpu_actors_ready_s": round(gpu_ready_s, 3), "load_actors_ready_s": round(load_ready_s, 3),
-            "gather_s": round(self.gather.seconds, 3), "drains": self.gather.drains})
+            **setup.timings, "gather_s": round(self.gather.seconds, 3), "drains": self.gather.drains})
         self._summarize(index, status)
         self.progress.cell_finished(self.summary[-1])
         self.manifest.write()
@@ -319,6 +319,21 @@ class SweepDriver:
         baseline_key, scaling_key = comparison_keys(cell)  # a repeat pairs with cells of its own repeat
         self.baseline_keys.append(f"{baseline_key}#{labels['repeat']}")
         self.scaling_keys.append((scaling_key, labels["repeat"]))
+
+
+@dataclass
+class CellSetup:
+    """What a cell runs on, ready before its load starts: its dataset, GPU group, primed load actors, rate
+    phases, database system (and catalogue), its writes (``load.writes``) and how long getting ready took."""
+
+    ds: object
+    group: GpuGroup
+    loaders: list
+    phases: list
+    system: object
+    catalogue_ref: object
+    writes: object
+    timings: dict
 
 
 def _without_rate(cell: Workload) -> str:
