@@ -16,39 +16,42 @@ from perfray.results.writer import prepare_run_dir
 from perfray.sut.base import load_fingerprint
 from perfray.sut.pgvector import PgvectorStore
 
+KINDS = ("insert", "upsert", "delete")
+
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("kind", ["insert", "upsert", "delete"])
-def test_writes_are_rows_applied_by_the_store_and_undone_after_the_cell(stores_spec, tmp_path, kind):
+def test_writes_are_rows_applied_by_the_store_and_undone_after_each_cell(stores_spec, tmp_path):
+    """pgvector, one cell per write kind: each starts from the catalogue the cell before it wrote to."""
     pgv = stores_spec.pgvector
     config = load_config(None, [
-        "system=pgvector", "sweep={}", "dataset.n=2000", "dataset.dim=16", "dataset.n_queries=200", "dataset.seed=31",
+        "system=pgvector", "dataset.n=2000", "dataset.dim=16", "dataset.n_queries=200", "dataset.seed=31",
+        "sweep={load.writes: [" + ", ".join(f"{{rate: 40, kind: {k}, freshness_sample: 30}}" for k in KINDS) + "]}",
         "target_qps=150", "duration_s=2.0", "warmup_s=0.3", "microbench.enabled=false", "load.concurrency=4",
-        f"load.writes={{rate: 40, kind: {kind}, freshness_sample: 30}}",
-        *(["filter.selectivity=0.2"] if kind == "upsert" else []),  # written items never pass a filter
         "targets=[{metric: recall_min, min: 1.0}, {metric: failure_rate, max: 0.0}]",
         f"stores.pgvector.port={pgv.port}", f"stores.pgvector.user={pgv.user}"])
-    run_dir = prepare_run_dir(tmp_path, f"writes-{kind}")
+    run_dir = prepare_run_dir(tmp_path, "writes")
     assert SweepDriver(config, run_dir, "writes").run() == 0
 
-    rows = pq.read_table(run_dir / "requests").to_pandas()
-    writes = rows[rows.op == kind]
-    assert len(writes) == round(40 * 2.3)  # every scheduled write is a row (warm-up and measured)
-    assert (writes.status == "ok").all() and writes.recall.isna().all() and (writes.k == 0).all()
-    fresh = writes.freshness_ns.dropna()
-    assert len(fresh) == 30 and (fresh > 0).all() and (fresh < 50_000_000).all()  # shown at once, by the first probe
-    reads = rows[rows.op != kind]
-    assert len(reads) == round(150 * 2.3) and (reads.recall == 1.0).all()  # exact over the untouched items
-    assert (reads.stale_hits == 0).all()  # no deleted item came back once its delete was acknowledged
-
-    summary = pq.read_table(run_dir / "summary.parquet").to_pylist()[0]
-    assert summary["writes"] == round(40 * 2.0) and summary["freshness_samples"] > 0
-    assert 0 < summary["freshness_p50_ms"] <= summary["freshness_p99_ms"] < 50
-    assert summary["write_p50_ms"] > 0 and summary["requests"] == round(190 * 2.0) and summary["stale_reads"] == 0
+    all_rows = pq.read_table(run_dir / "requests").to_pandas()
+    summaries = pq.read_table(run_dir / "summary.parquet").to_pylist()
     section = write_report(run_dir)[0].read_text().split("## Writes while searching", 1)[1].split("\n## ")[0]
-    assert f"| 0 | pgvector (exact scan) | 80 {kind} (40/s) |" in section
+    for cell, kind in enumerate(KINDS):
+        rows = all_rows[all_rows.cell == cell]
+        writes = rows[rows.op == kind]
+        assert len(writes) == round(40 * 2.3) and len(rows[rows.op.isin(KINDS)]) == len(writes)  # all its writes
+        assert (writes.status == "ok").all() and writes.recall.isna().all() and (writes.k == 0).all()
+        fresh = writes.freshness_ns.dropna()
+        assert len(fresh) == 30 and (fresh > 0).all() and (fresh < 50_000_000).all()  # shown by the first probe
+        reads = rows[rows.op != kind]
+        assert len(reads) == round(150 * 2.3) and (reads.recall == 1.0).all()  # exact over the untouched items
+        assert (reads.stale_hits == 0).all()  # no deleted item came back once its delete was acknowledged
+        summary = summaries[cell]
+        assert summary["writes"] == round(40 * 2.0) and summary["freshness_samples"] > 0
+        assert 0 < summary["freshness_p50_ms"] <= summary["freshness_p99_ms"] < 50
+        assert summary["write_p50_ms"] > 0 and summary["requests"] == round(190 * 2.0) and summary["stale_reads"] == 0
+        assert f"| {cell} | pgvector (exact scan) | 80 {kind} (40/s) |" in section
 
-    # after the cell: the catalogue again (written items gone, deleted ones back), fingerprint in place
+    # after the cells: the catalogue again (written items gone, deleted ones back), fingerprint in place
     cell = config.cells()[0]
     catalogue = build_catalogue(load_dataset(cell.dataset), cell.catalogue)
     store = PgvectorStore(pgv, 2)
@@ -75,36 +78,38 @@ def test_writes_on_a_system_that_cannot_apply_them_is_a_one_line_error():
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("kind", ["insert", "delete"])
-def test_milvus_applies_writes_reports_their_freshness_and_gets_its_catalogue_back(tmp_path, kind):
-    """Milvus Lite, served to the load actor (its async client): writes applied and probed, reads exact over
-    the untouched items (FLAT), the collection as loaded after the cell."""
+def test_milvus_applies_writes_reports_their_freshness_and_gets_its_catalogue_back(tmp_path):
+    """Milvus Lite, served to the load actor (its async client), a cell of inserts and one of deletes, each query
+    filtered: writes applied and probed, reads exact over the untouched items that pass (FLAT; written items
+    carry no filter attribute), the collection as loaded after the cells."""
     from pymilvus import MilvusClient
 
     db = tmp_path / "writes.db"
+    kinds = ("insert", "delete")
     config = load_config(None, [
-        "system=milvus", "sweep={}", "dataset.n=1500", "dataset.dim=16", "dataset.n_queries=100",
-        "dataset.seed=37", "target_qps=60", "duration_s=2.0", "warmup_s=0.3", "microbench.enabled=false",
-        "load.concurrency=4", f"load.writes={{rate: 20, kind: {kind}, freshness_sample: 10}}",
-        "targets=[{metric: recall_min, min: 1.0}, {metric: failure_rate, max: 0.0}]", f"stores.milvus.uri={db}"])
-    run_dir = prepare_run_dir(tmp_path, f"milvus-{kind}")
+        "system=milvus", "dataset.n=1500", "dataset.dim=16", "dataset.n_queries=100", "dataset.seed=37",
+        "sweep={load.writes: [" + ", ".join(f"{{rate: 20, kind: {k}, freshness_sample: 10}}" for k in kinds) + "]}",
+        "filter.selectivity=0.2", "target_qps=60", "duration_s=2.0", "warmup_s=0.3", "microbench.enabled=false",
+        "load.concurrency=4", "targets=[{metric: recall_min, min: 1.0}, {metric: failure_rate, max: 0.0}]",
+        f"stores.milvus.uri={db}"])
+    run_dir = prepare_run_dir(tmp_path, "milvus-writes")
     assert SweepDriver(config, run_dir, "milvus-writes").run() == 0
-    rows = pq.read_table(run_dir / "requests").to_pandas()
-    writes, reads = rows[rows.op == kind], rows[rows.op != kind]
-    assert len(writes) == round(20 * 2.3) and (writes.status == "ok").all() and (reads.recall == 1.0).all()
-    assert (reads.stale_hits == 0).all()  # no deleted item came back once its delete was acknowledged
-    fresh = writes.freshness_ns.dropna()
-    assert len(fresh) == 10 and (fresh > 0).all()
-    summary = pq.read_table(run_dir / "summary.parquet").to_pylist()[0]
-    assert summary["freshness_samples"] == len(rows[(rows.op == kind) & (rows.phase == "sustained")]
-                                               .freshness_ns.dropna())
+    all_rows = pq.read_table(run_dir / "requests").to_pandas()
+    summaries = pq.read_table(run_dir / "summary.parquet").to_pylist()
+    for cell, kind in enumerate(kinds):
+        rows = all_rows[all_rows.cell == cell]
+        writes, reads = rows[rows.op == kind], rows[rows.op != kind]
+        assert len(writes) == round(20 * 2.3) and (writes.status == "ok").all() and (reads.recall == 1.0).all()
+        assert (reads.stale_hits == 0).all()  # no deleted item came back once its delete was acknowledged
+        fresh = writes.freshness_ns.dropna()
+        assert len(fresh) == 10 and (fresh > 0).all()
+        assert summaries[cell]["freshness_samples"] == len(writes[writes.phase == "sustained"].freshness_ns.dropna())
 
-    cell = config.cells()[0]
-    base = load_dataset(cell.dataset).base
+    base = load_dataset(config.cells()[0].dataset).base
     client = MilvusClient(uri=str(db))
     try:
-        client.load_collection(cell_collection := config.stores.milvus.collection)
-        got = client.query(cell_collection, filter="id >= 0", output_fields=["id", "embedding"], limit=16_384)
+        client.load_collection(collection := config.stores.milvus.collection)
+        got = client.query(collection, filter="id >= 0", output_fields=["id", "embedding"], limit=16_384)
         assert sorted(r["id"] for r in got) == list(range(1500))
         vectors = np.array([r["embedding"] for r in sorted(got, key=lambda r: r["id"])], dtype=np.float32)
         assert np.allclose(vectors, base, atol=1e-6)
