@@ -26,8 +26,7 @@ class GpuSearchWorker:
         self.filterable = False
         self._attr: np.ndarray | None = None
         self._masked: dict[int, int] = {}  # load.writes: base rows deleted or upserted -> their original attribute
-        self._delta: dict[int, np.ndarray] = {}  # load.writes: items written (inserted, upserted) -> vector
-        self._delta_index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (ids, vectors, norms)
+        self._delta = WrittenVectors(0)  # load.writes: the vectors written (inserted, upserted)
 
     def build(self, base: np.ndarray, shard: int = 0, n_shards: int = 1, attr: np.ndarray | None = None) -> dict:
         """Index rows ``[lo, hi)`` of ``base`` for shard ``shard`` of ``n_shards`` (1 = full replica), with the
@@ -37,7 +36,7 @@ class GpuSearchWorker:
         started = time.perf_counter_ns()
         self._attr = attr[lo:hi] if attr is not None else None  # as built: what a reset puts back
         self.backend.build(base[lo:hi], attr[lo:hi].copy() if attr is not None else None)  # its own: writes mask it
-        self._masked, self._delta, self._delta_index = {}, {}, None
+        self._masked, self._delta = {}, WrittenVectors(base.shape[1])
         self.filterable = attr is not None
         self.backend.synchronize()
         self.id_offset, self.rows, self.dim = lo, hi - lo, base.shape[1]
@@ -58,7 +57,7 @@ class GpuSearchWorker:
         if self.id_offset:
             ids = np.where(ids >= 0, ids + self.id_offset, ids)
         if self._delta and not filtered:  # written items carry no filter attribute: a filter never passes them
-            ids, dists = merge_topk([(ids, dists), self._search_delta(queries, k)], k)
+            ids, dists = merge_topk([(ids, dists), self._delta.search(queries, k)], k)
         return ids, dists
 
     # ------------------------------------------------------------------------------------ load.writes
@@ -74,10 +73,9 @@ class GpuSearchWorker:
             self._masked[row] = int(self._attr[row])
             set_attr(np.array([row]), np.array([-1]))
         if kind == "delete":
-            self._delta.pop(item, None)
+            self._delta.remove(item)
         else:
-            self._delta[item] = np.asarray(vector, dtype=np.float32)
-        self._delta_index = None
+            self._delta.put(item, vector)
 
     def reset_writes(self) -> int:
         """Undo every write: masked items back, the delta gone (the next cell starts from the dataset)."""
@@ -85,20 +83,8 @@ class GpuSearchWorker:
         if self._masked:
             rows = np.fromiter(self._masked, dtype=np.int64)
             self.backend.set_attr(rows, np.fromiter(self._masked.values(), dtype=np.int64))
-        self._masked, self._delta, self._delta_index = {}, {}, None
+        self._masked, self._delta = {}, WrittenVectors(self.dim)
         return undone
-
-    def _search_delta(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k among the written vectors (squared L2, ties by id), on the host."""
-        if self._delta_index is None:
-            order = sorted(self._delta)
-            vectors = np.stack([self._delta[i] for i in order])
-            self._delta_index = (np.array(order, dtype=np.int64), vectors, np.einsum("ij,ij->i", vectors, vectors))
-        ids, vectors, norms = self._delta_index
-        q = np.asarray(queries, dtype=np.float32)
-        d = norms[None, :] - 2.0 * (q @ vectors.T) + np.einsum("ij,ij->i", q, q)[:, None]
-        local, dists = select_smallest(np.maximum(d, 0.0), min(k, ids.size))
-        return ids[local], dists
 
     def describe(self) -> dict:
         backend = type(self.backend) if self.backend is not None else None
@@ -139,6 +125,61 @@ class GpuSearchWorker:
                                  "batch_ns": took, "qps": batch / (took / 1e9),
                                  "simulated": info["simulated"]})
         return rows
+
+
+class WrittenVectors:
+    """The vectors written to a search worker during a cell (``load.writes``), searched exactly on the host: a
+    buffer whose capacity doubles, a removed item's slot taken by the last one, so a write costs one row and a
+    search reads views of the buffer, never a copy of it."""
+
+    def __init__(self, dim: int) -> None:
+        self.ids = np.empty(0, dtype=np.int64)
+        self.vectors = np.empty((0, dim), dtype=np.float32)
+        self.norms = np.empty(0, dtype=np.float32)
+        self.n = 0
+        self._at: dict[int, int] = {}  # item -> its row
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __contains__(self, item: int) -> bool:
+        return item in self._at
+
+    def put(self, item: int, vector) -> None:
+        row = self._at.get(item)
+        if row is None:
+            if self.n == self.ids.size:
+                self._grow()
+            row = self._at[item] = self.n
+            self.n += 1
+        self.ids[row], self.vectors[row] = item, vector
+        self.norms[row] = self.vectors[row] @ self.vectors[row]
+
+    def remove(self, item: int) -> None:
+        row = self._at.pop(item, None)
+        if row is None:
+            return
+        last = self.n - 1
+        if row != last:
+            self.ids[row], self.vectors[row], self.norms[row] = self.ids[last], self.vectors[last], self.norms[last]
+            self._at[int(self.ids[row])] = row
+        self.n = last
+
+    def _grow(self) -> None:
+        size = max(64, 2 * self.ids.size)
+        self.ids = np.resize(self.ids, size)
+        self.norms = np.resize(self.norms, size)
+        vectors = np.empty((size, self.vectors.shape[1]), dtype=np.float32)
+        vectors[: self.n] = self.vectors[: self.n]
+        self.vectors = vectors
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k (ids, squared L2) among the written vectors."""
+        n = self.n
+        q = np.asarray(queries, dtype=np.float32)
+        d = self.norms[None, :n] - 2.0 * (q @ self.vectors[:n].T) + np.einsum("ij,ij->i", q, q)[:, None]
+        local, dists = select_smallest(np.maximum(d, 0.0), min(k, n))
+        return self.ids[:n][local], dists
 
 
 class SearchCoalescer:

@@ -216,3 +216,25 @@ def test_with_a_filter_written_items_never_pass_it_and_reads_stay_exact(dataset)
     assert (reads.status == "ok").all() and (reads.recall == 1.0).all() and (reads.stale_hits == 0).all()
     ids, _ = worker.search(dataset.queries, 100, filters.windows)
     assert not np.isin(ids, plan.writes.ids).any()  # upserted items gone from every filtered answer
+
+
+def test_written_vectors_grow_forget_and_are_searched_exactly():
+    from perfray.sut.gpu_search import WrittenVectors
+
+    rng = np.random.default_rng(3)
+    written = WrittenVectors(8)
+    vectors = {int(i): rng.standard_normal(8).astype(np.float32) for i in range(1000, 1200)}
+    for item, vector in vectors.items():  # 200 rows: the buffer grows 64 -> 128 -> 256
+        written.put(item, vector)
+    for item in range(1000, 1200, 3):  # removed rows are filled from the end
+        written.remove(item)
+        del vectors[item]
+    written.put(1001, vectors[1001] + 1.0)  # a second write of an item replaces its vector
+    vectors[1001] = vectors[1001] + 1.0
+    assert len(written) == len(vectors) and 1000 not in written and 1001 in written
+    queries = rng.standard_normal((5, 8)).astype(np.float32)
+    ids, dists = written.search(queries, 7)
+    items = np.array(sorted(vectors))
+    truth = ((np.stack([vectors[i] for i in items])[None] - queries[:, None]) ** 2).sum(-1)
+    assert np.array_equal(ids, items[np.argsort(truth, axis=1)[:, :7]])
+    assert np.allclose(dists, np.sort(truth, axis=1)[:, :7], rtol=1e-4, atol=1e-4)
