@@ -145,3 +145,46 @@ def test_phase7_production_readiness_with_short_phases(tmp_path, store_args):
     metrics = {v["metric"] for v in manifest(run)["verdicts"]}
     assert metrics == {"p99_ms", "qps_ratio", "failure_rate", "recall_mean"}
     assert "recovery s" in (run / "report.md").read_text()
+
+
+def test_a_zipf_workload_gives_the_cache_the_hit_rate_its_schedule_implies(tmp_path, store_args):
+    """zipf:1.1 over a query pool 10x the cache (2,000 rows, 200 entries), one client in order: the hit rate the
+    run reports is the one an LRU of that size has over the cell's own schedule of pool rows (within 5 points)."""
+    from collections import OrderedDict
+
+    import numpy as np
+
+    from perfray.config import load_config, phase_rates
+    from perfray.load.generator import CellPlan, plan_requests
+    from perfray.load.profiles import op_mix
+    from perfray.load.schedules import PhaseRates
+
+    sets = ["sweep={}", "hybrid.cache=true", "hybrid.cache_entries=200", "dataset.n_queries=2000",
+            "load.query_skew=zipf:1.1", "load.concurrency=1", "load.target_qps=100", "load.duration_s=8", "load.warmup_s=2",
+            "targets=[{metric: failure_rate, max: 0.0}]"]
+    out, run = _run(tmp_path, "3-full-stack.yaml", "zipf", store_args, *[a for s in sets for a in ("--set", s)])
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = pq.read_table(run / "summary.parquet").to_pylist()[0]
+
+    cell = load_config("configs/phases/3-full-stack.yaml", [s for s in SMALL if s != "--set"] + sets).cells()[0]
+    phases = [PhaseRates(p.name, p.duration_s, *phase_rates(p, cell.offered_qps), p.measured)
+              for p in cell.load.phase_plan()]
+    plan = CellPlan(cell=0, actor=0, n_actors=1, start_unix_ns=0, phases=phases, arrival=cell.load.arrival,
+                    ops=op_mix(cell.load.op_mix, cell.search.k, cell.dataset.n), seed=cell.load.seed,
+                    batch_window_ns=0, batch_max=1, max_in_flight=1, timeout_ns=1, query_skew=cell.load.query_skew)
+    _, _, phase, _, rows = plan_requests(plan, 2000)
+    lru, hits, measured = OrderedDict.fromkeys([0, 1, 2]), 0, 0  # priming asked rows 0-2 before the cell
+    for row, in_phase in zip(rows.tolist(), phase.tolist(), strict=True):
+        hit = row in lru
+        if hit:
+            lru.move_to_end(row)
+        else:
+            lru[row] = None
+            if len(lru) > 200:
+                lru.popitem(last=False)
+        if phases[in_phase].measured:
+            measured, hits = measured + 1, hits + hit
+    expected = hits / measured
+    assert 0.3 < expected < 0.9  # a real cache, neither empty nor whole
+    assert abs(summary["cache_hit_rate"] - expected) <= 0.05
+    assert np.isfinite(summary["cache_hit_p50_ms"]) and np.isfinite(summary["cache_miss_p50_ms"])
