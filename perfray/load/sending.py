@@ -132,9 +132,9 @@ class CellSender:
         by_window = int(np.searchsorted(intended, intended[a] + plan.batch_window_ns, side="right"))
         b = min(self.n, by_size, by_window)
         if self._is_write is not None:  # a batch of reads ends before the next write
-            later = self._next_write[np.searchsorted(self._next_write, a):]
-            if later.size and later[0] < b:
-                return a, int(later[0]), int(self.due_perf[a]) + plan.batch_window_ns
+            at = int(np.searchsorted(self._next_write, a))
+            if at < self._next_write.size and self._next_write[at] < b:
+                return a, int(self._next_write[at]), int(self.due_perf[a]) + plan.batch_window_ns
         if b == by_size and by_size <= by_window:
             return a, b, int(self.due_perf[b - 1])
         return a, b, int(self.due_perf[a]) + plan.batch_window_ns
