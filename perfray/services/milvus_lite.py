@@ -3,6 +3,7 @@ several load actors share it, the driver runs ``python -m milvus_lite server`` o
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,9 @@ class LocalMilvusLite:
         wait_for_port(self.port, timeout_s, "Milvus Lite", self.proc, str(self.log))
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 60) -> None:
+        """Stop the server the way it closes cleanly (an interrupt: it drains requests, then writes what it holds
+        in memory into its files). Killed by any other signal it is left to replay its write-ahead log, which
+        concurrent writers can leave unreadable (milvus-lite 3.2): acknowledged writes would then be lost."""
         if self.proc:
-            stop(self.proc)
+            stop(self.proc, timeout_s, signal.SIGINT)

@@ -101,10 +101,13 @@ class MilvusStore:
         c, spec = self.spec.collection, self.spec
         wanted = load_fingerprint(catalogue, *self.fingerprint_settings())
         if self.fingerprint() == wanted:
-            if progress is not None:
-                progress(catalogue.n_items)
             self.client.load_collection(c)
-            return {"store": "milvus", "loaded": False, "items": catalogue.n_items}
+            # the marker says the catalogue was loaded, the count says it is still whole (an embedded Milvus
+            # Lite stopped without its close can come back without writes it had acknowledged)
+            if self.count() == catalogue.n_items:
+                if progress is not None:
+                    progress(catalogue.n_items)
+                return {"store": "milvus", "loaded": False, "items": catalogue.n_items}
         for name in [*self._markers(), c]:
             if self.client.has_collection(name):
                 self.client.drop_collection(name)
@@ -168,7 +171,13 @@ class MilvusStore:
                      for i in touched.tolist() if i < dataset.n]
         for lo in range(0, len(originals), INSERT_BATCH):
             self.client.upsert(c, originals[lo:lo + INSERT_BATCH])
+        self.client.flush(c)  # sealed into the store's files, not left to its write-ahead log
         self._mark(load_fingerprint(catalogue, *self.fingerprint_settings()))
+
+    def count(self) -> int:
+        """Entities in the collection (a loaded one), as the store counts them."""
+        got = self.client.query(self.spec.collection, filter="", output_fields=["count(*)"])
+        return int(got[0]["count(*)"])
 
     def _mark(self, fingerprint: str) -> None:
         from pymilvus import DataType
