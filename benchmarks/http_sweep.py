@@ -11,7 +11,10 @@ lone reference is everything a user of a 2-core laptop gets. Prints both differe
 false``, the layout before the generator got a process of its own), then one sweep at 8,000 req/s against a server that answers at once (goal: no errors or drops,
 lag p99 <= 1 ms, latency p99 <= 2 ms).
 
-    python benchmarks/http_sweep.py [--seconds 10] [--delay-ms 3] [--rounds 2]
+``--pin`` puts the server alone on CPU 0 and the measured client (the reference, or perfray's load generator via
+``cluster.generator_cpus``) with Ray and the driver on CPU 1, so the server's lateness is the same for every client.
+
+    python benchmarks/http_sweep.py [--seconds 10] [--delay-ms 3] [--rounds 2] [--rates 500,5000] [--pin]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -36,6 +40,15 @@ from perfray.services.process import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[1]
 EXTRA: list[str] = []
+PIN: dict = {}  # --pin: {"server": the server's own CPU, "client": the client's (and Ray's, and the driver's)}
+
+
+def _on(pin: dict, which: str):
+    """A ``preexec_fn`` that pins a child to ``pin[which]`` (None without ``--pin``)."""
+    if not pin:
+        return None
+    cpu = pin[which]
+    return lambda: os.sched_setaffinity(0, {cpu})
 REQUEST = (b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
            b"\r\n{}")
 
@@ -49,7 +62,9 @@ def sweep(url: str, qps: float, seconds: float, out: Path, run_id: str, extra=()
                     f"load.duration_s={seconds}", "load.warmup_s=1", "batch_window_ms=0", "batch_max=1",
                     "load.concurrency=256", "microbench.enabled=false", "sweep={}", "targets=[]", *EXTRA, *extra):
         cmd += ["--set", setting]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    if PIN:  # the driver and the Ray it starts off the server's core, the load generator (pinned) with them
+        cmd += ["--set", f"cluster.generator_cpus=[{PIN['client']}]"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, preexec_fn=_on(PIN, "client"))
     if done.returncode != 0:
         raise SystemExit(f"sweep failed ({done.returncode}): {done.stderr[-2000:]}")
     rows = pq.read_table(out / run_id / "requests").to_pandas()
@@ -136,7 +151,7 @@ def reference(port: int, rate: float, seconds: float, out: Path, nice: bool):
     """The reference client in its own process (so its priority is its own): (latencies ns, CPU µs per request)."""
     path = out / f"ref-{rate:g}-{time.monotonic_ns()}.npz"
     subprocess.run([sys.executable, __file__, "--reference", str(port), str(rate), str(seconds), str(path),
-                    "--nice" if nice else "--no-nice"], check=True, timeout=seconds + 120)
+                    "--nice" if nice else "--no-nice"], check=True, timeout=seconds + 120, preexec_fn=_on(PIN, "client"))
     saved = np.load(path)
     return saved["latency"], float(saved["cpu_us"])
 
@@ -167,7 +182,7 @@ class IdleRay:
 
     def __enter__(self):
         self.proc = subprocess.Popen([sys.executable, "-c", IDLE_RAY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, cwd=REPO)
+                                     text=True, cwd=REPO, preexec_fn=_on(PIN, "client"))
         if self.proc.stdout.readline().strip() != "ready":
             raise SystemExit("the idle Ray did not start")
         time.sleep(5)  # the dashboard's start-up burst is over
@@ -185,7 +200,7 @@ class Server:
     def __init__(self, out: Path, *args: str) -> None:
         self.port, self.path = free_port(), out / f"server-lateness-{time.monotonic_ns()}.npy"
         self.proc = subprocess.Popen([sys.executable, "-m", "perfray.services.http_responder", "--port", str(self.port),
-                                      "--lateness-out", str(self.path), *args])
+                                      "--lateness-out", str(self.path), *args], preexec_fn=_on(PIN, "server"))
         wait_for_port(self.port, 20, "responder")
 
     @property
@@ -240,16 +255,25 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=3.0, help="the server's steady service time")
     parser.add_argument("--rates", default="500,5000")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per rate (samples pooled)")
+    parser.add_argument("--pin", action="store_true",
+                        help="the server alone on CPU 0; the client measured (the reference, or perfray's load "
+                        "generator through cluster.generator_cpus), Ray and the driver on CPU 1: every client alike")
+    parser.add_argument("--skip-8000", action="store_true", help="leave out the 8,000 req/s sweep")
     if len(sys.argv) > 1 and sys.argv[1] == "--reference":
         return _reference_main(*sys.argv[2:7])
     args = parser.parse_args()
+    if args.pin:
+        PIN.update(server=0, client=1)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         server = Server(out, "--delay-ms", str(args.delay_ms))
         try:
             print(f"server answers every request after {args.delay_ms:g} ms; {args.seconds:g} s per run, constant "
                   f"arrivals, 256 connections each, {args.rounds} interleaved rounds pooled; 'server late' is the "
-                  "server's own lateness (reply written - due), 'CPU' the client's per request\n")
+                  "server's own lateness (reply written - due), 'CPU' the client's per request; "
+                  + ("pinned: the server alone on CPU 0; the client measured, Ray and the driver on CPU 1" if PIN
+                     else "nothing pinned")
+                  + "\n")
             print(f"{'rate/s':>7} {'client':<22} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'server late p99 ms':>9} "
                   f"{'CPU us':>8}")
             for rate in (float(r) for r in args.rates.split(",")):
@@ -278,6 +302,8 @@ def main() -> None:
                 _row(rate, "  in actor, vs beside", inline.quantiles() - beside.quantiles())
         finally:
             server.close()
+        if args.skip_8000:
+            return
         server = Server(out)
         try:
             lat, lag, bad, cpu = sweep(server.url, 8000, 20, out, "r8000")
@@ -287,7 +313,7 @@ def main() -> None:
                   f"{cpu:.1f} us/request (goal: 0 non-ok, lag p99 <= 1 ms, latency p99 <= 2 ms)")
         finally:
             server.close()
-    print("rerun: python benchmarks/http_sweep.py")
+    print("rerun: python benchmarks/http_sweep.py " + " ".join(sys.argv[1:]))
 
 
 def _first(measured, server: Server):

@@ -168,6 +168,9 @@ class ClusterSpec(Strict):
     actor_start_timeout_s: float = Field(120.0, gt=0)
     generator_process: bool = Field(True, description="a load actor runs a system's client and its generator in a "
                                     "process of its own (off the Ray worker's GIL); false: in the actor")
+    generator_cpus: list[Annotated[int, Field(ge=0)]] = Field(
+        [], description="pin load actor i's generator (its process, or the actor when it runs there) to CPU "
+        "generator_cpus[i % len]: cores kept apart from the system under test and Ray's daemons; [] pins nothing")
 
 
 class MetricsSpec(Strict):

@@ -23,7 +23,7 @@ from perfray.cluster import runtime
 from perfray.cluster.fleet import Fleet, GpuGroup
 from perfray.cluster.gathering import RowGatherer
 from perfray.config import SweepConfig, Workload, phase_rates
-from perfray.errors import EXIT_OK, EXIT_TARGET_FAILED, UnavailableError
+from perfray.errors import EXIT_OK, EXIT_TARGET_FAILED, PerfrayError, UnavailableError
 from perfray.load import calibration
 from perfray.load.generator import CellPlan
 from perfray.load.profiles import op_mix
@@ -263,7 +263,8 @@ class SweepDriver:
                           max_in_flight=cell.load.max_in_flight, timeout_ns=int(cell.load.timeout_ms * 1e6),
                           extra={"target_qps": cell.offered_qps}, trace=_trace(cell.load.arrival),
                           query_skew=cell.load.query_skew,
-                          write_rate=cell.load.writes.rate if writes is not None else 0.0, writes=writes)
+                          write_rate=cell.load.writes.rate if writes is not None else 0.0, writes=writes,
+                          cpu=pinned[i % len(pinned)] if (pinned := self.config.cluster.generator_cpus) else None)
                  for i in range(len(loaders))]
         entry.update(status="running", start_unix_ns=start_ns)
         self.manifest.write()
@@ -287,6 +288,10 @@ class SweepDriver:
                     stats.append(_ray().get(ref))
                 except _ray().exceptions.RayActorError as err:
                     self.gather.actor_failed("load", i, index, err)
+                except _ray().exceptions.RayTaskError as err:  # e.g. a CPU to pin to that the node lacks
+                    if isinstance(err.cause, PerfrayError):
+                        raise type(err.cause)(str(err.cause)) from None
+                    raise
         self.gather.drain(index)
         counters_after = fleet.gpu_counters(group)
         entry["gpu_usage"] = gpu_usage(counters_before, counters_after)

@@ -55,6 +55,7 @@ class CellPlan:
     query_skew: str = "uniform"  # which pool rows are asked: uniform or zipf:<s>
     write_rate: float = 0.0  # load.writes.rate: writes per second across the actors
     writes: object | None = None  # the cell's ``perfray.data.writes.WriteSet`` when it writes
+    cpu: int | None = None  # the CPU this actor's generator is pinned to (cluster.generator_cpus), None: any
 
 
 def op_table(plan: CellPlan) -> tuple[list[str], np.ndarray, np.ndarray]:

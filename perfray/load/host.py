@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from perfray.errors import UsageError
 from perfray.load.generator import LoadGenerator
 from perfray.load.targets import CoalescingEndpoint, RayEndpoint, SystemEndpoint, make_router
 
@@ -19,16 +20,32 @@ def raise_priority(nice: int = LOAD_ACTOR_NICE) -> int:
     """Give every thread of this process a higher CPU priority where allowed (root, CAP_SYS_NICE): a runnable
     generator that waits for a core sends late and stamps late, and on a shared box Ray's own daemons are what it
     waits behind (measured: 47 -> 27 ms/s of run-queue wait). Returns the nice value."""
-    try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:
-        tids = [0]
-    for tid in tids:
+    for tid in _threads():
         try:
             os.setpriority(os.PRIO_PROCESS, tid, nice)
         except OSError:  # not permitted: run at the default priority
             break
     return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def pin_to(cpu: int | None) -> list[int]:
+    """Pin every thread of this process to ``cpu`` (None: leave it); returns the CPUs it may run on. A CPU this
+    node does not have (or may not use) is one line naming ``cluster.generator_cpus``."""
+    if cpu is not None:
+        try:
+            for tid in _threads():
+                os.sched_setaffinity(tid, {cpu})
+        except OSError as err:
+            raise UsageError(f"cluster.generator_cpus: cannot pin a load generator to CPU {cpu} on this node "
+                             f"({os.cpu_count()} CPUs, 0-{os.cpu_count() - 1}): {err.strerror}") from None
+    return sorted(os.sched_getaffinity(0))
+
+
+def _threads() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
 
 
 class GeneratorHost:
@@ -72,11 +89,11 @@ class GeneratorHost:
                                             for h in gpu_handles])
         else:
             target = self._system_endpoint(system, catalogue, gpu_handles)
-        nice = raise_priority()
+        nice, cpus = raise_priority(), pin_to(plan.cpu)
         cpu_ns = time.process_time_ns()
         stats = await self.generator.run_cell(plan, pool, target)
         cpu_ns = time.process_time_ns() - cpu_ns  # the whole process: sending, replies, the client, drains
-        stats.update(nice=nice, client_path="gpu" if system is None else self._endpoint.mode,
+        stats.update(nice=nice, cpus=cpus, client_path="gpu" if system is None else self._endpoint.mode,
                      generator_pid=os.getpid(), generator_cpu_us_per_request=cpu_ns / max(stats["requests"], 1) / 1e3)
         if system is not None:  # client pools at the end of the cell, for the manifest
             stats["pools"] = self.system.pool_stats()

@@ -3,6 +3,7 @@ scheduled request a row, drains answered while a cell runs, errors that cross wi
 once its owner is gone."""
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from perfray.services.process import free_port
 from perfray.sut.session import SystemPlan
 from perfray.systems_config import StoresSpec
 
+PINNED = max(os.sched_getaffinity(0))  # cluster.generator_cpus: [PINNED]
 POOL = QueryPool(np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32))
 
 
@@ -40,11 +42,14 @@ def test_a_cell_in_the_generator_process_reports_every_request_and_drains_while_
         proc = GeneratorProcess(actor=0)
         try:
             assert await proc.prime_system(system, None, [], POOL, 10) == 3
-            plan = make_plan(400, 2.0, arrival="poisson", lead_s=0.3)
+            plan = dataclasses.replace(make_plan(400, 2.0, arrival="poisson", lead_s=0.3), cpu=PINNED)
             cell = asyncio.ensure_future(proc.run_cell(plan, POOL, [], "replicated", system, None))
             batches, in_flight = [], []
             while not cell.done():
                 await asyncio.sleep(0.4)
+                if not cell.done():  # every thread of the child runs on the CPU the plan names
+                    assert {frozenset(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{proc.pid}/task")} \
+                        == {frozenset({PINNED})}
                 rows, flying, pools = await proc.drain()
                 in_flight.append(flying)
                 if rows is not None:
@@ -59,6 +64,7 @@ def test_a_cell_in_the_generator_process_reports_every_request_and_drains_while_
     pid, plan, stats, batches, pools = asyncio.run(go())
     rows = pa.Table.from_batches(batches)
     assert stats["generator_pid"] == pid != os.getpid() and stats["client_path"] == "callback"
+    assert stats["cpus"] == [PINNED] and PINNED in os.sched_getaffinity(0)  # the caller itself is not pinned
     cpu_us = stats["generator_cpu_us_per_request"]  # the child's own CPU, not the caller's (~0)
     assert cpu_us > 1 and cpu_us < 10_000
     assert rows.num_rows == stats["requests"] and rows.num_rows > 600

@@ -2,6 +2,7 @@
 kNN on the catalogue's vectors; perfray's rows carry its answers' recall and its stalls as queueing."""
 
 import asyncio
+import os
 import re
 import threading
 import time
@@ -91,9 +92,12 @@ def test_http_service_rows_have_recall_and_stalls_show_as_queueing(tmp_path, knn
         state["stall_until"] = time.monotonic() + 0.3
 
     threading.Thread(target=stall, daemon=True).start()
+    pinned = max(os.sched_getaffinity(0))
     out = http_sweep(tmp_path, "http", url, "load.target_qps=100", "load.duration_s=3", "load.warmup_s=0.5",
-                     "load.concurrency=64", "targets=[{metric: recall_mean, min: 0.999}]")
+                     "load.concurrency=64", "targets=[{metric: recall_mean, min: 0.999}]",
+                     f"cluster.generator_cpus=[{pinned}]")
     assert out.returncode == 0, out.stderr[-3000:]
+    assert [a["cpus"] for a in manifest(tmp_path / "http")["cells"][0]["actor_stats"]] == [[pinned]]
     rows = pq.read_table(tmp_path / "http" / "requests").to_pandas()
     assert (rows.status == "ok").all() and (rows.recall == 1.0).all()
     # open loop: requests due during the stall were still sent on time and waited
@@ -101,6 +105,14 @@ def test_http_service_rows_have_recall_and_stalls_show_as_queueing(tmp_path, knn
     assert rows.latency_ns.max() > 250e6 and (rows.latency_ns > 100e6).sum() >= 10
     summary = pq.read_table(tmp_path / "http" / "summary.parquet").to_pylist()[0]
     assert summary["system"] == f"HTTP {url}"
+
+
+def test_a_cpu_to_pin_the_generator_to_that_the_node_lacks_is_one_line(tmp_path, knn_service):
+    out = http_sweep(tmp_path, "pin", knn_service[0], "load.target_qps=50", "load.duration_s=1",
+                     "cluster.generator_cpus=[4099]")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1].startswith("perfray: error: cluster.generator_cpus: cannot pin a load "
+                                                          "generator to CPU 4099 on this node"), out.stderr[-3000:]
 
 
 def test_cells_asking_a_load_actor_for_over_half_its_ceiling_are_flagged_and_auto_sizes_actors(tmp_path, knn_service,

@@ -88,7 +88,8 @@ def test_a_mutated_shipped_config_is_valid_or_one_line_naming_the_field(tmp_path
 
 
 @pytest.mark.parametrize("override", ["load.target_qps=", "=5", "load", "sweep={k: []}", "load.phases=[]",
-                                      "targets=[{metric: p99_ms}]", "dataset.n=0", "search.k=-1"])
+                                      "targets=[{metric: p99_ms}]", "dataset.n=0", "search.k=-1",
+                                      "cluster.generator_cpus=[-1]"])
 def test_bad_overrides_are_one_line(override):
     with pytest.raises(UsageError) as err:
         load_config(None, [override])

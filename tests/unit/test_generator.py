@@ -1,10 +1,13 @@
 import asyncio
+import os
 
 import numpy as np
 import pyarrow.compute as pc
 import pytest
 from support import NoopTarget, ServiceTimeTarget, make_plan, run_plan
 
+from perfray.errors import UsageError
+from perfray.load.host import pin_to
 from perfray.timing import Clock
 
 
@@ -215,3 +218,11 @@ def test_a_dead_actors_unreported_share_becomes_lost_rows():
     assert (rows.status == "lost").all() and (rows.error == "ActorDiedError").all()
     assert rows.done_ns.isna().all() and rows.sent_ns.isna().all() and rows.intended_ns.notna().all()
     assert lost_rows(plan, 16, seq, "ActorDiedError") is None
+
+
+def test_a_generator_pinned_to_a_cpu_the_node_lacks_is_one_line_and_changes_nothing():
+    before = os.sched_getaffinity(0)
+    with pytest.raises(UsageError, match=r"^cluster.generator_cpus: cannot pin a load generator to CPU 4099 ") as err:
+        pin_to(4099)
+    assert "\n" not in str(err.value) and os.sched_getaffinity(0) == before
+    assert pin_to(None) == sorted(before)
