@@ -68,7 +68,7 @@ def capacity_cli(*args, timeout=900):
 def test_capacity_of_a_fifo_server_within_5_percent_of_the_truth(tmp_path, fifo_server):
     out = capacity_cli(
         "--results-dir", str(tmp_path), "--run-id", "cap", "--slo", f"p99_ms<={SLO_MS:g}", "--slo", "failure_rate<=0.01",
-        "--min-qps", "100", "--max-qps", "2000", "--step-s", str(STEP_S), "--max-step-s", "12", "--target-qps", "100000",
+        "--min-qps", "200", "--max-qps", "2000", "--step-s", str(STEP_S), "--max-step-s", "12", "--target-qps", "100000",
         "--set", "system=http", "--set", f"stores.http.url={fifo_server}", "--set", "stores.http.ids_field=null",
         "--set", "dataset.n=2000", "--set", "dataset.dim=16", "--set", "dataset.n_queries=200",
         "--set", "batch_window_ms=0", "--set", "batch_max=1", "--set", "load.concurrency=256",
@@ -114,7 +114,7 @@ def test_capacity_per_gpu_count_and_its_usl_fit(tmp_path):
     scaled down, through ``python -m perfray.sweep``: a capacity per GPU count and the USL fitted to them."""
     out = sweep_cli("--config", "configs/capacity-gpus.yaml", "--results-dir", str(tmp_path), "--run-id", "g",
                     "--set", "dataset.n=2000", "--set", "dataset.dim=16", "--set", "dataset.n_queries=200",
-                    "--set", "load.actors=1", "--set", "capacity.min_qps=250", "--set", "capacity.max_qps=64000",
+                    "--set", "load.actors=1", "--set", "capacity.min_qps=1000", "--set", "capacity.max_qps=64000",
                     "--set", "capacity.step_s=1.5", "--set", "capacity.max_step_s=3", "--set", "capacity.resolution=0.25",
                     "--set", "capacity.warmup_s=0.5", "--set", "capacity.slo=[p99_ms<=50, failure_rate<=0.01]",
                     timeout=900)
@@ -124,7 +124,7 @@ def test_capacity_per_gpu_count_and_its_usl_fit(tmp_path):
     assert [c["n_gpus"] for c in capacity] == [1, 2, 4]
     for c in capacity:  # on 2 cores the simulated GPUs' searches starve the load actor: any ending is possible
         assert c["simulated"] and c["limited_by"] in ("slo", "generator", "max_qps", "min_qps"), c
-        assert math.isnan(c["capacity_qps"]) or c["capacity_qps"] >= 250, c
+        assert math.isnan(c["capacity_qps"]) or c["capacity_qps"] >= 1000, c
         assert c["limited_by"] != "slo" or c["capacity_hi"] > c["capacity_qps"]
     doc = manifest(run)
     assert doc["verdicts"] == []  # no target rate: the question is "how much", nothing to fail
