@@ -1,7 +1,8 @@
 """perfray's added latency, side by side: the same local server driven through ``python -m perfray.sweep``
 (Ray, one load actor, the ``http`` system) and by a bare reference client (one asyncio.Protocol client,
 pre-encoded requests, an open loop that sleeps on a timerfd and sends every request due at each wake, ``done``
-stamped on the reply's bytes), at the same rates and
+stamped with the kernel's receive time of the reply's bytes, as perfray's http client does; ``--read-stamps``: when
+they are read), at the same rates and
 schedule. The reference runs twice per rate: alone on the box, and beside an idle embedded Ray started with the
 sweep's own options, at the load actor's CPU priority (``raise_priority``). Ray's daemons wake on every core of a
 small box (an idle head uses ~10% of a core in many short wakes); the second reference sees the same box perfray
@@ -24,6 +25,8 @@ import asyncio
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -40,6 +43,7 @@ from perfray.services.process import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[1]
 EXTRA: list[str] = []
+READ_STAMPS = False  # --read-stamps
 PIN: dict = {}  # --pin: {"server": the server's own CPU, "client": the client's (and Ray's, and the driver's)}
 
 
@@ -49,6 +53,7 @@ def _on(pin: dict, which: str):
         return None
     cpu = pin[which]
     return lambda: os.sched_setaffinity(0, {cpu})
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 REQUEST = (b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
            b"\r\n{}")
 
@@ -90,16 +95,50 @@ class _RefConn(asyncio.Protocol):
             self.client.done(self, self.pending.popleft(), now)
 
 
-class Reference:
-    """The bare open-loop client: constant arrivals, latency = reply bytes − intended send time."""
+class _RefSocket:
+    """A reference connection read with recvmsg: a reply is stamped with the kernel's receive time of its bytes
+    (SO_TIMESTAMPNS), as perfray's http client does; ``write`` is the socket's send."""
 
-    def __init__(self, rate: float, seconds: float, connections: int) -> None:
-        self.rate, self.seconds, self.connections = rate, seconds, connections
+    def __init__(self, client, port: int) -> None:
+        self.client, self.pending, self.buffered = client, deque(), 0
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.sock.setblocking(False)
+        self.transport = self
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
+
+    def write(self, data: bytes) -> None:
+        if self.sock.send(data) != len(data):  # ~100 bytes into an empty socket buffer
+            raise SystemExit("the reference could not send a whole request at once")
+
+    def _readable(self) -> None:
+        try:
+            data, ancillary, _, _ = self.sock.recvmsg(65_536, socket.CMSG_SPACE(16))
+        except BlockingIOError:
+            return
+        sec, nsec = struct.unpack("@qq", ancillary[0][2])
+        now = sec * 1_000_000_000 + nsec - (time.time_ns() - time.perf_counter_ns())  # on perf_counter's timeline
+        self.buffered += len(data)
+        while self.buffered >= len(RESPONSE):
+            self.buffered -= len(RESPONSE)
+            self.client.done(self, self.pending.popleft(), now)
+
+
+class Reference:
+    """The bare open-loop client: constant arrivals, latency = reply bytes − intended send time (the kernel's
+    receive stamp of the bytes, or with ``read_stamps`` the moment they are read)."""
+
+    def __init__(self, rate: float, seconds: float, connections: int, read_stamps: bool = False) -> None:
+        self.rate, self.seconds, self.connections, self.read_stamps = rate, seconds, connections, read_stamps
 
     async def run(self, port: int) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        conns = [(await loop.create_connection(lambda: _RefConn(self), "127.0.0.1", port))[1]
-                 for _ in range(self.connections)]
+        if self.read_stamps:
+            conns = [(await loop.create_connection(lambda: _RefConn(self), "127.0.0.1", port))[1]
+                     for _ in range(self.connections)]
+        else:
+            conns = [_RefSocket(self, port) for _ in range(self.connections)]
         self.idle, self.queue = deque(conns), deque()
         n = int(self.rate * (self.seconds + 1))
         start = time.perf_counter_ns() + 100_000_000
@@ -151,18 +190,19 @@ def reference(port: int, rate: float, seconds: float, out: Path, nice: bool):
     """The reference client in its own process (so its priority is its own): (latencies ns, CPU µs per request)."""
     path = out / f"ref-{rate:g}-{time.monotonic_ns()}.npz"
     subprocess.run([sys.executable, __file__, "--reference", str(port), str(rate), str(seconds), str(path),
-                    "--nice" if nice else "--no-nice"], check=True, timeout=seconds + 120, preexec_fn=_on(PIN, "client"))
+                    "--nice" if nice else "--no-nice", "--read-stamps" if READ_STAMPS else "--kernel-stamps"],
+                   check=True, timeout=seconds + 120, preexec_fn=_on(PIN, "client"))
     saved = np.load(path)
     return saved["latency"], float(saved["cpu_us"])
 
 
-def _reference_main(port: str, rate: str, seconds: str, path: str, nice: str) -> None:
+def _reference_main(port: str, rate: str, seconds: str, path: str, nice: str, stamps: str) -> None:
     if nice == "--nice":
         from perfray.load.host import raise_priority
 
         raise_priority()
     cpu = time.process_time()
-    latency = run_fast(Reference(float(rate), float(seconds), 256).run(int(port)))
+    latency = run_fast(Reference(float(rate), float(seconds), 256, stamps == "--read-stamps").run(int(port)))
     np.savez(path, latency=latency, cpu_us=(time.process_time() - cpu) / latency.size * 1e6)
 
 
@@ -259,11 +299,15 @@ def main() -> None:
                         help="the server alone on CPU 0; the client measured (the reference, or perfray's load "
                         "generator through cluster.generator_cpus), Ray and the driver on CPU 1: every client alike")
     parser.add_argument("--skip-8000", action="store_true", help="leave out the 8,000 req/s sweep")
+    parser.add_argument("--read-stamps", action="store_true",
+                        help="the reference stamps a reply when it reads it, not with the kernel's receive time")
     if len(sys.argv) > 1 and sys.argv[1] == "--reference":
-        return _reference_main(*sys.argv[2:7])
+        return _reference_main(*sys.argv[2:8])
     args = parser.parse_args()
     if args.pin:
         PIN.update(server=0, client=1)
+    global READ_STAMPS
+    READ_STAMPS = args.read_stamps
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         server = Server(out, "--delay-ms", str(args.delay_ms))
@@ -272,7 +316,8 @@ def main() -> None:
                   f"arrivals, 256 connections each, {args.rounds} interleaved rounds pooled; 'server late' is the "
                   "server's own lateness (reply written - due), 'CPU' the client's per request; "
                   + ("pinned: the server alone on CPU 0; the client measured, Ray and the driver on CPU 1" if PIN
-                     else "nothing pinned")
+                     else "nothing pinned") + "; the reference stamps replies "
+                  + ("when it reads them" if READ_STAMPS else "with the kernel's receive time")
                   + "\n")
             print(f"{'rate/s':>7} {'client':<22} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'server late p99 ms':>9} "
                   f"{'CPU us':>8}")

@@ -1,23 +1,34 @@
-"""A keep-alive HTTP/1.1 client for open-loop load: ``asyncio.Protocol`` + httptools' response parser.
+"""A keep-alive HTTP/1.1 client for open-loop load: non-blocking sockets on the event loop (``asyncio.Protocol``
+for TLS) + httptools' response parser.
 
-Requests arrive pre-encoded (bytes); a reply is stamped when its bytes arrive, before parsing or any
-bookkeeping; nothing per request but one small ``Exchange`` object and the callback it ends with. One
-request at a time per connection (no pipelining: a real client's behaviour, and what servers expect); a
-request due while every connection is busy waits in FIFO order, and is stamped as sent when its bytes are
-written, so that wait is the client's schedule lag, never the server's service time.
+Requests arrive pre-encoded (bytes); a reply is stamped with the time its bytes arrived: on a plain-TCP
+connection the kernel's receive time of the read that completed it (``SO_TIMESTAMPNS`` on ``recvmsg``), so the
+time a reply waited for this process to be scheduled and its loop to turn is not in its latency; over TLS (or
+where the kernel gives no stamp) the moment the bytes are read, before parsing or any bookkeeping. Nothing per
+request but one small ``Exchange`` object and the callback it ends with. One request at a time per connection
+(no pipelining: a real client's behaviour, and what servers expect); a request due while every connection is
+busy waits in FIFO order, and is stamped as sent when its bytes are written, so that wait is the client's
+schedule lag, never the server's service time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import ssl as ssl_module
+import struct
+import time
 from collections import deque
 from urllib.parse import unquote, urlsplit
 
 import httptools
 
 FLUSH_SLICE = 64  # stamped replies handed on per loop turn
+READ_SIZE = 65_536
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux' value (asm-generic; x86-64, arm64)
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
 
 
 class Exchange:
@@ -38,20 +49,19 @@ class Exchange:
         self.pool.cancel(self)
 
 
-class _Connection(asyncio.Protocol):
+class _Replies:
+    """A connection's side of the parsing: bytes fed with their arrival stamp, whole replies handed to the pool."""
+
     def __init__(self, pool: HttpPool) -> None:
         self.pool = pool
-        self.transport = None
+        self.transport = None  # ``write(bytes)`` and ``close()``
         self.exchange: Exchange | None = None
         self.arrived_ns = 0
         self.parts: list[bytes] = []
         self.parser = httptools.HttpResponseParser(self)
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.arrived_ns = self.pool.now_ns()  # first: the reply is here, whatever parsing costs
+    def feed(self, data: bytes, arrived_ns: int) -> None:
+        self.arrived_ns = arrived_ns
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as err:
@@ -65,6 +75,85 @@ class _Connection(asyncio.Protocol):
         body = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
         self.parts = []
         self.pool.arrived(self, self.parser.get_status_code(), body, self.parser.should_keep_alive(), self.arrived_ns)
+
+
+class _SocketConnection(_Replies):
+    """Plain TCP, read with ``recvmsg`` when the loop says the socket is readable: each read carries the kernel's
+    receive time of its bytes. It is its own transport (``write``, ``close``); the pool hears of its end, as
+    from a protocol, one loop turn later."""
+
+    def __init__(self, pool: HttpPool, sock: socket.socket) -> None:
+        super().__init__(pool)
+        self.sock, self.transport, self.fd = sock, self, sock.fileno()
+        self._unsent = b""  # bytes the kernel has not taken yet
+        self._closed = False
+        pool.loop.add_reader(self.fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data, ancillary, _, _ = self.sock.recvmsg(READ_SIZE, _ANCILLARY)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as err:
+            self._end(err)
+            return
+        if not data:
+            self._end(None)  # the server closed it
+            return
+        self.feed(data, self.pool.arrival_ns(ancillary))
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if self._unsent:
+            self._unsent += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as err:
+            self._end(err)
+            return
+        if sent < len(data):
+            self._unsent = data[sent:]
+            self.pool.loop.add_writer(self.fd, self._writable)
+
+    def _writable(self) -> None:
+        try:
+            sent = self.sock.send(self._unsent)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as err:
+            self._end(err)
+            return
+        self._unsent = self._unsent[sent:]
+        if not self._unsent:
+            self.pool.loop.remove_writer(self.fd)
+
+    def close(self) -> None:
+        self._end(None)
+
+    def _end(self, exc) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = self.pool.loop
+        if not loop.is_closed():
+            loop.remove_reader(self.fd)
+            loop.remove_writer(self.fd)
+            loop.call_soon(self.pool.lost, self, exc)
+        self.sock.close()
+
+
+class _Connection(_Replies, asyncio.Protocol):
+    """TLS: the loop's transport reads; a reply is stamped the moment its bytes are handed over."""
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.feed(data, self.pool.now_ns())  # first: the reply is here, whatever parsing costs
 
     def connection_lost(self, exc) -> None:
         self.pool.lost(self, exc)
@@ -89,6 +178,7 @@ class HttpPool:
         self._prefix = ("\r\n".join(head) + "\r\nContent-Length: ").encode("latin-1")
         self.max_connections, self.connect_timeout_s = max_connections, connect_timeout_s
         self.now_ns = clock.now_ns
+        self._offset_ns = getattr(clock, "offset_ns", None)  # a kernel stamp lands on this clock's timeline
         self.loop = asyncio.get_running_loop()  # connections belong to the loop that opened them
         self.idle: list[_Connection] = []
         self.waiting: deque[Exchange] = deque()
@@ -98,6 +188,18 @@ class HttpPool:
         self._connecting: set[asyncio.Task] = set()
         self._arrived: deque = deque()  # replies stamped, not yet handed on
         self._flushing = False
+
+    def arrival_ns(self, ancillary) -> int:
+        """When a read's bytes arrived: the kernel's receive stamp (wall clock) put on this clock's timeline,
+        else now."""
+        now = self.now_ns()
+        if ancillary and self._offset_ns is not None:
+            level, kind, data = ancillary[0]
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+                sec, nsec = _TIMESPEC.unpack_from(data)
+                kernel = sec * 1_000_000_000 + nsec - (time.time_ns() - time.perf_counter_ns()) + self._offset_ns
+                return min(kernel, now)
+        return now
 
     def encode(self, body: bytes) -> bytes:
         """The whole request for ``body``: done once per distinct body, never per request."""
@@ -201,10 +303,12 @@ class HttpPool:
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(self), self.host, self.port, ssl=self._ssl,
-                                       server_hostname=self.host if self.tls else None),
-                self.connect_timeout_s)
+            if self.tls:
+                _, conn = await asyncio.wait_for(
+                    loop.create_connection(lambda: _Connection(self), self.host, self.port, ssl=self._ssl,
+                                           server_hostname=self.host), self.connect_timeout_s)
+            else:
+                conn = await asyncio.wait_for(self._connect_socket(), self.connect_timeout_s)
         except (OSError, TimeoutError, ssl_module.SSLError) as err:
             self.opened -= 1
             if self.opened == 0:  # nothing will ever serve the waiting requests: they fail now
@@ -214,6 +318,31 @@ class HttpPool:
             return
         self.connections.add(conn)
         self._release(conn)
+
+    async def _connect_socket(self) -> _SocketConnection:
+        """A non-blocking TCP connection to the first of the host's addresses that answers, asking the kernel to
+        stamp what it receives."""
+        error: OSError = OSError(f"no address for {self.host}")
+        for family, kind, proto, _, address in await self.loop.getaddrinfo(self.host, self.port,
+                                                                            type=socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                except OSError:  # no kernel stamps here: replies are stamped when read
+                    pass
+                await self.loop.sock_connect(sock, address)
+            except OSError as err:
+                sock.close()
+                error = err
+                continue
+            except BaseException:  # cancelled (the connect timeout): no socket left behind
+                sock.close()
+                raise
+            return _SocketConnection(self, sock)
+        raise error
 
     async def warm(self, n: int | None = None) -> int:
         """Open connections up to ``n`` (default: the maximum) before load starts; returns how many are open."""

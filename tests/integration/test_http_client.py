@@ -1,9 +1,11 @@
-"""The lean HTTP path (keep-alive pool on asyncio.Protocol, callback-driven sender, precise pacer) against a
+"""The lean HTTP path (keep-alive pool on non-blocking sockets, callback-driven sender, precise pacer) against a
 real responder process: row accounting, queueing as schedule lag, multi-query requests, error classes,
-timeouts, and never sending before a request is due."""
+timeouts, never sending before a request is due, and replies stamped when their bytes arrived."""
 
+import asyncio
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pyarrow.compute as pc
@@ -14,8 +16,10 @@ from perfray.config import Workload
 from perfray.load.generator import QueryPool
 from perfray.load.targets import SystemEndpoint
 from perfray.services.process import free_port, wait_for_port
+from perfray.sut.http_client import Exchange, HttpPool
 from perfray.sut.session import make_system
 from perfray.systems_config import StoresSpec
+from perfray.timing import process_clock
 
 
 @pytest.fixture
@@ -152,3 +156,31 @@ def test_the_responder_saves_its_own_lateness_on_sigusr1(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_reply_is_stamped_when_it_arrived_not_when_the_busy_loop_got_to_it(responder):
+    """The responder answers at once; the client's loop is then held for 200 ms (as a preempted or busy load
+    generator is): the reply's done stamp is the kernel's receive time, milliseconds after the send, and a
+    second reply on the same keep-alive connection is stamped the same way."""
+    url = responder()
+
+    async def exchange(pool, hold_s: float):
+        replies = []
+        pool.start(Exchange([pool.encode(b"{}")], lambda *reply: replies.append(reply), pool))
+        time.sleep(hold_s)  # the loop is held: the reply arrives meanwhile
+        held_until = pool.now_ns()
+        while not replies:
+            await asyncio.sleep(0.001)
+        return replies[0], held_until
+
+    async def go():
+        pool = HttpPool(url, 1, {}, 5.0, process_clock())
+        try:
+            assert await pool.warm() == 1
+            return [await exchange(pool, 0.2) for _ in range(2)]
+        finally:
+            pool.close()
+
+    for (bodies, sent_ns, done_ns), held_until in asyncio.run(go()):
+        assert isinstance(bodies, list) and sent_ns < done_ns < held_until
+        assert done_ns - sent_ns < 50e6, (done_ns - sent_ns) / 1e6  # not the 200 ms the loop was held
