@@ -15,6 +15,7 @@ from support import make_plan, run_plan
 from perfray.config import Workload
 from perfray.load.generator import QueryPool
 from perfray.load.targets import SystemEndpoint
+from perfray.services.http_responder import BODY
 from perfray.services.process import free_port, wait_for_port
 from perfray.sut.http_client import Exchange, HttpPool
 from perfray.sut.session import make_system
@@ -184,3 +185,91 @@ def test_a_reply_is_stamped_when_it_arrived_not_when_the_busy_loop_got_to_it(res
     for (bodies, sent_ns, done_ns), held_until in asyncio.run(go()):
         assert isinstance(bodies, list) and sent_ns < done_ns < held_until
         assert done_ns - sent_ns < 50e6, (done_ns - sent_ns) / 1e6  # not the 200 ms the loop was held
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """A keep-alive HTTPS server on loopback (a self-signed certificate for localhost, in its own thread) that
+    answers each request with the responder's reply; yields (url, the certificate's path)."""
+    import datetime
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from perfray.services.http_responder import RESPONSE
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    port, loop, ready = free_port(), asyncio.new_event_loop(), threading.Event()
+
+    async def serve(reader, writer):
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            await reader.readexactly(length)
+            writer.write(RESPONSE)
+
+    def run():
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(asyncio.start_server(serve, "127.0.0.1", port, ssl=context))
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(10)
+    yield f"https://localhost:{port}/search", cert_path
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+def test_https_requests_are_answered_on_a_verified_keep_alive_connection(tls_server, monkeypatch):
+    """Over TLS (asyncio's transport reads; a reply is stamped when read): the certificate is verified against
+    the trust store (here the test's own, through SSL_CERT_FILE) and requests share one keep-alive connection."""
+    url, cert = tls_server
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+
+    async def go():
+        pool = HttpPool(url, 1, {}, 5.0, process_clock())
+        replies = []
+        try:
+            for _ in range(3):
+                pool.start(Exchange([pool.encode(b"{}")], lambda *reply: replies.append(reply), pool))
+                while len(replies) < _ + 1:
+                    await asyncio.sleep(0.001)
+            return replies, len(pool.connections)
+        finally:
+            pool.close()
+
+    replies, connections = asyncio.run(go())
+    assert connections == 1 and [r[0] for r in replies] == [[BODY]] * 3
+    assert all(0 < sent < done for _, sent, done in replies)
+    monkeypatch.delenv("SSL_CERT_FILE")
+
+    async def untrusted():  # the default trust store does not know the test's certificate
+        pool = HttpPool(url, 1, {}, 5.0, process_clock())
+        replies = []
+        pool.start(Exchange([pool.encode(b"{}")], lambda *reply: replies.append(reply), pool))
+        while not replies:
+            await asyncio.sleep(0.001)
+        pool.close()
+        return replies[0][0]
+
+    assert asyncio.run(untrusted()) == "SSLCertVerificationError"
