@@ -175,8 +175,9 @@ class MilvusStore:
         self._mark(load_fingerprint(catalogue, *self.fingerprint_settings()))
 
     def count(self) -> int:
-        """Entities in the collection (a loaded one), as the store counts them."""
-        got = self.client.query(self.spec.collection, filter="", output_fields=["count(*)"])
+        """Entities in the collection (a loaded one), as the store counts them once every write it acknowledged
+        is visible (a server's default consistency may lag)."""
+        got = self.client.query(self.spec.collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
         return int(got[0]["count(*)"])
 
     def _mark(self, fingerprint: str) -> None:
