@@ -23,7 +23,7 @@ from perfray.cluster import runtime
 from perfray.cluster.fleet import Fleet, GpuGroup
 from perfray.cluster.gathering import RowGatherer
 from perfray.config import SweepConfig, Workload, phase_rates
-from perfray.errors import EXIT_OK, EXIT_TARGET_FAILED, PerfrayError, UnavailableError
+from perfray.errors import EXIT_OK, EXIT_TARGET_FAILED, UnavailableError, raised_remotely
 from perfray.load import calibration
 from perfray.load.generator import CellPlan
 from perfray.load.profiles import op_mix
@@ -289,8 +289,8 @@ class SweepDriver:
                 except _ray().exceptions.RayActorError as err:
                     self.gather.actor_failed("load", i, index, err)
                 except _ray().exceptions.RayTaskError as err:  # e.g. a CPU to pin to that the node lacks
-                    if isinstance(err.cause, PerfrayError):
-                        raise type(err.cause)(str(err.cause)) from None
+                    if (error := raised_remotely(err)) is not None:
+                        raise error from None
                     raise
         self.gather.drain(index)
         counters_after = fleet.gpu_counters(group)

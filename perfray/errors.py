@@ -19,6 +19,13 @@ class UnavailableError(PerfrayError):
     exit_code = 3
 
 
+def raised_remotely(err: BaseException) -> PerfrayError | None:
+    """The perfray error an actor's task raised (``err``: Ray's wrapper, whose ``cause`` it is), as a fresh one-line
+    error of its class to raise here; None when the cause is anything else."""
+    cause = getattr(err, "cause", None)
+    return type(cause)(str(cause)) if isinstance(cause, PerfrayError) else None
+
+
 EXIT_OK = 0
 EXIT_TARGET_FAILED = 1
 EXIT_USAGE = 2

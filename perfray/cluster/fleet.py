@@ -15,7 +15,7 @@ from perfray.data import load_dataset
 from perfray.data.filters import item_attr, query_filters
 from perfray.data.groundtruth import ground_truth, truth_coverage
 from perfray.data.writes import WriteSet, cell_writes
-from perfray.errors import UnavailableError
+from perfray.errors import UnavailableError, raised_remotely
 from perfray.load.generator import QueryPool
 from perfray.load.profiles import op_mix
 from perfray.load.schedules import write_schedule
@@ -186,10 +186,9 @@ class Fleet:
             refs = [a.prime_system.remote(system, catalogue_ref, group.handles, ds.pool_ref, k) for a in loaders]
         try:
             _ray().get(refs, timeout=self.config.cluster.actor_start_timeout_s)
-        except _ray().exceptions.RayTaskError as err:
-            cause = err.cause if isinstance(err.cause, Exception) else None
-            if isinstance(cause, UnavailableError):
-                raise UnavailableError(str(cause)) from None
+        except _ray().exceptions.RayTaskError as err:  # e.g. a store the actors cannot reach
+            if (error := raised_remotely(err)) is not None:
+                raise error from None
             raise
 
     def system(self, cell: Workload, ds: DatasetState, entry: dict) -> tuple[SystemPlan | None, object]:
