@@ -12,9 +12,13 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 
 from perfray.errors import UnavailableError
+
+START_TRIES = 3  # embedded ray.init attempts when its node times out during start-up
+START_PAUSE_S = 2.0  # before the next one, times the attempt number
 
 
 @dataclass
@@ -82,13 +86,7 @@ def connect(cluster, gpus_needed: int, cpus_needed: float, metrics=None) -> RayI
         options = dict(metric_options, address="local", num_gpus=num_gpus,
                        num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)), log_to_driver=False,
                        include_dashboard=None)
-        try:
-            context = ray.init(**options)
-        except Exception as err:  # seen twice in 17 starts on a busy 2-vCPU VM (no raylet log at all): once more
-            if "timed out during startup" not in str(err):
-                raise
-            ray.shutdown()
-            context = ray.init(**options)
+        context = _start_embedded(ray, options)
         embedded = True
     restore_interrupt_handlers()
     resources = ray.cluster_resources()
@@ -100,6 +98,23 @@ def connect(cluster, gpus_needed: int, cpus_needed: float, metrics=None) -> RayI
             f"nodes, or for a simulated run start the head with 'ray start --head --num-gpus {gpus_needed}'")
     dashboard = getattr(context, "dashboard_url", None) if context is not None else None
     return RayInfo(embedded, address, logical, real, dict(resources), dashboard or None, _metrics_port())
+
+
+def _start_embedded(ray, options: dict, tries: int = START_TRIES):
+    """``ray.init`` of an embedded Ray, tried again when its raylet never registers (seen on busy 2-vCPU VMs, no
+    raylet log at all, twice in a row once); still not up after ``tries``: one line, exit 3."""
+    for attempt in range(1, tries + 1):
+        try:
+            return ray.init(**options)
+        except Exception as err:
+            if "timed out during startup" not in str(err):
+                raise
+            ray.shutdown()
+            if attempt == tries:
+                raise UnavailableError(f"the embedded Ray did not start ({tries} tries: its raylet never "
+                                       "registered with the GCS); the machine may be overloaded, try again") from None
+            time.sleep(START_PAUSE_S * attempt)
+    return None
 
 
 def alive_nodes() -> int:

@@ -6,6 +6,8 @@ import pytest
 import yaml
 from support import REPO
 
+from perfray.errors import UnavailableError
+
 CLUSTERS = REPO / "clusters"
 
 
@@ -159,3 +161,36 @@ def test_the_runtime_env_installs_what_pyproject_declares():
     from ray.runtime_env import RuntimeEnv
 
     RuntimeEnv(**env)  # Ray's own validation of the fields
+
+
+class _StartingRay:
+    """Stands in for the ``ray`` module's init/shutdown: its node times out during start-up ``failures`` times."""
+
+    def __init__(self, failures: int, error: str = "The current node timed out during startup.") -> None:
+        self.failures, self.error, self.inits, self.shutdowns = failures, error, 0, 0
+
+    def init(self, **options):
+        self.inits += 1
+        if self.inits <= self.failures:
+            raise Exception(self.error)
+        return ("context", options)
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+def test_an_embedded_ray_that_times_out_starting_is_tried_again_then_one_line(monkeypatch):
+    from perfray.cluster import runtime
+
+    monkeypatch.setattr(runtime, "START_PAUSE_S", 0.0)
+    twice = _StartingRay(2)
+    assert runtime._start_embedded(twice, {"address": "local"}) == ("context", {"address": "local"})
+    assert (twice.inits, twice.shutdowns) == (3, 2)
+    never = _StartingRay(3)
+    with pytest.raises(UnavailableError, match=r"^the embedded Ray did not start \(3 tries") as err:
+        runtime._start_embedded(never, {})
+    assert "\n" not in str(err.value) and never.inits == 3
+    other = _StartingRay(1, "port 6379 in use")  # any other failure is not retried
+    with pytest.raises(Exception, match="port 6379"):
+        runtime._start_embedded(other, {})
+    assert other.inits == 1
