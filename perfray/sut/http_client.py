@@ -178,6 +178,7 @@ class HttpPool:
         self._prefix = ("\r\n".join(head) + "\r\nContent-Length: ").encode("latin-1")
         self.max_connections, self.connect_timeout_s = max_connections, connect_timeout_s
         self.now_ns = clock.now_ns
+        self._offset_ns = getattr(clock, "offset_ns", None)  # a kernel stamp lands on this clock's timeline
         self.loop = asyncio.get_running_loop()  # connections belong to the loop that opened them
         self.idle: list[_Connection] = []
         self.waiting: deque[Exchange] = deque()
@@ -189,13 +190,15 @@ class HttpPool:
         self._flushing = False
 
     def arrival_ns(self, ancillary) -> int:
-        """When a read's bytes arrived: now, less how long ago the kernel (wall clock) stamped their receipt."""
+        """When a read's bytes arrived: the kernel's receive stamp (wall clock) put on this clock's timeline,
+        else now."""
         now = self.now_ns()
-        if ancillary:
+        if ancillary and self._offset_ns is not None:
             level, kind, data = ancillary[0]
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
                 sec, nsec = _TIMESPEC.unpack_from(data)
-                return now - max(time.time_ns() - (sec * 1_000_000_000 + nsec), 0)
+                kernel = sec * 1_000_000_000 + nsec - (time.time_ns() - time.perf_counter_ns()) + self._offset_ns
+                return min(kernel, now)
         return now
 
     def encode(self, body: bytes) -> bytes:
