@@ -118,11 +118,23 @@ class _RefSocket:
         except BlockingIOError:
             return
         sec, nsec = struct.unpack("@qq", ancillary[0][2])
-        now = sec * 1_000_000_000 + nsec - (time.time_ns() - time.perf_counter_ns())  # on perf_counter's timeline
+        now = _on_perf_counter(sec * 1_000_000_000 + nsec)
         self.buffered += len(data)
         while self.buffered >= len(RESPONSE):
             self.buffered -= len(RESPONSE)
             self.client.done(self, self.pending.popleft(), now)
+
+
+def _on_perf_counter(wall_ns: int) -> int:
+    """A kernel (wall-clock) stamp on perf_counter's timeline, the wall clock placed between two perf_counter reads
+    (read again when they are over 5 µs apart: preempted), never later than now: as perfray's client does."""
+    read = before = time.perf_counter_ns()
+    for _ in range(3):
+        wall, after = time.time_ns(), time.perf_counter_ns()
+        if after - before <= 5_000:
+            return min(wall_ns - wall + (before + after) // 2, read)
+        before = after
+    return read
 
 
 class Reference:
@@ -209,7 +221,9 @@ def _reference_main(port: str, rate: str, seconds: str, path: str, nice: str, st
 IDLE_RAY = """
 import sys, ray
 from perfray.cluster.actors import load_actor_class
+from perfray.cluster.runtime import quiet_observers
 ray.init(address="local", num_cpus=2, log_to_driver=False, include_dashboard=None)
+quiet_observers()  # as the sweep does to the Ray it embeds
 actor = load_actor_class().options(num_cpus=1, max_concurrency=1000).remote(0, "idle", False)
 ray.get(actor.pid.remote())
 print("ready", flush=True)
@@ -218,7 +232,8 @@ sys.stdin.read()
 
 
 class IdleRay:
-    """An embedded Ray started with the sweep's options and one idle load actor, up until the block ends."""
+    """An embedded Ray started with the sweep's options (its observers at the sweep's lower priority) and one idle
+    load actor, up until the block ends."""
 
     def __enter__(self):
         self.proc = subprocess.Popen([sys.executable, "-c", IDLE_RAY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -102,7 +102,8 @@ class SweepDriver:
             self.manifest.update(status="running", ray={
                 "embedded": self._ray.embedded, "address": self._ray.address,
                 "resources": self._ray.resources, "dashboard_url": self._ray.dashboard_url,
-                "metrics_port": self._ray.metrics_port if self.config.metrics.enabled else None},
+                "metrics_port": self._ray.metrics_port if self.config.metrics.enabled else None,
+                "observers": self._ray.observers},
                 gpus={"declared": gpus, "logical": self._ray.logical_gpus,
                       "real_on_driver": self._ray.real_gpus_on_driver})
             if self._ray.dashboard_url:

@@ -46,6 +46,11 @@ class CellSender:
         self.rec, self.pool, self.target, self.pacer, self.clock, self.plan = rec, pool, target, pacer, clock, plan
         self.loop = pacer.loop
         self.n = len(rec)
+        # A target whose request is on its way when ``send`` returns (``starts_on_send``: bytes written, or an
+        # eagerly started client call) gets the pacer re-armed at once; for one that starts on the loop's next
+        # turn (a task, a thread) the re-arm (a syscall) waits a turn, so the request starts first. A turn per
+        # request costs ~2 µs of CPU (measured at 5,000 req/s on the http path: 48 -> 46 µs per request).
+        self._defer_arm = not getattr(target, "starts_on_send", False)
         # Arrays, not lists: a 10-minute cell at 7,000 QPS is 4.2M requests (34 MB a column as int64, ~150 MB as
         # Python ints); reading one element per request costs ~0.1 µs.
         self.due_perf = rec.intended_ns - clock.offset_ns
@@ -102,7 +107,7 @@ class CellSender:
             if now < due:
                 if due - now > SPIN_NS:
                     self._batch = (a, b, due)
-                    if sends:  # what was just sent starts first (a target's task runs on the next turn)
+                    if sends and self._defer_arm:  # what was just sent starts first (on the loop's next turn)
                         self.loop.call_soon(self._on_timer)
                     else:
                         self.pacer.arm(due - (SPIN_IDLE_NS if due - now > IDLE_GAP_NS else SPIN_NS), self._on_timer)

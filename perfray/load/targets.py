@@ -68,6 +68,7 @@ class SystemEndpoint:
             self.mode = "async" if getattr(system, "async_native", False) else "threads"
         if self.mode not in self.MODES:
             raise ValueError(f"client path {self.mode!r}: expected one of {', '.join(self.MODES)}")
+        self.starts_on_send = self.mode != "threads"  # callback: written in send; async: started eagerly
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="perfray-client") \
             if self.mode == "threads" else None
         self._free, self._queued = concurrency, deque()  # the async path's slots and waiting requests

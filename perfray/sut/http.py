@@ -83,7 +83,8 @@ class HttpSystem(SystemUnderTest):
         return await self._client().warm()
 
     def send(self, queries: np.ndarray, k: int, rows: np.ndarray, reply) -> Exchange:
-        pool = self._client()
+        # warm() opened the pool on this loop; asking for the running loop costs a getpid() syscall per request
+        pool = self._pool if self._pool is not None else self._client()
         payloads = [self._requests.get(row, k, queries[i]) for i, row in enumerate(rows.tolist())]
         ids_field = self.stores_spec.http.ids_field
 
@@ -102,6 +103,7 @@ class HttpSystem(SystemUnderTest):
 
     def execute(self, queries: np.ndarray, k: int, rows: np.ndarray) -> Answer:
         async def once():
+            self._client()  # a pool opened on an earlier loop is replaced here, not in send()
             future = asyncio.get_running_loop().create_future()
             self.send(queries, k, rows, lambda **r: future.done() or future.set_result(r))
             got = await future

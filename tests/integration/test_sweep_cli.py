@@ -23,6 +23,7 @@ def test_default_sweep_writes_rows_manifest_summary_and_microbench(tmp_path):
     doc = manifest(run)
     assert doc["status"] == "complete" and doc["schema_version"] == SCHEMA_VERSION
     assert doc["ray"]["embedded"] is True and doc["ray"]["resources"]["GPU"] >= 2
+    assert doc["ray"]["observers"]["nice"] == 10 and doc["ray"]["observers"]["pids"]  # the dashboard agent at least
     assert doc["gpus"]["simulated"] is True and doc["gpus"]["logical"] is True
     assert doc["gpus"]["models"] == {"cpu (numpy)": 2}
     assert {"ray", "numpy", "pyarrow", "python"} <= set(doc["versions"])

@@ -194,3 +194,63 @@ def test_an_embedded_ray_that_times_out_starting_is_tried_again_then_one_line(mo
     with pytest.raises(Exception, match="port 6379"):
         runtime._start_embedded(other, {})
     assert other.inits == 1
+
+
+SLEEPER = """
+import subprocess, sys, threading, time
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()  # a second thread
+if "--spawn" in sys.argv:  # a child of its own (the dashboard's module processes)
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print("up", flush=True)
+time.sleep(60)
+"""
+
+
+def _nice_of_threads(pid):
+    import os
+
+    return {os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{pid}/task")}
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="needs Linux /proc")
+def test_an_embedded_rays_observers_and_their_children_are_lowered_and_nothing_else(tmp_path):
+    """Ray's dashboard, dashboard agent and monitors (this process's descendants, named by their program) go to
+    OBSERVER_NICE with every thread and child; a raylet whose options name the agent's script, and a dashboard
+    that is not ours, keep their priority."""
+    import os
+    import subprocess
+    import sys
+
+    from perfray.cluster import runtime
+
+    (tmp_path / "dashboard").mkdir()
+    dashboard = tmp_path / "dashboard" / "dashboard.py"
+    dashboard.write_text(SLEEPER)
+    raylet = tmp_path / "raylet.py"
+    raylet.write_text(SLEEPER)
+    ours = subprocess.Popen([sys.executable, "-u", str(dashboard), "--spawn"], stdout=subprocess.PIPE, text=True)
+    like_raylet = subprocess.Popen([sys.executable, str(raylet), f"--agent_command={tmp_path}/dashboard/agent.py"],
+                                   stdout=subprocess.PIPE, text=True)
+    # not ours: started by a shell that exits at once, so it belongs to init, not to this process
+    foreign = subprocess.run(f"{sys.executable} {dashboard} >/dev/null 2>&1 & echo $!", shell=True,
+                             capture_output=True, text=True, check=True)
+    foreign_pid, child, before = int(foreign.stdout), None, os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        assert ours.stdout.readline() == "up\n" and like_raylet.stdout.readline() == "up\n"
+        child = runtime._children_by_parent()[ours.pid][0]
+        lowered = runtime.quiet_observers()
+        assert ours.pid in lowered and child in lowered
+        assert like_raylet.pid not in lowered and foreign_pid not in lowered
+        assert _nice_of_threads(ours.pid) == {runtime.OBSERVER_NICE} and len(os.listdir(f"/proc/{ours.pid}/task")) >= 2
+        assert _nice_of_threads(child) == {runtime.OBSERVER_NICE}
+        assert _nice_of_threads(like_raylet.pid) == {before} and _nice_of_threads(foreign_pid) == {before}
+        assert os.getpriority(os.PRIO_PROCESS, 0) == before  # the driver itself keeps its priority
+    finally:
+        for proc in (ours, like_raylet):
+            proc.kill()
+            proc.wait()
+        for pid in (foreign_pid, child or foreign_pid):
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass

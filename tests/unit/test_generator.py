@@ -226,3 +226,34 @@ def test_a_generator_pinned_to_a_cpu_the_node_lacks_is_one_line_and_changes_noth
         pin_to(4099)
     assert "\n" not in str(err.value) and os.sched_getaffinity(0) == before
     assert pin_to(None) == sorted(before)
+
+
+class _AnsweringAtOnce:
+    """A target that speaks ``send`` and replies synchronously: its request is done when ``send`` returns."""
+
+    def __init__(self, starts_on_send: bool) -> None:
+        self.starts_on_send = starts_on_send
+
+    def send(self, queries, k, rows, reply):
+        reply()
+        return None
+
+
+@pytest.mark.parametrize("starts_on_send", [True, False])
+def test_the_pacer_is_re_armed_at_once_for_a_target_whose_request_left_in_send(monkeypatch, starts_on_send):
+    """Between two requests 2.5 ms apart the sender wakes once (the pacer) when the target's request is on its way
+    when ``send`` returns; a target that starts on the loop's next turn gets that turn first (a second wake)."""
+    from perfray.load.sending import CellSender
+
+    wakes = []
+    original = CellSender._on_timer
+
+    def counted(self):
+        wakes.append(1)
+        original(self)
+
+    monkeypatch.setattr(CellSender, "_on_timer", counted)
+    table, _ = run_plan(make_plan(400, 0.5), _AnsweringAtOnce(starts_on_send))
+    assert table.num_rows == 200 and (statuses(table) == "ok").all()
+    per_request = len(wakes) / table.num_rows
+    assert (per_request < 1.2) if starts_on_send else (per_request > 1.8)
