@@ -12,10 +12,14 @@ lone reference is everything a user of a 2-core laptop gets. Prints both differe
 false``, the layout before the generator got a process of its own), then one sweep at 8,000 req/s against a server that answers at once (goal: no errors or drops,
 lag p99 <= 1 ms, latency p99 <= 2 ms).
 
+``--compare SETTING...`` runs perfray's sweep alone under each setting (``base``: none; ``a=1;b=2``: two), interleaved
+over ``--rounds``: an A/B of perfray's own options on the same server.
+
 ``--pin`` puts the server alone on CPU 0 and the measured client (the reference, or perfray's load generator via
 ``cluster.generator_cpus``) with Ray and the driver on CPU 1, so the server's lateness is the same for every client.
 
     python benchmarks/http_sweep.py [--seconds 10] [--delay-ms 3] [--rounds 2] [--rates 500,5000] [--pin]
+    python benchmarks/http_sweep.py --rates 5000 --rounds 4 --compare metrics.report_interval_ms=2000 base
 """
 
 from __future__ import annotations
@@ -222,7 +226,9 @@ IDLE_RAY = """
 import sys, ray
 from perfray.cluster.actors import load_actor_class
 from perfray.cluster.runtime import quiet_observers
-ray.init(address="local", num_cpus=2, log_to_driver=False, include_dashboard=None)
+from perfray.config import MetricsSpec
+ray.init(address="local", num_cpus=2, log_to_driver=False, include_dashboard=None,
+         _system_config={"metrics_report_interval_ms": MetricsSpec().report_interval_ms})  # the sweep's default
 quiet_observers()  # as the sweep does to the Ray it embeds
 actor = load_actor_class().options(num_cpus=1, max_concurrency=1000).remote(0, "idle", False)
 ray.get(actor.pid.remote())
@@ -316,6 +322,9 @@ def main() -> None:
     parser.add_argument("--skip-8000", action="store_true", help="leave out the 8,000 req/s sweep")
     parser.add_argument("--read-stamps", action="store_true",
                         help="the reference stamps a reply when it reads it, not with the kernel's receive time")
+    parser.add_argument("--compare", nargs="+", metavar="KEY=VALUE[;KEY=VALUE]",
+                        help="instead: perfray sweeps only, one per setting ('base' for none), interleaved over "
+                        "--rounds; prints each round's p99 and the pooled quantiles (an A/B of perfray's own options)")
     if len(sys.argv) > 1 and sys.argv[1] == "--reference":
         return _reference_main(*sys.argv[2:8])
     args = parser.parse_args()
@@ -323,6 +332,8 @@ def main() -> None:
         PIN.update(server=0, client=1)
     global READ_STAMPS
     READ_STAMPS = args.read_stamps
+    if args.compare:
+        return compare(args)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         server = Server(out, "--delay-ms", str(args.delay_ms))
@@ -371,6 +382,31 @@ def main() -> None:
                   f"non-ok {bad}, lag p99 {np.quantile(lag, 0.99) / 1e6:.3f} ms, latency p50 "
                   f"{np.quantile(lat, 0.5) / 1e6:.3f} ms, p99 {np.quantile(lat, 0.99) / 1e6:.3f} ms, generator CPU "
                   f"{cpu:.1f} us/request (goal: 0 non-ok, lag p99 <= 1 ms, latency p99 <= 2 ms)")
+        finally:
+            server.close()
+    print("rerun: python benchmarks/http_sweep.py " + " ".join(sys.argv[1:]))
+
+
+def compare(args) -> None:
+    """perfray sweeps under each of ``args.compare``'s settings, interleaved round by round at each rate."""
+    variants = {name: [] if name == "base" else name.split(";") for name in args.compare}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        server = Server(out, "--delay-ms", str(args.delay_ms))
+        try:
+            for rate in (float(r) for r in args.rates.split(",")):
+                runs = {name: Runs(name) for name in variants}
+                for r in range(args.rounds):
+                    for i, (name, settings) in enumerate(variants.items()):
+                        server.taken()
+                        lat, _, bad, cpu = sweep(server.url, rate, args.seconds, out, f"c{int(rate)}-{r}-{i}", settings)
+                        runs[name].add(lat, server.taken(), cpu)
+                        print(f"{rate:>7,.0f} round {r} {name:<40} p99 {np.quantile(lat, 0.99) / 1e6:.3f} ms "
+                              f"(non-ok {bad})", flush=True)
+                print(f"\n{'rate/s':>7} {'pooled':<22} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
+                      f"{'server late p99 ms':>9} {'CPU us':>8}")
+                for name in variants:
+                    runs[name].row(rate)
         finally:
             server.close()
     print("rerun: python benchmarks/http_sweep.py " + " ".join(sys.argv[1:]))
