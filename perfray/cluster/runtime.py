@@ -19,6 +19,9 @@ from perfray.errors import UnavailableError
 
 START_TRIES = 3  # embedded ray.init attempts when its node times out during start-up
 START_PAUSE_S = 2.0  # before the next one, times the attempt number
+# What ray.init raises when the embedded node's start-up timed out: the raylet never registered with the GCS, or
+# the GCS never wrote its port file ("Timed out waiting for file .../gcs_server_port_...").
+START_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
 # An embedded Ray's processes that serve people watching, not requests: the dashboard (and its module processes),
 # the dashboard agent that turns actors' metrics into Prometheus text, the log monitor and the autoscaler monitor.
 # They run at this nice value, so a system under test that shares the box never waits behind them: the dashboard
@@ -112,18 +115,20 @@ def connect(cluster, gpus_needed: int, cpus_needed: float, metrics=None) -> RayI
 
 
 def _start_embedded(ray, options: dict, tries: int = START_TRIES):
-    """``ray.init`` of an embedded Ray, tried again when its raylet never registers (seen on busy 2-vCPU VMs, no
-    raylet log at all, twice in a row once); still not up after ``tries``: one line, exit 3."""
+    """``ray.init`` of an embedded Ray, tried again when its node does not come up in time (``START_TIMEOUTS``:
+    its raylet never registered, or its GCS never wrote its port file; both seen on busy 2-vCPU VMs, the first
+    twice in a row once); still not up after ``tries``: one line, exit 3."""
     for attempt in range(1, tries + 1):
         try:
             return ray.init(**options)
         except Exception as err:
-            if "timed out during startup" not in str(err):
+            if not any(sign in str(err) for sign in START_TIMEOUTS):
                 raise
             ray.shutdown()
+            _stop_half_started()
             if attempt == tries:
-                raise UnavailableError(f"the embedded Ray did not start ({tries} tries: its raylet never "
-                                       "registered with the GCS); the machine may be overloaded, try again") from None
+                raise UnavailableError(f"the embedded Ray did not start ({tries} tries: its node did not come up in "
+                                       "time); the machine may be overloaded, try again") from None
             time.sleep(START_PAUSE_S * attempt)
     return None
 
@@ -133,11 +138,7 @@ def quiet_observers(nice: int = OBSERVER_NICE) -> list[int]:
     their command line) and of their children; returns their pids. Lowering one's own processes needs no
     privilege; where there is no /proc (not Linux), nothing is changed."""
     children = _children_by_parent()
-    ours, todo = [], list(children.get(os.getpid(), ()))
-    while todo:  # this process's descendants: the Ray it started
-        pid = todo.pop()
-        ours.append(pid)
-        todo.extend(children.get(pid, ()))
+    ours = _descendants(os.getpid(), children)  # the Ray this process started
     quiet, todo = set(), [pid for pid in ours if any(mark in _command(pid) for mark in OBSERVER_MARKS)]
     while todo:
         pid = todo.pop()
@@ -150,6 +151,26 @@ def quiet_observers(nice: int = OBSERVER_NICE) -> list[int]:
             except OSError:  # ended meanwhile
                 pass
     return sorted(quiet)
+
+
+def _stop_half_started() -> None:
+    """Kill what a failed embedded start left running (ray.shutdown knows no node that never finished starting):
+    this process's GCS and raylet, whose children go with them."""
+    for pid in _descendants(os.getpid(), _children_by_parent()):
+        if any(daemon in _command(pid) for daemon in ("/gcs/gcs_server", "/raylet/raylet")):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _descendants(pid: int, children: dict[int, list[int]]) -> list[int]:
+    found, todo = [], list(children.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(children.get(child, ()))
+    return found
 
 
 def _children_by_parent() -> dict[int, list[int]]:

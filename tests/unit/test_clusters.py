@@ -186,6 +186,8 @@ def test_an_embedded_ray_that_times_out_starting_is_tried_again_then_one_line(mo
     twice = _StartingRay(2)
     assert runtime._start_embedded(twice, {"address": "local"}) == ("context", {"address": "local"})
     assert (twice.inits, twice.shutdowns) == (3, 2)
+    gcs = _StartingRay(1, "Timed out waiting for file /tmp/ray/session_x/gcs_server_port_b051f7")  # seen in CI
+    assert runtime._start_embedded(gcs, {}) == ("context", {}) and gcs.inits == 2
     never = _StartingRay(3)
     with pytest.raises(UnavailableError, match=r"^the embedded Ray did not start \(3 tries") as err:
         runtime._start_embedded(never, {})
@@ -254,3 +256,28 @@ def test_an_embedded_rays_observers_and_their_children_are_lowered_and_nothing_e
                 os.kill(pid, 9)
             except OSError:
                 pass
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="needs Linux /proc")
+def test_a_failed_embedded_start_leaves_no_gcs_or_raylet_running(tmp_path):
+    """ray.shutdown() knows no node that never finished starting: the GCS (and raylet) it left are killed before
+    the next try; anything else this process started is left alone."""
+    import subprocess
+    import sys
+
+    from perfray.cluster import runtime
+
+    (tmp_path / "gcs").mkdir()
+    (tmp_path / "gcs" / "gcs_server").write_text(SLEEPER)
+    (tmp_path / "server.py").write_text(SLEEPER)
+    gcs = subprocess.Popen([sys.executable, str(tmp_path / "gcs" / "gcs_server"), "--port=0"], stdout=subprocess.PIPE,
+                           text=True)
+    other = subprocess.Popen([sys.executable, str(tmp_path / "server.py")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert gcs.stdout.readline() == "up\n" and other.stdout.readline() == "up\n"
+        runtime._stop_half_started()
+        assert gcs.wait(10) == -9 and other.poll() is None
+    finally:
+        for proc in (gcs, other):
+            proc.kill()
+            proc.wait()
