@@ -241,19 +241,26 @@ class _AnsweringAtOnce:
 
 @pytest.mark.parametrize("starts_on_send", [True, False])
 def test_the_pacer_is_re_armed_at_once_for_a_target_whose_request_left_in_send(monkeypatch, starts_on_send):
-    """Between two requests 2.5 ms apart the sender wakes once (the pacer) when the target's request is on its way
-    when ``send`` returns; a target that starts on the loop's next turn gets that turn first (a second wake)."""
+    """After a send to a target whose request is on its way when ``send`` returns, the sender re-arms its pacer at
+    once; a target that starts on the loop's next turn gets that turn first: one extra wake per request, which the
+    pacer did not cause (wakes minus arms; how often the pacer itself fires depends on the box's wake-up latency)."""
+    from perfray.load.pacer import Pacer
     from perfray.load.sending import CellSender
 
-    wakes = []
-    original = CellSender._on_timer
+    counts = {"wakes": 0, "arms": 0}
+    on_timer, arm = CellSender._on_timer, Pacer.arm
 
-    def counted(self):
-        wakes.append(1)
-        original(self)
+    def counted_wake(self):
+        counts["wakes"] += 1
+        on_timer(self)
 
-    monkeypatch.setattr(CellSender, "_on_timer", counted)
+    def counted_arm(self, due, callback):
+        counts["arms"] += 1
+        arm(self, due, callback)
+
+    monkeypatch.setattr(CellSender, "_on_timer", counted_wake)
+    monkeypatch.setattr(Pacer, "arm", counted_arm)
     table, _ = run_plan(make_plan(400, 0.5), _AnsweringAtOnce(starts_on_send))
     assert table.num_rows == 200 and (statuses(table) == "ok").all()
-    per_request = len(wakes) / table.num_rows
-    assert (per_request < 1.2) if starts_on_send else (per_request > 1.8)
+    not_by_the_pacer = counts["wakes"] - counts["arms"]
+    assert (not_by_the_pacer <= 2) if starts_on_send else (not_by_the_pacer >= 180)
