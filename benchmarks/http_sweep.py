@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 from perfray.load.pacer import Pacer, run_fast
 from perfray.services.http_responder import RESPONSE
 from perfray.services.process import free_port, wait_for_port
+from perfray.sut.http_client import kernel_stamp_on_perf_counter
 
 REPO = Path(__file__).resolve().parents[1]
 EXTRA: list[str] = []
@@ -122,23 +123,11 @@ class _RefSocket:
         except BlockingIOError:
             return
         sec, nsec = struct.unpack("@qq", ancillary[0][2])
-        now = _on_perf_counter(sec * 1_000_000_000 + nsec)
+        now = kernel_stamp_on_perf_counter(sec * 1_000_000_000 + nsec)  # as perfray's client
         self.buffered += len(data)
         while self.buffered >= len(RESPONSE):
             self.buffered -= len(RESPONSE)
             self.client.done(self, self.pending.popleft(), now)
-
-
-def _on_perf_counter(wall_ns: int) -> int:
-    """A kernel (wall-clock) stamp on perf_counter's timeline, the wall clock placed between two perf_counter reads
-    (read again when they are over 5 µs apart: preempted), never later than now: as perfray's client does."""
-    read = before = time.perf_counter_ns()
-    for _ in range(3):
-        wall, after = time.time_ns(), time.perf_counter_ns()
-        if after - before <= 5_000:
-            return min(wall_ns - wall + (before + after) // 2, read)
-        before = after
-    return read
 
 
 class Reference:

@@ -139,11 +139,9 @@ def quiet_observers(nice: int = OBSERVER_NICE) -> list[int]:
     privilege; where there is no /proc (not Linux), nothing is changed."""
     children = _children_by_parent()
     ours = _descendants(os.getpid(), children)  # the Ray this process started
-    quiet, todo = set(), [pid for pid in ours if any(mark in _command(pid) for mark in OBSERVER_MARKS)]
-    while todo:
-        pid = todo.pop()
-        quiet.add(pid)
-        todo.extend(children.get(pid, ()))
+    quiet = set()
+    for pid in (pid for pid in ours if any(mark in _command(pid) for mark in OBSERVER_MARKS)):
+        quiet.update((pid, *_descendants(pid, children)))
     for pid in sorted(quiet):
         for tid in _tasks(pid):
             try:

@@ -34,6 +34,21 @@ _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
 CLOCK_PAIR_NS, CLOCK_PAIR_TRIES = 5_000, 3
 
 
+def kernel_stamp_on_perf_counter(wall_ns: int) -> int:
+    """A kernel receive stamp (wall clock) on ``time.perf_counter_ns``'s timeline, never later than now. The wall
+    clock's place on the monotonic one is read between two monotonic reads; a pair more than ``CLOCK_PAIR_NS``
+    apart (this thread was preempted between them) is read again, and after ``CLOCK_PAIR_TRIES`` such pairs the
+    read time stands in: a stamp is never moved by a preemption."""
+    read = before = time.perf_counter_ns()
+    for _ in range(CLOCK_PAIR_TRIES):
+        wall = time.time_ns()
+        after = time.perf_counter_ns()
+        if after - before <= CLOCK_PAIR_NS:
+            return min(wall_ns - wall + (before + after) // 2, read)
+        before = after
+    return read
+
+
 class Exchange:
     """One perfray request: its HTTP requests (one per query vector), sent back to back on one connection;
     ``reply(bodies | error, sent_ns, done_ns)`` is called once. ``cancel()`` gives up on it."""
@@ -193,26 +208,16 @@ class HttpPool:
         self._flushing = False
 
     def arrival_ns(self, ancillary) -> int:
-        """When a read's bytes arrived: the kernel's receive stamp (wall clock) put on this clock's timeline,
-        else now. The wall clock's place on the monotonic one is read between two monotonic reads; a pair more
-        than ``CLOCK_PAIR_NS`` apart (this thread was preempted between them) is read again, and after
-        ``CLOCK_PAIR_TRIES`` such pairs the read time stands in: a stamp is never moved by a preemption."""
+        """When a read's bytes arrived: the kernel's receive stamp put on this clock's timeline
+        (``kernel_stamp_on_perf_counter``), else now."""
         if self._offset_ns is None:  # a clock of another kind: no timeline to put a kernel stamp on
             return self.now_ns()
-        read = time.perf_counter_ns()
         if ancillary:
             level, kind, data = ancillary[0]
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
                 sec, nsec = _TIMESPEC.unpack_from(data)
-                before = read
-                for _ in range(CLOCK_PAIR_TRIES):
-                    wall = time.time_ns()
-                    after = time.perf_counter_ns()
-                    if after - before <= CLOCK_PAIR_NS:
-                        kernel = sec * 1_000_000_000 + nsec - wall + (before + after) // 2
-                        return min(kernel, read) + self._offset_ns
-                    before = after
-        return read + self._offset_ns
+                return kernel_stamp_on_perf_counter(sec * 1_000_000_000 + nsec) + self._offset_ns
+        return time.perf_counter_ns() + self._offset_ns
 
     def encode(self, body: bytes) -> bytes:
         """The whole request for ``body``: done once per distinct body, never per request."""
