@@ -1,6 +1,7 @@
 """Command line: ``perfray sweep`` (also ``python -m perfray.sweep``), ``perfray capacity``, report, compare,
 calibrate, load, services. Exit codes: 0 ran and every must-pass
-target met; 1 a must-pass target failed; 2 bad usage or config; 3 could not proceed; 130 interrupted."""
+target met; 1 a must-pass target failed; 2 bad usage or config; 3 could not proceed; 4 perfray itself failed (a
+bug: traceback on stderr); 130 interrupted."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import os
 import signal
 import sys
 import time
+import traceback
 import uuid
 from pathlib import Path
 
 from perfray.cluster.runtime import restore_interrupt_handlers
-from perfray.errors import PerfrayError, UsageError
+from perfray.errors import EXIT_INTERNAL, PerfrayError, UnavailableError, UsageError
 from perfray.redact import redact
 
 
@@ -54,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--quiet", action="store_true", help="no progress lines")
     cap.add_argument("--no-report", action="store_true", help="skip report.md and figures at the end")
     cap.add_argument("--debug", action="store_true", help="show tracebacks")
-    report = sub.add_parser("report", help="write RUN_DIR/report.md and figures; exit 1 if a target failed")
+    report = sub.add_parser("report", help="write RUN_DIR/report.md and figures; exit 1 if a target failed, 3 if "
+                            "the run did not finish")
     report.add_argument("run_dir", type=Path)
     report.add_argument("--debug", action="store_true", help="show tracebacks")
     load = sub.add_parser("load", help="create the catalogue in every store the config's cells use (idempotent)")
@@ -126,7 +129,8 @@ def run_calibrate_command(args) -> int:
 
 def run_report_command(args) -> int:
     from perfray.analysis.intervals import measured_text
-    from perfray.analysis.report import write_report
+    from perfray.analysis.report import unfinished, write_report
+    from perfray.analysis.runs import open_run
 
     path, verdicts = write_report(args.run_dir)
     failed = [v for v in verdicts if v["must_pass"] and not v["passed"]]
@@ -135,7 +139,11 @@ def run_report_command(args) -> int:
         print(f"{mark} {_where(v)} {v['metric']:<20} {measured_text(v)}  want {v['bound']}"
               f"{'' if v['must_pass'] else '  (reported only)'}")
     print(f"report: {path}")
-    return 1 if failed else 0
+    if failed:
+        return 1
+    if (why := unfinished(open_run(args.run_dir))) is not None:  # passing what ran is not passing the run
+        raise UnavailableError(f"{args.run_dir}: {why}")
+    return 0
 
 
 def run_load_command(args) -> int:
@@ -265,6 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("perfray: interrupted; results so far were written", file=sys.stderr)
         return 130
+    except Exception as err:
+        # Not the user's doing: a bug. Its own exit code, never 1 (a pipeline reads 1 as "a target failed").
+        if debug:
+            raise
+        print(redact(traceback.format_exc()), end="", file=sys.stderr)
+        first = f"{type(err).__name__}: {err}".splitlines()[0]
+        print(f"perfray: internal error: {redact(first)} (a bug in perfray; the traceback above says where, and "
+              "a run directory keeps what was recorded)", file=sys.stderr)
+        return EXIT_INTERNAL
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

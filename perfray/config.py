@@ -343,6 +343,8 @@ def apply_override(data: dict, key: str, value: Any) -> None:
 def load_config(path: Path | None = None, overrides: list[str] | None = None) -> SweepConfig:
     """Read, override and validate a config file; every problem is a one-line ``UsageError``."""
     path = Path(path) if path else DEFAULT_CONFIG
+    if path.is_dir():
+        raise UsageError(f"--config {path}: a directory; expected a YAML file (e.g. {path / 'smoke.yaml'})")
     if not path.is_file():
         raise UsageError(f"--config {path}: no such file")
     try:
@@ -378,7 +380,8 @@ def _check_cell(cell: Workload, path: Path) -> None:
     if isinstance(ds, FileDataset):
         for field, file in (("dataset.path", ds.path), ("dataset.queries_path", ds.queries_path)):
             if file is not None and not Path(file).is_file():
-                raise UsageError(f"{path}: {field}: no such file {file}")
+                what = f"{file} is a directory; expected a file" if Path(file).is_dir() else f"no such file {file}"
+                raise UsageError(f"{path}: {field}: {what}")
     total_s = sum(p.duration_s for p in cell.load.phase_plan())
     peak = max(max(phase_rates(p, cell.offered_qps)) for p in cell.load.phase_plan())
     if peak <= 0:
@@ -387,6 +390,9 @@ def _check_cell(cell: Workload, path: Path) -> None:
         raise UsageError(f"{path}: load: {peak:.0f} QPS for {total_s:.0f} s is over 50M requests per cell")
     if cell.search.topology == "sharded" and isinstance(ds, SyntheticDataset) and ds.n < cell.search.n_gpus:
         raise UsageError(f"{path}: dataset.n ({ds.n}) is smaller than search.n_gpus ({cell.search.n_gpus})")
+    if isinstance(ds, SyntheticDataset) and cell.search.k > ds.n:
+        raise UsageError(f"{path}: search.k ({cell.search.k}) exceeds dataset.n ({ds.n}): a search cannot return more "
+                         "neighbours than there are items")
     if isinstance(ds, SyntheticDataset) and cell.search.k > ds.n // cell.search.n_gpus and cell.search.topology == "sharded":
         raise UsageError(f"{path}: search.k ({cell.search.k}) exceeds the rows in one shard")
     if not math.isfinite(cell.load.target_qps):

@@ -23,7 +23,7 @@ from perfray.cluster import runtime
 from perfray.cluster.fleet import Fleet, GpuGroup
 from perfray.cluster.gathering import RowGatherer
 from perfray.config import SweepConfig, Workload, phase_rates
-from perfray.errors import EXIT_OK, EXIT_TARGET_FAILED, UnavailableError, raised_remotely
+from perfray.errors import EXIT_OK, EXIT_TARGET_FAILED, PerfrayError, raised_remotely
 from perfray.load import calibration
 from perfray.load.generator import CellPlan
 from perfray.load.profiles import op_mix
@@ -120,7 +120,7 @@ class SweepDriver:
             status = "complete"
         except KeyboardInterrupt:
             status, code = "interrupted", 130
-        except UnavailableError as err:
+        except PerfrayError as err:  # unavailable (a store, the cluster), or bad input found once read (a file)
             code = err.exit_code
             self.manifest.doc["error"] = str(err)
             if all(c["status"] == "pending" for c in self.manifest.doc["cells"]):

@@ -30,4 +30,5 @@ EXIT_OK = 0
 EXIT_TARGET_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+EXIT_INTERNAL = 4  # an exception perfray did not expect (a bug), never 1: that is a failed target
 EXIT_INTERRUPTED = 130

@@ -5,8 +5,11 @@ variables that hold them, so a manifest can print every field."""
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from perfray.redact import redact
 
 
 class _Strict(BaseModel):
@@ -56,6 +59,13 @@ class MilvusSpec(_Strict):
     def embedded(self) -> bool:
         return self.uri.endswith(".db")
 
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, uri: str) -> str:
+        if not uri.endswith(".db"):
+            _check_uri(uri, ("http", "https", "tcp"), "a Milvus Lite file (….db) or a server's http://host:19530")
+        return uri
+
 
 class PostgresSpec(_Strict):
     """libpq connection parts; the password comes only from the environment variable ``password_env``."""
@@ -100,6 +110,13 @@ class Neo4jSpec(_Strict):
     hnsw_m: int | None = Field(None, ge=2, le=512)
     hnsw_ef_construction: int | None = Field(None, ge=1, le=3200)
 
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, uri: str) -> str:
+        _check_uri(uri, ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc"),
+                   "bolt://host:7687 or neo4j://host:7687 (+s or +ssc for TLS)")
+        return uri
+
 
 class HttpSpec(_Strict):
     """A deployed service (e.g. the hybrid coordinator): each request POSTs ``{"vector", "k", "user"}`` as
@@ -112,6 +129,29 @@ class HttpSpec(_Strict):
     token_env: str = Field("PERFRAY_HTTP_TOKEN", description="sent as 'Authorization: Bearer …' when set")
     ids_field: str | None = "ids"
     connect_timeout_s: float = Field(5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        check_http_url(url)
+        return url
+
+
+def check_http_url(url: str) -> None:
+    """ValueError (credentials masked) unless ``url`` is ``http(s)://host[:port]/path``."""
+    _check_uri(url, ("http", "https"), "http(s)://host[:port]/path")
+
+
+def _check_uri(uri: str, schemes: tuple[str, ...], expected: str) -> None:
+    """ValueError naming ``expected`` (credentials masked) unless ``uri`` has one of ``schemes``, a host and a
+    port that is a number, if any."""
+    parts = urlsplit(uri)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is not a number, or out of range
+        port_ok = False
+    if parts.scheme not in schemes or not parts.hostname or not port_ok:
+        raise ValueError(f"expected {expected}, got {redact(uri)!r}")
 
 
 class StoresSpec(_Strict):

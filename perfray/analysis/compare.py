@@ -101,6 +101,10 @@ def compare(baseline: Path, candidate: Path, metric: str = "p99_ms", min_speedup
     """Write candidate/comparison.md; return it and one verdict per grid cell."""
     _check_metric(metric)
     base, cand = open_run(baseline), open_run(candidate)
+    if base.manifest.get("run_id") == cand.manifest.get("run_id"):
+        # a run against itself (or its copy) always reads 1.00x: no comparison at all
+        raise UsageError(f"{candidate}: the same run as the baseline {baseline} (run_id "
+                         f"{cand.manifest.get('run_id')!r}); compare two runs")
     rows = []
     for b, c in match_cells(base, cand):
         repeats = min(len(b), len(c))

@@ -1,6 +1,7 @@
 """``perfray report RUN_DIR``: report.md + PNG figures beside it, and the verdict table.
 
-Exit 0 when every must-pass target is met, 1 when one is not (like a failing test), 2 on bad input."""
+Exit 0 when every must-pass target is met, 1 when one is not (like a failing test), 2 on bad input, 3 when the run
+did not finish (its verdicts cover only the cells that ran: ``unfinished``)."""
 
 from __future__ import annotations
 
@@ -53,11 +54,28 @@ def verdicts(run: Run) -> list[dict]:
     return check_targets(run.summary, targets, run.phases)
 
 
+def unfinished(run: Run) -> str | None:
+    """One line when the run did not finish (not started, failed, interrupted, or its driver vanished while
+    running): its verdicts then judge only the cells that ran. None for a finished run."""
+    m = run.manifest
+    status = m.get("status")
+    if status == "complete":
+        return None
+    cells = m.get("cells", [])
+    ran = sum(1 for c in cells if c.get("status") in ("complete", "degraded", "partial", "interrupted"))
+    error = f" ({m['error']})" if m.get("error") else ""
+    if not ran:
+        return f"the run is {status}{error}: nothing was measured"
+    return f"the run is {status}{error}: {ran} of {len(cells)} cells ran; the others were never judged"
+
+
 def render(run: Run, figure_paths: list[Path]) -> str:
     m = run.manifest
     gpus = m.get("gpus", {})
     simulated = gpus.get("simulated")
     lines = [f"# perfray report: {m.get('run_id', run.path.name)}", ""]
+    if (why := unfinished(run)) is not None:
+        lines += [f"> **Not finished.** {why[0].upper()}{why[1:]}. What follows covers only what was recorded.", ""]
     if simulated:
         lines += ["> **Simulated GPUs.** This run used Ray logical GPUs served by a CPU backend: its latency "
                   "and scaling figures describe this machine, not GPU hardware.", ""]
@@ -90,6 +108,8 @@ def render(run: Run, figure_paths: list[Path]) -> str:
         lines += ["", "Percentile targets are judged on their 95% confidence interval (order statistics, no "
                   "assumption about the distribution): met when the whole interval meets the bound, `?` "
                   "(inconclusive, counted as not met) when it straddles it."]
+    elif m.get("config", {}).get("targets") and not run.summary:
+        lines += [f"{len(m['config']['targets'])} targets configured; none judged: no cell finished."]
     else:
         lines += ["No targets configured."]
     lines += ["", "## Service-level objectives (goal / stretch)", "",
@@ -371,7 +391,7 @@ def scaling_section(run: Run) -> list[str]:
 def write_report(run_dir: Path) -> tuple[Path, list[dict]]:
     """Write report.md and figures into the run directory; return the report path and target verdicts."""
     run = open_run(run_dir)
-    paths = [p for p in (fig(run, run.path) for fig in figures.ALL) if p is not None]
+    paths = [p for p in (fig(run, run.path) for fig in figures.ALL) if p is not None] if run.rows.num_rows else []
     curve = capacity_curve(run.manifest, run.path)
     paths += [curve] if curve is not None else []
     tradeoff = tradeoff_figure(tradeoff_curves(run.summary, run.manifest), run.path)

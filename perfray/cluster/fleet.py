@@ -15,7 +15,7 @@ from perfray.data import load_dataset
 from perfray.data.filters import item_attr, query_filters
 from perfray.data.groundtruth import ground_truth, truth_coverage
 from perfray.data.writes import WriteSet, cell_writes
-from perfray.errors import UnavailableError, raised_remotely
+from perfray.errors import UnavailableError, UsageError, raised_remotely
 from perfray.load.generator import QueryPool
 from perfray.load.profiles import op_mix
 from perfray.load.schedules import write_schedule
@@ -83,6 +83,7 @@ class Fleet:
         ray = _ray()
         if shared is None:
             dataset = load_dataset(cell.dataset)
+            _check_k(cell.dataset, dataset.n, [c.search for c in cells if c.dataset == cell.dataset])
             max_k = max(op.k for c in cells if c.dataset == cell.dataset
                         for op in op_mix(c.load.op_mix, c.search.k, dataset.n))
             base_ref, attr_ref = ray.put(dataset.base), ray.put(item_attr(dataset))
@@ -236,3 +237,14 @@ class Fleet:
                                                        self.config.metrics.enabled,
                                                        self.config.cluster.generator_process)
         return [self.load[i] for i in range(count)]
+
+
+def _check_k(spec, n: int, searches: list) -> None:
+    """Every cell's k within what its dataset (a shard of it, when sharded) holds: a file's size is known once read,
+    a synthetic one's is checked with the config."""
+    for search in searches:
+        items = n // search.n_gpus if search.topology == "sharded" else n
+        if search.k > items:
+            where = f"one of {search.n_gpus} shards holds {items:,}" if search.topology == "sharded" else f"{n:,} vectors"
+            raise UsageError(f"{getattr(spec, 'path', 'dataset')}: {where}, fewer than search.k ({search.k}): a search "
+                             "cannot return more neighbours than there are items")

@@ -73,12 +73,12 @@ def from_file(spec) -> Dataset:
     if queries.shape[1] != base.shape[1]:
         raise UsageError(f"dataset: queries have dim {queries.shape[1]}, base vectors have dim {base.shape[1]}")
     for what, vectors, file in (("base vector", base, path), ("query", queries, spec.queries_path or path)):
+        if vectors.shape[0] == 0:
+            raise UsageError(f"{file}: no {what} rows")
         bad = ~np.isfinite(vectors).all(axis=1)
         if bad.any():
             raise UsageError(f"{file}: {what} {int(np.flatnonzero(bad)[0])} has a NaN or infinite value "
                              f"({int(bad.sum())} such rows); distances to it are undefined")
-        if vectors.shape[0] == 0:
-            raise UsageError(f"{file}: no {what}s")
     digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True, default=str).encode())
     for file in (path, spec.queries_path):
         if file is not None:
@@ -127,8 +127,7 @@ def _read_hdf5(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 raise UsageError(f"{path}: expected ann-benchmarks datasets 'train' and 'test'")
             metric = f.attrs.get("distance", "euclidean")
             metric = metric.decode() if isinstance(metric, bytes) else str(metric)
-            base = np.asarray(f["train"], dtype=np.float32)
-            queries = np.asarray(f["test"], dtype=np.float32)
+            base, queries = (_hdf5_vectors(path, f, name) for name in ("train", "test"))
     except OSError as err:
         raise UsageError(f"{path}: cannot read as HDF5 ({err})") from None
     if metric == "angular":
@@ -138,6 +137,20 @@ def _read_hdf5(path: Path) -> tuple[np.ndarray, np.ndarray]:
     elif metric not in ("euclidean", "l2"):
         raise UsageError(f"{path}: distance {metric!r} is not supported (euclidean or angular)")
     return base, queries
+
+
+def _hdf5_vectors(path: Path, f, name: str) -> np.ndarray:
+    """Dataset ``name`` of an open HDF5 file as float32 rows: a 2-D numeric array, else one line naming it."""
+    import h5py
+
+    node = f[name]
+    if not isinstance(node, h5py.Dataset):
+        raise UsageError(f"{path}: '{name}' is a group; expected a 2-D array of vectors")
+    if node.dtype.kind not in "fiu":
+        raise UsageError(f"{path}: '{name}' holds {node.dtype}; expected numbers (a 2-D array of vectors)")
+    if node.ndim != 2 or node.shape[1] == 0:
+        raise UsageError(f"{path}: '{name}' has shape {node.shape}; expected a 2-D array (vectors x dimensions)")
+    return np.asarray(node, dtype=np.float32)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

@@ -24,6 +24,8 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
+from perfray.systems_config import check_http_url
+
 FLUSH_SLICE = 64  # stamped replies handed on per loop turn
 READ_SIZE = 65_536
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux' value (asm-generic; x86-64, arm64)
@@ -182,9 +184,8 @@ class HttpPool:
 
     def __init__(self, url: str, max_connections: int, headers: dict[str, str], connect_timeout_s: float,
                  clock, method: str = "POST") -> None:
+        check_http_url(url)
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"stores.http.url: expected http(s)://host[:port]/path, got {url!r}")
         self.host, self.tls = parts.hostname, parts.scheme == "https"
         self.port = parts.port or (443 if self.tls else 80)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

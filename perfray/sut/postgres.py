@@ -72,7 +72,12 @@ class PostgresStore:
         from psycopg_pool import ConnectionPool, PoolTimeout
 
         s = self.spec
-        self.pool = ConnectionPool(**self._pool_options(), configure=self.configure)
+        options = self._pool_options()
+        try:  # one connection first: a server that is not there fails here with its own reason, in one line
+            psycopg.connect(**options["kwargs"]).close()
+        except psycopg.Error as err:
+            raise unavailable(self.store, self.uri, err) from None
+        self.pool = ConnectionPool(**options, configure=self.configure)
         try:
             self.pool.open(wait=True, timeout=s.connect_timeout_s)
             with self.pool.connection() as conn:

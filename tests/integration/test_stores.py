@@ -373,6 +373,10 @@ def test_perfray_load_command_is_idempotent(store_args):
         assert f"{store}: 1,500 items already there" in second.stderr
     down = load("--set", "stores.neo4j.uri=bolt://127.0.0.1:9", "--set", "stores.neo4j.connect_timeout_s=1")
     assert down.returncode == 3 and "perfray: error: neo4j at bolt://127.0.0.1:9 is not reachable" in down.stderr
+    # PostgreSQL down: its own reason in the one line, not the pool's time-out after its retries logged to stderr
+    down = load("--set", "stores.postgres.port=9", "--set", "stores.postgres.connect_timeout_s=1")
+    assert down.returncode == 3 and "is not reachable (connection failed: " in down.stderr, down.stderr[-2000:]
+    assert "error connecting in" not in down.stderr and "port 9 failed: Connection refused" in down.stderr
 
 
 def test_neo4j_vector_index_settings_rebuild_the_index_and_move_the_baselines_recall(stores_spec, catalogue, tmp_path):

@@ -1,6 +1,7 @@
 """Every config, flag and dataset file a user can get wrong ends in exit 2 and one line naming it."""
 
 import copy
+import json
 import subprocess
 import sys
 
@@ -43,6 +44,9 @@ def test_files_that_are_not_configs_or_datasets_exit_2_with_one_line(tmp_path):
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 2 and lines[-1].startswith(f"perfray: error: {start}"), (args, out.stderr[-1500:])
         assert "Traceback" not in out.stderr
+    # the dataset's fault is found once it is read, in a run already begun: its manifest says nothing ran
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "r").glob("*/manifest.json")]
+    assert [(m["status"], m["error"].split(":")[0]) for m in runs] == [("not_started", str(tmp_path / "inf.fvecs"))]
 
 
 # Mutations of the shipped configs: a key removed, or a value replaced by something of another kind.

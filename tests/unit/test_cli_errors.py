@@ -24,6 +24,8 @@ def run_cli(*args, cwd=None):
     (["--set", "load.actors=0"], "workload.load.actors: expected a number of load actors >= 1 or auto, got 0"),
     (["--set", "dataset={kind: file, path: /no/such.fvecs, queries_path: /no/q.fvecs}"],
      "dataset.path: no such file /no/such.fvecs"),
+    (["--config", "/"], "--config /: a directory; expected a YAML file"),
+    (["--set", "dataset={kind: file, path: /, queries_path: /}"], "dataset.path: / is a directory; expected a file"),
 ])
 def test_bad_usage_exits_2_with_one_line(tmp_path, args, message):
     out = run_cli("--results-dir", str(tmp_path / "r"), *args)
@@ -66,3 +68,21 @@ def test_redact_masks_uri_credentials_and_credential_parameters():
     assert redact("bolt://neo4j:pw@h:7687 and postgresql://postgres@h/db") == "bolt://neo4j:***@h:7687 and postgresql://postgres@h/db"
     assert redact("http://h/x?k=1&token=abc#f") == "http://h/x?k=1&token=***#f"
     assert redact("http://host/path@x, plain text") == "http://host/path@x, plain text"
+
+
+def test_an_unexpected_exception_is_exit_4_with_its_traceback_never_1(monkeypatch, capsys, tmp_path):
+    """A bug is not a failed target: a pipeline that reads exit 1 as "a target failed" must not be told so."""
+    from perfray import cli
+
+    def broken(args):
+        raise IndexError("tuple index out of range at http://perf:hunter2@db.example:5432/x")
+
+    monkeypatch.setattr(cli, "run_report_command", broken)
+    assert cli.main(["report", str(tmp_path)]) == 4
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "in broken" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("perfray: internal error: IndexError: tuple index out of range") and "a bug in perfray" in last
+    assert "hunter2" not in err and "perf:***@db.example" in err
+    with pytest.raises(IndexError):  # --debug: the exception itself, as before
+        cli.main(["--debug", "report", str(tmp_path)])

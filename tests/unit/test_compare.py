@@ -117,3 +117,14 @@ def test_between_run_intervals_hold_their_level_in_a_a_and_catch_a_2x_slowdown()
     assert wrong <= 0.08, wrong
     slow = [between_runs(run(4.0), run(8.0), False) for _ in range(400)]
     assert sum(s["high"] < 1 for s in slow) / len(slow) >= 0.9
+
+
+def test_a_run_compared_with_itself_or_its_copy_is_refused(runs, tmp_path):
+    import shutil
+
+    base, _ = runs
+    with pytest.raises(UsageError, match="the same run as the baseline"):
+        compare(base, base)
+    copy = shutil.copytree(base, tmp_path / "copy")
+    with pytest.raises(UsageError, match=r"copy: the same run as the baseline .*run_id 'base'"):
+        compare(base, copy)

@@ -48,6 +48,14 @@ def test_set_overrides_by_path_or_unique_leaf_and_replaces_a_sweep_axis(tmp_path
     (BASE, ["nonsense=1"], r"--set nonsense: 'nonsense' is not a workload field"),
     (BASE, ["novalue"], r"expected key=value"),
     ("name: [unclosed\n", [], r"not valid YAML \(line"),
+    (BASE, ["stores.http.url=ftp://h/x"], r"stores.http.url: expected http\(s\)://host\[:port\]/path, got 'ftp://h/x'"),
+    (BASE, ["stores.http.url=notaurl"], r"stores.http.url: expected http\(s\)://host\[:port\]/path, got 'notaurl'"),
+    (BASE, ["stores.http.url=http://me:hunter2@h:x/"], r"got 'http://me:\*\*\*@h:x/'$"),
+    (BASE, ["stores.neo4j.uri=notauri"], r"stores.neo4j.uri: expected bolt://host:7687 or neo4j://host:7687"),
+    (BASE, ["stores.neo4j.uri=http://127.0.0.1:7474"], r"stores.neo4j.uri: expected bolt://host:7687 or neo4j://"),
+    (BASE, ["stores.milvus.uri=notauri"], r"stores.milvus.uri: expected a Milvus Lite file \(….db\) or a server's"),
+    (BASE, ["stores.milvus.uri=http://root:Milvus@:19530"], r"got 'http://root:\*\*\*@:19530'$"),
+    (BASE, ["search.k=1001"], r"search.k \(1001\) exceeds dataset.n \(1000\): a search cannot return more"),
 ])
 def test_bad_config_is_one_line_usage_error(tmp_path, text, overrides, message):
     with pytest.raises(UsageError, match=message) as err:
@@ -63,3 +71,18 @@ def test_sweep_value_errors_name_the_field(tmp_path):
 def test_default_config_is_valid():
     config = load_config(None)
     assert config.name == "smoke" and len(config.cells()) >= 2
+
+
+def test_a_k_beyond_a_dataset_file_or_its_shards_is_one_line_naming_the_file():
+    """A file's size is known once it is read: a k it cannot serve is refused then, not capped while the report
+    says the k asked for."""
+    from types import SimpleNamespace as NS
+
+    from perfray.cluster.fleet import _check_k
+
+    spec = NS(path="/data/base.fvecs")
+    _check_k(spec, 100, [NS(k=100, n_gpus=1, topology="replicated"), NS(k=50, n_gpus=2, topology="sharded")])
+    with pytest.raises(UsageError, match=r"^/data/base.fvecs: 100 vectors, fewer than search.k \(101\)"):
+        _check_k(spec, 100, [NS(k=101, n_gpus=1, topology="replicated")])
+    with pytest.raises(UsageError, match=r"^/data/base.fvecs: one of 3 shards holds 33, fewer than search.k \(34\)"):
+        _check_k(spec, 100, [NS(k=34, n_gpus=3, topology="sharded")])

@@ -51,6 +51,28 @@ def test_ann_benchmarks_hdf5_angular_is_normalised(tmp_path):
         load_dataset(FileDataset(kind="file", path=tmp_path / "jac.hdf5"))
 
 
+@pytest.mark.parametrize(("train", "test", "message"), [
+    (np.ones(10, np.float32), np.ones((2, 4), np.float32), r"'train' has shape \(10,\); expected a 2-D array"),
+    (np.ones((10, 4, 2), np.float32), np.ones((2, 4), np.float32), r"'train' has shape \(10, 4, 2\); expected a 2-D"),
+    (np.ones((10, 0), np.float32), np.ones((2, 0), np.float32), r"'train' has shape \(10, 0\)"),
+    (np.ones((10, 4), np.float32), np.array([b"a", b"b"]), r"'test' holds \|S1; expected numbers"),
+    (np.ones((10, 4), np.float32), None, r"'test' is a group; expected a 2-D array"),
+    (np.ones((10, 4), np.float32), np.ones((0, 4), np.float32), r"no query rows"),
+    (np.ones((0, 4), np.float32), np.ones((2, 4), np.float32), r"no base vector rows"),
+])
+def test_an_hdf5_file_of_the_wrong_shape_is_one_line_naming_the_array(tmp_path, train, test, message):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "odd.hdf5"
+    with h5py.File(path, "w") as f:
+        f["train"] = train
+        if test is None:
+            f.create_group("test")
+        else:
+            f["test"] = test
+    with pytest.raises(UsageError, match=message):
+        load_dataset(FileDataset(kind="file", path=path))
+
+
 def test_ground_truth_is_cached_by_fingerprint(tmp_path):
     ds = load_dataset(SyntheticDataset(n=800, dim=8, n_queries=50))
     ids, dists = ground_truth(ds, 10, tmp_path)

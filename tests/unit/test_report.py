@@ -92,3 +92,32 @@ def test_report_figures_plot_the_rows_own_values(tmp_path, monkeypatch):
     [qps_line] = kept["scaling.png"].axes[0].lines
     assert list(qps_line.get_xdata()) == [1, 2, 4]
     assert np.allclose(qps_line.get_ydata(), [r["achieved_qps"] for r in summary])
+
+
+def test_a_run_that_did_not_finish_never_reports_success(tmp_path, capsys):
+    """A driver that failed after its first cell leaves verdicts for that cell only; they pass, but the run did not:
+    ``report`` says so in the report and exits 3, never 0."""
+    import json
+
+    from perfray import cli
+
+    run = write_fake_run(tmp_path / "cut", [np.full(500, 3.0), np.full(500, 3.0)])
+    doc = json.loads((run / "manifest.json").read_text())
+    doc.update(status="failed", error="RuntimeError: the driver broke")
+    doc["cells"][1]["status"] = "pending"
+    (run / "manifest.json").write_text(json.dumps(doc))
+    assert cli.main(["report", str(run)]) == 3
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"perfray: error: {run}: the run is failed (RuntimeError: the driver broke): 1 of 2 cells ran; "
+                    "the others were never judged")
+    assert "> **Not finished.** The run is failed (RuntimeError: the driver broke): 1 of 2 cells ran" in (
+        run / "report.md").read_text()
+    for cell in doc["cells"]:
+        cell["status"] = "pending"
+    doc["status"] = "not_started"
+    (run / "manifest.json").write_text(json.dumps(doc))
+    assert cli.main(["report", str(run)]) == 3
+    assert capsys.readouterr().err.strip().endswith("the driver broke): nothing was measured")
+    doc.update(status="complete")
+    (run / "manifest.json").write_text(json.dumps(doc))
+    assert cli.main(["report", str(run)]) == 0 and "Not finished" not in (run / "report.md").read_text()
