@@ -219,9 +219,10 @@ def _run(config, args, kind: str) -> int:
         report, _ = write_report(run_dir)
         progress.note(f"perfray: report {report}")
     for search in (driver.manifest.doc.get("capacity") or {}).get("searches", []):
+        hi = search["capacity_hi"]
+        broke = f"broke at {hi:,.0f}" if hi == hi else "never broke"  # NaN: no step broke the SLOs
         print(f"perfray: search {search['search']}: capacity {search['capacity_qps']:,.0f} QPS at "
-              f"{search['slo']} (broke at {search['capacity_hi']:,.0f}; {len(search['steps'])} steps; ended: "
-              f"{search['limited_by']})")
+              f"{search['slo']} ({broke}; {len(search['steps'])} steps; ended: {search['limited_by']})")
     verdicts = driver.manifest.doc.get("verdicts", [])
     failed = [v for v in verdicts if v["must_pass"] and not v["passed"]]
     must = sum(1 for v in verdicts if v["must_pass"])
