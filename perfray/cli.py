@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import time
@@ -196,6 +197,7 @@ def run_capacity_command(args) -> int:
 
 def _run(config, args, kind: str) -> int:
     from perfray.analysis.intervals import measured_text
+    from perfray.cluster.placement import PlacementError
     from perfray.driver import SweepDriver
     from perfray.progress import Progress
     from perfray.results.writer import prepare_run_dir
@@ -212,7 +214,12 @@ def _run(config, args, kind: str) -> int:
     progress = Progress(enabled=not args.quiet)
     progress.note(f"perfray: run {run_id} -> {run_dir}")
     driver = SweepDriver(config, run_dir, run_id, progress=progress, argv=sys.argv, systems=systems)
-    code = driver.run()
+    try:
+        code = driver.run()
+    except PlacementError:  # the cluster could not host the run as asked: nothing ran, nothing is left behind
+        if driver.manifest.doc["status"] == "not_started" and not driver.writer.rows_written:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     if not args.no_report and driver.summary:
         from perfray.analysis.report import write_report
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from perfray.cluster_config import ClusterSpec
 from perfray.errors import UsageError
 from perfray.systems_config import CatalogueSpec, HybridSpec, StoresSpec
 from perfray.targets_config import CapacitySpec, TargetSpec
@@ -157,20 +158,6 @@ class MicrobenchSpec(Strict):
     ks: tuple[Annotated[int, Field(ge=1)], ...] = (10,)
     repeats: int = Field(5, ge=1)
     warmup: int = Field(2, ge=0)
-
-
-class ClusterSpec(Strict):
-    address: str | None = Field(None, description="Ray address; default: RAY_ADDRESS, else embedded local Ray")
-    logical_gpus: Literal["auto", "always", "never"] = "auto"
-    load_actor_cpus: float = Field(0.5, ge=0)
-    gpu_actor_cpus: float = Field(0.0, ge=0)
-    drain_interval_s: float = Field(0.5, gt=0, le=1.0)
-    actor_start_timeout_s: float = Field(120.0, gt=0)
-    generator_process: bool = Field(True, description="a load actor runs a system's client and its generator in a "
-                                    "process of its own (off the Ray worker's GIL); false: in the actor")
-    generator_cpus: list[Annotated[int, Field(ge=0)]] = Field(
-        [], description="pin load actor i's generator (its process, or the actor when it runs there) to CPU "
-        "generator_cpus[i % len]: cores kept apart from the system under test and Ray's daemons; [] pins nothing")
 
 
 class MetricsSpec(Strict):

@@ -15,13 +15,22 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from perfray.analysis.cells import cell_labels, comparison_keys, gpu_usage, progress_label, summarize_phases
+from perfray.analysis.cells import (
+    cell_labels,
+    comparison_keys,
+    gpu_usage,
+    loss_recovery_s,
+    progress_label,
+    summarize_phases,
+)
 from perfray.analysis.repeats import add_repeat_spread
-from perfray.analysis.summary import add_baseline, add_scaling, check_targets
+from perfray.analysis.summary import add_baseline, add_scaling, check_targets, harness_verdicts
 from perfray.capacity import CapacitySearch, Step
 from perfray.cluster import runtime
 from perfray.cluster.fleet import Fleet, GpuGroup
 from perfray.cluster.gathering import RowGatherer
+from perfray.cluster.node_loss import NodeLossTracker
+from perfray.cluster.nodes import cluster_nodes
 from perfray.config import SweepConfig, Workload, phase_rates
 from perfray.errors import EXIT_OK, EXIT_TARGET_FAILED, PerfrayError, raised_remotely
 from perfray.load import calibration
@@ -84,7 +93,9 @@ class SweepDriver:
         self._systems_checked = systems is not None
         self.systems = systems or SystemSession(config.stores)
         self.fleet = Fleet(config, run_id, self.cache_dir, self.progress, self.systems)
-        self.gather = RowGatherer(self.run_dir, self.writer, self.manifest, self.progress, self.fleet.load)
+        self.gather = RowGatherer(self.run_dir, self.writer, self.manifest, self.progress, self.fleet.load,
+                                  self.fleet.node_of)
+        self.nodes: NodeLossTracker | None = None
 
     # ----------------------------------------------------------------------------------------- run
     def run(self) -> int:
@@ -105,7 +116,9 @@ class SweepDriver:
                 "metrics_port": self._ray.metrics_port if self.config.metrics.enabled else None,
                 "observers": self._ray.observers},
                 gpus={"declared": gpus, "logical": self._ray.logical_gpus,
-                      "real_on_driver": self._ray.real_gpus_on_driver})
+                      "real_on_driver": self._ray.real_gpus_on_driver}, nodes=cluster_nodes())
+            self.nodes = NodeLossTracker(self.manifest, self.fleet, self.progress,
+                                         [n["node_id"] for n in self.manifest.doc["nodes"]])
             if self._ray.dashboard_url:
                 self.progress.note(f"Ray dashboard: http://{self._ray.dashboard_url}")
             if self.config.capacity is None:
@@ -123,6 +136,7 @@ class SweepDriver:
         except PerfrayError as err:  # unavailable (a store, the cluster), or bad input found once read (a file)
             code = err.exit_code
             self.manifest.doc["error"] = str(err)
+            status = getattr(err, "run_status", status)  # e.g. stopped after a lost node (cluster.on_node_loss)
             if all(c["status"] == "pending" for c in self.manifest.doc["cells"]):
                 status = "not_started"  # nothing was measured: the run directory says so, not "failed"
             raise
@@ -160,7 +174,8 @@ class SweepDriver:
             add_repeat_spread(self.summary)
             add_scaling(self.summary, self.scaling_keys)
             add_baseline(self.summary, self.baseline_keys, self.config.baseline_system)
-            verdicts = check_targets(self.summary, self.config.targets, self.phase_summary)
+            verdicts = check_targets(self.summary, self.config.targets, self.phase_summary) + harness_verdicts(
+                self.summary)
         else:
             verdicts = self._capacity_results()
         if self.summary:
@@ -174,6 +189,7 @@ class SweepDriver:
         simulated = any(d["simulated"] for d in described) if described else None
         self.manifest.doc.setdefault("gpus", {}).update(simulated=simulated, models=self.fleet.devices,
                                                         actors=described)
+        self.manifest.doc["load_actors"] = [{"actor": i, **w} for i, w in sorted(self.fleet.load_where.items())]
         self.manifest.update(status=status, finished_unix_s=time.time(), verdicts=verdicts,
                              rows_written=self.writer.rows_written, ground_truth=self.fleet.truth)
 
@@ -238,7 +254,7 @@ class SweepDriver:
         if group.handles:
             fleet.microbench(cell, ds, group)
         started = time.perf_counter()
-        loaders = fleet.load_actors(cell.load.actors)
+        loaders = fleet.load_actors(cell.load.actors, group)
         fleet.prime(loaders, group, ds, cell.search.k, system, catalogue_ref)
         timings["load_actors_ready_s"] = round(time.perf_counter() - started, 3)
         phases = [PhaseRates(p.name, p.duration_s, *phase_rates(p, cell.offered_qps), p.measured)
@@ -272,17 +288,21 @@ class SweepDriver:
         label = progress_label(cell, group.described, system.label if system is not None else None)
         self.progress.cell_started(index, len(self.cells), label, sum(p.duration_s for p in phases))
         counters_before = fleet.gpu_counters(group)
+        watch = fleet.watch_search(group, sum(p.duration_s for p in phases) + START_LEAD_NS / 1e9 + 60)
         refs = {i: loaders[i].run_cell.remote(plans[i], ds.pool_ref, group.handles, cell.search.topology,
                                               system, setup.catalogue_ref)
                 for i in range(len(loaders))}
         if self.hooks.on_cell_start:
             self.hooks.on_cell_start(index, list(loaders), list(group.handles))
-        self.gather.start_cell(refs)
+        self.gather.start_cell(refs, group.nodes)
         stats = []
         while refs:
             ready, _ = _ray().wait(list(refs.values()), num_returns=len(refs),
                                    timeout=self.config.cluster.drain_interval_s)
             self.gather.drain(index)
+            for actor, err in fleet.search_deaths(watch):
+                self.gather.actor_failed("gpu", actor, index, err)
+            self.nodes.poll(index)
             for i in [i for i, ref in refs.items() if ref in ready]:
                 ref = refs.pop(i)
                 try:
@@ -296,18 +316,36 @@ class SweepDriver:
         self.gather.drain(index)
         counters_after = fleet.gpu_counters(group)
         entry["gpu_usage"] = gpu_usage(counters_before, counters_after)
-        dead = fleet.first_dead(counters_after)
-        if dead is not None:
-            self.gather.actor_failed("gpu", dead[0], index, dead[1])
+        for actor, err in fleet.search_deaths(watch, done=True) + fleet.dead(counters_after):
+            self.gather.actor_failed("gpu", actor, index, err)
+        self.nodes.settle(index)
         self.writer.close_cell(index)
         # A dead actor's unreported requests are rows too (lost); a cell that lost an actor is degraded.
         lost = self.gather.account_lost(index, plans, ds.dataset.queries.shape[0])
         status = "degraded" if self.gather.failed_in(index) else "complete"
+        for s in stats:
+            s["node_id"] = fleet.node_of("load", s.get("actor", -1))
         entry.update(status=status, actor_stats=stats, lost_rows=lost, timings={
-            **setup.timings, "gather_s": round(self.gather.seconds, 3), "drains": self.gather.drains})
+            **setup.timings, "gather_s": round(self.gather.seconds, 3), "drains": self.gather.drains},
+            placement={"load": [fleet.node_of("load", i) for i in range(len(loaders))], "search": group.nodes})
         self._summarize(index, status)
+        self._node_loss_recovery(index)
         self.progress.cell_finished(self.summary[-1])
         self.manifest.write()
+        self.nodes.stop_if_asked(index, self.config.cluster.on_node_loss)
+
+    def _node_loss_recovery(self, index: int) -> None:
+        """For each node lost in the cell: how long until the surviving load actors' requests were back within the
+        SLO (the config's tightest p99 target, else the p99 before the loss); the cell's ``recovery_s``."""
+        row = self.summary[-1]
+        slos = [t.max for t in self.config.targets if t.metric == "p99_ms" and t.max is not None and not t.where]
+        for event in self.nodes.events_in(index):
+            dead = [f["actor"] for f in self.manifest.doc["failures"] if f["role"] == "load" and f["cell"] == index]
+            entry = self.manifest.doc["cells"][index]
+            end_ns = entry["start_unix_ns"] + int(sum(p.duration_s for p in self.cells[index].load.phase_plan()) * 1e9)
+            event["recovery_s"] = loss_recovery_s(read_cell(self.run_dir, index), event["at_unix_ns"], end_ns, dead,
+                                                  min(slos) if slos else None)
+            row["recovery_s"] = event["recovery_s"]
 
     def _summarize(self, index: int, status: str, until_ns: int | None = None) -> None:
         """Summary rows of a cell (all measured phases) and of each phase, from its Parquet rows;
@@ -317,6 +355,8 @@ class SweepDriver:
                              (self.manifest.doc.get("calibration") or {}).get("ceilings_qps", {}))
         if "capacity" in entry:
             labels["capacity_search"] = entry["capacity"]["search"]
+        if self.fleet.needs_gpu_actors(cell) and self.fleet.described:  # fewer after a lost node: what it had
+            labels["n_gpus"] = len(self.fleet.described)
         labels["base_cell"], labels["repeat"] = entry.get("base", index), entry.get("repeat", 0)
         row, phase_rows = summarize_phases(read_cell(self.run_dir, index), cell, index, status,
                                            entry.get("start_unix_ns", 0), until_ns or 2**62, labels)

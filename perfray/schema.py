@@ -45,6 +45,10 @@ REQUEST_SCHEMA = pa.schema(
         pa.field("freshness_ns", pa.int64()),
         # A scored read in a cell with writes: deleted items it returned after their delete should have shown; v3+.
         pa.field("stale_hits", pa.int16()),
+        # The Ray node (id) of the load actor that sent the request and of the search actor that answered it (null
+        # for every shard at once, or a system outside Ray); filled by the driver as it gathers rows; v4+.
+        pa.field("load_node", _dict),
+        pa.field("search_node", _dict),
     ],
     metadata={b"perfray.schema_version": str(SCHEMA_VERSION).encode()},
 )

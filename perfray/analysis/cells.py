@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from perfray.analysis.summary import recovery_s, summarize_cell
 from perfray.config import Workload, phase_rates
@@ -131,3 +133,15 @@ def _usage_means(entry: dict) -> dict:
             "gpu_util_mean": sum(util) / len(util) if util else float("nan")}
 
 
+def loss_recovery_s(rows: pa.Table, loss_ns: int, end_ns: int, dead_actors: list[int], slo_p99_ms: float | None) -> float:
+    """Seconds from a node's loss until the surviving load actors' requests are back within the SLO (a p99 target,
+    else 1.5x the p99 before the loss) and free of errors, for good; NaN when that never happens in the cell."""
+    survivors = rows.filter(pc.invert(pc.is_in(rows["actor"], pa.array(dead_actors, type=rows.schema.field(
+        "actor").type))))
+    if slo_p99_ms is None:
+        before = survivors.filter(pc.and_(pc.less(survivors["intended_ns"], loss_ns),
+                                          pc.equal(pc.cast(survivors["status"], pa.string()), "ok")))
+        if before.num_rows == 0:
+            return float("nan")
+        return recovery_s(survivors, loss_ns, end_ns, float(np.percentile(before["latency_ns"].to_numpy() / 1e6, 99)))
+    return recovery_s(survivors, loss_ns, end_ns, slo_p99_ms, limit_ms=slo_p99_ms)

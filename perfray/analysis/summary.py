@@ -146,9 +146,11 @@ def _error_window(measured: pa.Table, status: np.ndarray, start_ns: int | None) 
     return {"first_error_s": (int(intended.min()) - start_ns) / 1e9, "last_error_s": (int(intended.max()) - start_ns) / 1e9}
 
 
-def recovery_s(rows: pa.Table, lo_ns: int, hi_ns: int, steady_p99_ms: float, bucket_s: float = 1.0) -> float:
+def recovery_s(rows: pa.Table, lo_ns: int, hi_ns: int, steady_p99_ms: float, bucket_s: float = 1.0,
+               limit_ms: float | None = None) -> float:
     """Seconds from ``lo_ns`` until every later ``bucket_s`` window (by intended time) has no errors and a
-    p99 within 1.5x (at least +1 ms) of ``steady_p99_ms``; NaN if that never happens before ``hi_ns``."""
+    p99 within 1.5x (at least +1 ms) of ``steady_p99_ms`` (or within ``limit_ms``, an SLO); NaN if that never
+    happens before ``hi_ns``."""
     if not np.isfinite(steady_p99_ms) or hi_ns <= lo_ns:
         return float("nan")
     intended = rows["intended_ns"].to_numpy(zero_copy_only=False)
@@ -156,7 +158,7 @@ def recovery_s(rows: pa.Table, lo_ns: int, hi_ns: int, steady_p99_ms: float, buc
     status = pc.cast(rows["status"], pa.string()).to_numpy(zero_copy_only=False)[inside]
     latency = rows["latency_ns"].to_numpy(zero_copy_only=False)[inside].astype(np.float64) / 1e6
     bucket = ((intended[inside] - lo_ns) // int(bucket_s * 1e9)).astype(np.int64)
-    limit = max(steady_p99_ms * 1.5, steady_p99_ms + 1.0)
+    limit = limit_ms if limit_ms is not None else max(steady_p99_ms * 1.5, steady_p99_ms + 1.0)
     n_buckets = int(np.ceil((hi_ns - lo_ns) / (bucket_s * 1e9)))
     bad = np.zeros(n_buckets, dtype=bool)
     for b in range(n_buckets):
@@ -292,3 +294,11 @@ def check_targets(summary: list[dict], targets, phases: list[dict] | None = None
             verdicts.append({"cell": -1, "metric": target.metric, "bound": f"{limit} (no cell matched {target.where})",
                              "value": float("nan"), "passed": False, "must_pass": target.must_pass})
     return verdicts
+
+
+def harness_verdicts(summary: list[dict]) -> list[dict]:
+    """A must-pass verdict, whatever the targets, for each cell whose load actors died before sending their share
+    (``lost`` rows): the harness did not deliver the schedule asked for, so the cell did not measure it."""
+    return [{"cell": row["cell"], "metric": "lost_rate", "bound": "<= 0 (built in: every scheduled request sent)",
+             "value": float(row["lost_rate"]), "passed": False, "must_pass": True}
+            for row in summary if row.get("lost_rate", 0) and row["lost_rate"] > 0]

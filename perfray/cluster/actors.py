@@ -7,6 +7,7 @@ import functools
 import os
 import time
 
+from perfray.cluster.nodes import gpu_identity, here
 from perfray.load.generator_process import GeneratorProcess, GeneratorProcessDied
 from perfray.load.host import GeneratorHost
 from perfray.load.targets import CoalescingEndpoint, RayEndpoint, make_router
@@ -101,6 +102,14 @@ class LoadActorBody:
     async def pid(self) -> int:
         return os.getpid()
 
+    async def where(self) -> dict:
+        """This actor's node, host, IP and pid."""
+        return here()
+
+    async def clock(self) -> int:
+        """This node's Unix time in ns: the driver measures its clock's offset from a few round trips."""
+        return time.time_ns()
+
     async def generator_process_pid(self) -> int | None:
         """The pid of this actor's generator process, once started (None before, or when not isolated)."""
         return self.process.pid if self.process is not None else None
@@ -129,6 +138,11 @@ class GpuSearchActorBody(GpuSearchWorker):
         finally:
             self._busy_ns += time.perf_counter_ns() - started
 
+    async def hold(self, seconds: float) -> None:
+        """Returns after ``seconds``, or fails as soon as this actor dies: the driver's early word of a lost search
+        actor (and so of its node) while a cell runs."""
+        await asyncio.sleep(seconds)
+
     async def apply_write(self, kind: str, item: int, vector=None) -> None:
         """On the actor's loop, between searches (which run there too): visible to the next one."""
         GpuSearchWorker.apply_write(self, kind, item, vector)
@@ -144,6 +158,10 @@ class GpuSearchActorBody(GpuSearchWorker):
         return {"busy_ns": self._busy_ns, "t_ns": time.perf_counter_ns(), "calls": self._calls, "rows": self._rows,
                 "searches": searches, "util_sum": sampler.util_sum if sampler else 0.0,
                 "util_samples": sampler.util_samples if sampler else 0}
+
+    def where(self) -> dict:
+        """This actor's node, host, IP and pid, with its GPU's model and UUID when NVML sees a real one."""
+        return {**here(), **gpu_identity()}
 
     def start_metrics(self, run_id: str, nvml: bool) -> bool:
         info = self.describe()
@@ -166,15 +184,19 @@ def gpu_actor_class():
     return ray.remote(max_restarts=0, max_task_retries=0)(GpuSearchActorBody)
 
 
-def start_load_actor(run_id: str, index: int, cpus: float, metrics: bool, isolate: bool = True):
+def start_load_actor(run_id: str, index: int, cpus: float, metrics: bool, isolate: bool = True,
+                     placement: dict | None = None):
+    """A load actor; ``placement``: Ray options that choose its node (``perfray.cluster.placement``)."""
     return load_actor_class().options(
-        name=f"perfray-{run_id}-load-{index}", num_cpus=cpus, max_concurrency=1000,
+        name=f"perfray-{run_id}-load-{index}", num_cpus=cpus, max_concurrency=1000, **(placement or {}),
     ).remote(index, run_id, metrics, isolate)
 
 
-def start_gpu_actor(run_id: str, index: int, backend: str, cpus: float, generation: int):
+def start_gpu_actor(run_id: str, index: int, backend: str, cpus: float, generation: int,
+                    placement: dict | None = None):
+    """A GPU search actor; ``placement``: its bundle of the group's placement group."""
     return gpu_actor_class().options(
-        name=f"perfray-{run_id}-gpu-{index}-g{generation}", num_gpus=1, num_cpus=cpus,
+        name=f"perfray-{run_id}-gpu-{index}-g{generation}", num_gpus=1, num_cpus=cpus, **(placement or {}),
     ).remote(backend, index)
 
 

@@ -10,6 +10,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from perfray.cluster import actors
+from perfray.cluster.nodes import clock_offset, cluster_nodes
+from perfray.cluster.placement import PlacementError, SearchPlacement, load_actor_options, plan_load_nodes
 from perfray.config import SweepConfig, Workload
 from perfray.data import load_dataset
 from perfray.data.filters import item_attr, query_filters
@@ -40,6 +42,12 @@ class GpuGroup:
     key: tuple
     handles: list
     described: list = field(default_factory=list)
+    placement: SearchPlacement | None = None
+
+    @property
+    def nodes(self) -> list[str]:
+        """The node of each search actor, in endpoint order."""
+        return [d.get("node_id") for d in self.described]
 
 
 def _ray():
@@ -50,14 +58,18 @@ def _ray():
 
 class Fleet:
     """Actors and object-store data of one run. ``load``: index -> load actor (shared with the row gatherer,
-    which forgets a dead one); ``described``: the current GPU group's actors; ``devices``: device model -> the
-    most actors seen on it at once; ``truth``: per dataset, which query rows have exact ground truth."""
+    which forgets a dead one); ``load_where``: index -> where that actor runs (node, host, IP, pid, clock offset);
+    ``described``: the current GPU group's actors (each with its node); ``devices``: device model -> the most actors
+    seen on it at once; ``truth``: per dataset, which query rows have exact ground truth; ``lost_nodes``: nodes
+    that died during the run."""
 
     def __init__(self, config: SweepConfig, run_id: str, cache_dir, progress: Progress,
                  systems: SystemSession) -> None:
         self.config, self.run_id, self.cache_dir, self.progress, self.systems = (
             config, run_id, cache_dir, progress, systems)
         self.load: dict[int, object] = {}
+        self.load_where: dict[int, dict] = {}
+        self.lost_nodes: set[str] = set()
         self.described: list[dict] = []
         self.devices: dict[str, int] = {}
         self.microbench_rows: list[dict] = []
@@ -109,25 +121,30 @@ class Fleet:
         if self._group is not None and self._group.key == key:
             return self._group
         ray = _ray()
-        if self._group is not None:
-            for handle in self._group.handles:
-                ray.kill(handle)
+        self.drop_group()
         self._group_generation += 1
-        handles = [actors.start_gpu_actor(self.run_id, i, s.backend, self.config.cluster.gpu_actor_cpus,
-                                          self._group_generation) for i in range(s.n_gpus)]
-        shards = s.n_gpus if s.topology == "sharded" else 1
+        cluster = self.config.cluster
+        count = self._gpus_for(s.n_gpus)
+        placement = SearchPlacement(count, cluster.gpu_actor_cpus, cluster.gpu_placement, cluster.placement_timeout_s,
+                                    f"perfray-{self.run_id}-gpus-g{self._group_generation}")
+        handles = [actors.start_gpu_actor(self.run_id, i, s.backend, cluster.gpu_actor_cpus, self._group_generation,
+                                          placement.options(i)) for i in range(count)]
+        self._group = GpuGroup(key, handles, [], placement)  # killed with its placement group if the build fails
+        shards = count if s.topology == "sharded" else 1
         builds = [h.build.remote(ds.base_ref, i % shards, shards, ds.attr_ref) for i, h in enumerate(handles)]
         try:
-            described = ray.get(builds, timeout=self.config.cluster.actor_start_timeout_s)
+            described = ray.get(builds, timeout=cluster.actor_start_timeout_s)
+            where = ray.get([h.where.remote() for h in handles], timeout=cluster.actor_start_timeout_s)
         except ray.exceptions.GetTimeoutError:
             raise UnavailableError(
-                f"{s.n_gpus} GPU search actors did not start within {self.config.cluster.actor_start_timeout_s:g} s;"
+                f"{count} GPU search actors did not start within {cluster.actor_start_timeout_s:g} s;"
                 " check the cluster's free GPUs (ray status)") from None
         except ray.exceptions.RayTaskError as err:
             raise UnavailableError(str(err.cause) if err.cause else str(err).splitlines()[0]) from None
         except ray.exceptions.RayActorError as err:
             raise UnavailableError(f"a GPU search actor died while building its index ({type(err).__name__}); "
                                    "check its memory and the Ray logs") from None
+        described = [{**d, **w} for d, w in zip(described, where, strict=True)]
         if self.config.metrics.enabled:
             started = ray.get([h.start_metrics.remote(self.run_id, not d["simulated"])
                                for h, d in zip(handles, described, strict=True)])
@@ -135,10 +152,33 @@ class Fleet:
                 self.progress.note("perfray: warning: NVML is not available on a GPU actor; GPU utilisation "
                                    "is not reported (pip install nvidia-ml-py)")
         self.described = described
-        for device, count in Counter(d["device"] for d in described).items():
-            self.devices[device] = max(self.devices.get(device, 0), count)
-        self._group = GpuGroup(key, handles, described)
+        for device, n in Counter(d["device"] for d in described).items():
+            self.devices[device] = max(self.devices.get(device, 0), n)
+        self._group.described = described
         return self._group
+
+    def _gpus_for(self, asked: int) -> int:
+        """GPUs a group gets: as asked, or after a lost node (``cluster.on_node_loss: continue``) what the surviving
+        nodes have, when that is fewer (the cell is labelled with what it had)."""
+        if not self.lost_nodes:
+            return asked
+        have = int(sum(n["gpus"] for n in cluster_nodes()))
+        if have < 1:
+            raise PlacementError(f"no GPU is left on the cluster after losing {len(self.lost_nodes)} node(s)")
+        return min(asked, have)
+
+    def drop_group(self) -> None:
+        """Kill the current GPU group's actors and free its placement group."""
+        group, self._group = self._group, None
+        if group is None:
+            return
+        for handle in group.handles:
+            try:
+                _ray().kill(handle)
+            except Exception:  # already gone with its node
+                pass
+        if group.placement is not None:
+            group.placement.remove()
 
     def gpu_counters(self, group: GpuGroup) -> list[dict | Exception]:
         """Every GPU actor's running counters, asked in parallel; a dead or hung actor gives its error."""
@@ -153,13 +193,34 @@ class Fleet:
                 out.append(err)
         return out
 
-    def first_dead(self, counters: list[dict | Exception]) -> tuple[int, Exception] | None:
-        """The first GPU actor that did not answer (the group is rebuilt for the next cell), or None."""
-        for i, answer in enumerate(counters):
-            if isinstance(answer, Exception):
-                self._group = None
-                return i, answer
-        return None
+    def watch_search(self, group: GpuGroup, seconds: float) -> dict:
+        """A call per search actor that lasts ``seconds`` unless the actor dies first (ref -> actor index)."""
+        return {h.hold.remote(seconds): i for i, h in enumerate(group.handles)}
+
+    def search_deaths(self, watch: dict, done: bool = False) -> list[tuple[int, Exception]]:
+        """The search actors of ``watch`` found dead since the last look (``done``: the cell is over, and the calls
+        still holding are cancelled)."""
+        ray = _ray()
+        ready, _ = ray.wait(list(watch), num_returns=len(watch), timeout=0) if watch else ([], [])
+        dead = []
+        for ref in ready:
+            index = watch.pop(ref)
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as err:
+                dead.append((index, err))
+        if done:
+            for ref in watch:
+                ray.cancel(ref)
+            watch.clear()
+        return dead
+
+    def dead(self, counters: list[dict | Exception]) -> list[tuple[int, Exception]]:
+        """The GPU actors that did not answer, with their errors; the group is then replaced for the next cell."""
+        dead = [(i, answer) for i, answer in enumerate(counters) if isinstance(answer, Exception)]
+        if dead:
+            self.drop_group()
+        return dead
 
     def microbench(self, cell: Workload, ds: DatasetState, group: GpuGroup) -> None:
         """Kernel microbenchmarks in the GPU actors, once per dataset, backend and topology."""
@@ -226,17 +287,43 @@ class Fleet:
             try:
                 _ray().get([h.reset_writes.remote() for h in group.handles])
             except _ray().exceptions.RayActorError:  # a dead search actor holds no writes; its group is replaced
-                self._group = None
+                self.drop_group()
         else:
             self.systems.on_system(cell, "undo_writes", self.systems.catalogue(cell, ds.dataset), writes)
 
-    def load_actors(self, count: int) -> list:
-        for i in range(count):
-            if i not in self.load:
-                self.load[i] = actors.start_load_actor(self.run_id, i, self.config.cluster.load_actor_cpus,
-                                                       self.config.metrics.enabled,
-                                                       self.config.cluster.generator_process)
+    def load_actors(self, count: int, group: GpuGroup) -> list:
+        """Load actors 0..count-1: those missing started on the nodes ``plan_load_nodes`` picks beside ``group``'s
+        search actors, each placed within ``cluster.placement_timeout_s`` and its clock measured against ours."""
+        new = [i for i in range(count) if i not in self.load]
+        if new:
+            cluster = self.config.cluster
+            taken = [self.load_where[i]["node_id"] for i in self.load if i in self.load_where]
+            nodes = plan_load_nodes(cluster_nodes(), group.nodes, taken, len(new), cluster.load_actor_cpus,
+                                    cluster.load_resources, cluster.load_placement, cluster.gpu_actor_cpus)
+            for i, node in zip(new, nodes, strict=True):
+                self.load[i] = actors.start_load_actor(self.run_id, i, cluster.load_actor_cpus,
+                                                       self.config.metrics.enabled, cluster.generator_process,
+                                                       load_actor_options(node, cluster.load_resources))
+            ray = _ray()
+            try:
+                where = ray.get([self.load[i].where.remote() for i in new], timeout=cluster.placement_timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                for i in new:
+                    ray.kill(self.load.pop(i))
+                raise PlacementError(f"{len(new)} load actors could not be placed within cluster.placement_timeout_s "
+                                     f"({cluster.placement_timeout_s:g} s): the nodes chosen have no room free "
+                                     "(ray status)") from None
+            for i, info in zip(new, where, strict=True):
+                handle = self.load[i]
+                info.update(clock_offset(lambda h=handle: ray.get(h.clock.remote())))
+                self.load_where[i] = info
         return [self.load[i] for i in range(count)]
+
+    def node_of(self, role: str, index: int) -> str | None:
+        """The node of load actor or search actor ``index`` (None when unknown)."""
+        if role == "load":
+            return (self.load_where.get(index) or {}).get("node_id")
+        return self.described[index].get("node_id") if 0 <= index < len(self.described) else None
 
 
 def _check_k(spec, n: int, searches: list) -> None:

@@ -11,6 +11,8 @@ from perfray.data.groundtruth import recall as recall_of
 from perfray.data.groundtruth import stable_truth
 from perfray.schema import REQUEST_SCHEMA, STAGES, STATUS_CODE, STATUSES
 
+NODE_TYPE = REQUEST_SCHEMA.field("load_node").type
+
 NULL_NS = 0
 
 
@@ -285,6 +287,8 @@ class DrainedRows:
             pa.array(self.cache_hit == 1, mask=self.cache_hit < 0),
             ns(self.freshness_ns, self.freshness_ns < 0),
             pa.array(self.stale_hits, mask=self.stale_hits < 0),
+            pa.nulls(size, NODE_TYPE),  # load_node, search_node: the driver knows them (RowGatherer)
+            pa.nulls(size, NODE_TYPE),
         ]
         return pa.RecordBatch.from_arrays(columns, schema=REQUEST_SCHEMA)
 

@@ -1,6 +1,7 @@
 """The request writer: drained batches gathered into bounded row groups, everything on disk at close."""
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from perfray.load.recorder import Recorder
@@ -48,3 +49,17 @@ def test_a_slow_trickle_is_written_at_least_every_row_group_interval(tmp_path, m
     assert w._gathered == {}
     w.close()
     assert read_cell(tmp_path, 0).num_rows == 6
+
+
+def test_rows_of_schema_v3_read_under_v4_with_no_node(tmp_path):
+    """v4 added load_node and search_node (the nodes that sent and served a row); a v3 run's files still read, the
+    new columns null, and a v4 batch from the recorder carries them (null until the driver fills them)."""
+    from perfray.schema import REQUEST_SCHEMA
+
+    batch = _batch(5)
+    assert batch.schema == REQUEST_SCHEMA and batch.column("load_node").null_count == 5
+    v3 = batch.select([f.name for f in REQUEST_SCHEMA if f.name not in ("load_node", "search_node")])
+    (tmp_path / "requests" / "cell-0000").mkdir(parents=True)
+    pq.write_table(pa.Table.from_batches([v3]), tmp_path / "requests" / "cell-0000" / "actor-000.parquet")
+    rows = read_cell(tmp_path, 0)
+    assert rows.num_rows == 5 and rows["load_node"].null_count == rows["search_node"].null_count == 5

@@ -1,0 +1,173 @@
+"""perfray on a real multi-node Ray cluster on one machine (ray.cluster_utils.Cluster: a raylet per node): where it
+places actors, the nodes it names, and a node lost mid-cell. The head hosts no actors; two "GPU" nodes (1 CPU, 1
+logical GPU) and two load nodes (2 CPUs, a custom ``loadgen`` resource)."""
+
+import threading
+import time
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+from support import manifest, sweep_cli
+
+from perfray.cluster.node_loss import NodeLost
+from perfray.config import load_config
+from perfray.driver import Hooks, SweepDriver
+from perfray.results.writer import prepare_run_dir, read_cell
+
+RUN = ["sweep={}", "duration_s=2", "warmup_s=0", "target_qps=200", "arrival=constant", "search.n_gpus=2",
+       "microbench.enabled=false", "metrics.enabled=false", "cluster.placement_timeout_s=20",
+       "targets=[{metric: failure_rate, max: 0.01}]"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    # The GCS declares a node dead after its health checks miss: ~2 s here instead of Ray's ~15 s.
+    head = {"num_cpus": 0, "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+                                              "health_check_failure_threshold": 3}}
+    c = Cluster(initialize_head=True, head_node_args=head)
+    c.gpu_nodes = [c.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    c.load_nodes = [c.add_node(num_cpus=2, resources={"loadgen": 2}) for _ in range(2)]
+    c.wait_for_nodes()
+    yield c
+    c.shutdown()
+
+
+def run(cluster, tmp_path, run_id, *overrides, hook=None):
+    config = load_config(None, [*RUN, f"cluster.address={cluster.address}", *overrides])
+    run_dir = prepare_run_dir(tmp_path, run_id)
+    driver = SweepDriver(config, run_dir, run_id, hooks=Hooks(on_cell_start=hook))
+    return driver, run_dir
+
+
+def ids(nodes) -> set[str]:
+    return {n.node_id for n in nodes}
+
+
+def test_search_actors_spread_load_actors_kept_off_their_nodes_and_every_row_names_both_nodes(cluster, tmp_path):
+    driver, run_dir = run(cluster, tmp_path, "separate", "load.actors=2")
+    assert driver.run() == 0
+    doc = manifest(run_dir)
+    nodes = {n["node_id"]: n for n in doc["nodes"]}
+    assert set(nodes) == ids(cluster.gpu_nodes) | ids(cluster.load_nodes) | {cluster.head_node.node_id}
+    assert nodes[cluster.head_node.node_id]["head"] and nodes[cluster.head_node.node_id]["cpus"] == 0
+    for node in cluster.load_nodes:
+        facts = nodes[node.node_id]
+        assert facts["cpus"] == 2 and facts["gpus"] == 0 and facts["resources"]["loadgen"] == 2 and facts["ip"]
+    search = [a["node_id"] for a in doc["gpus"]["actors"]]
+    assert sorted(search) == sorted(ids(cluster.gpu_nodes))  # one per GPU node: spread
+    load = {a["actor"]: a["node_id"] for a in doc["load_actors"]}
+    assert sorted(load.values()) == sorted(ids(cluster.load_nodes))  # off the search nodes, one per node
+    for a in doc["load_actors"]:
+        assert a["hostname"] and a["pid"] > 0 and abs(a["offset_ns"]) <= a["bound_ns"] < 50e6  # one host's clock
+    assert doc["cells"][0]["placement"] == {"load": [load[0], load[1]], "search": search}
+    assert {s["actor"]: s["node_id"] for s in doc["cells"][0]["actor_stats"]} == load
+    rows = read_cell(run_dir, 0)
+    assert rows.num_rows == 400 and rows["load_node"].null_count == 0 and rows["search_node"].null_count == 0
+    sent_by = pc.cast(rows["load_node"], "string").to_numpy(zero_copy_only=False)
+    served_by = pc.cast(rows["search_node"], "string").to_numpy(zero_copy_only=False)
+    assert (sent_by == np.array([load[a] for a in rows["actor"].to_numpy()])).all()
+    assert (served_by == np.array(search)[rows["endpoint"].to_numpy()]).all()
+
+
+@pytest.mark.parametrize("how, actors, expect", [
+    ("cluster.load_placement=spread", 4, "four"),  # every node with CPUs, one each
+    ("cluster.load_placement=colocate", 2, "gpu"),  # beside the search actors
+    ("cluster.load_resources={loadgen: 1}", 3, "loadgen"),  # only the nodes that declare the resource
+])
+def test_load_placement_is_honoured(cluster, tmp_path, how, actors, expect):
+    driver, run_dir = run(cluster, tmp_path, expect, how, f"load.actors={actors}", "duration_s=1")
+    assert driver.run() == 0
+    placed = [a["node_id"] for a in manifest(run_dir)["load_actors"]]
+    assert len(placed) == actors
+    if expect == "four":
+        assert sorted(placed) == sorted(ids(cluster.gpu_nodes) | ids(cluster.load_nodes))
+    elif expect == "gpu":
+        assert sorted(placed) == sorted(ids(cluster.gpu_nodes))
+    else:
+        assert set(placed) == ids(cluster.load_nodes)  # 2 + 1: spread over both, never all on one
+
+
+def test_a_placement_the_cluster_cannot_meet_is_one_line_and_exit_3_within_its_bound(cluster, tmp_path):
+    at = f"cluster.address={cluster.address}"
+    started = time.monotonic()
+    out = sweep_cli("--results-dir", str(tmp_path), "--run-id", "nowhere", "--config", "configs/smoke.yaml",
+                    *[a for s in ["sweep={}", "search.n_gpus=2", "cluster.gpu_actor_cpus=4", at,
+                                  "cluster.placement_timeout_s=3"] for a in ("--set", s)])
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith("perfray: error: 2 GPU search actors")
+    assert "cluster.placement_timeout_s (3 s)" in out.stderr and time.monotonic() - started < 60
+    assert not (tmp_path / "nowhere").exists()
+    out = sweep_cli("--results-dir", str(tmp_path), "--run-id", "noload", *[
+        a for s in ["sweep={}", "search.n_gpus=1", "cluster.load_resources={nosuch: 1}", at] for a in ("--set", s)])
+    assert out.returncode == 3 and "no node of the cluster can host a load actor (0.5 CPU, 1 nosuch)" in out.stderr
+    assert not (tmp_path / "noload").exists()
+
+
+def remove_later(cluster, role: str, index: int, after_s: float, fired: dict):
+    """A hook: ``after_s`` into cell 0, remove (ungracefully) the node running actor ``index`` of ``role``."""
+    import ray
+
+    def hook(cell, loaders, gpu_handles):
+        if cell != 0:
+            return
+        handle = loaders[index] if role == "load" else gpu_handles[index]
+        node_id = ray.get(handle.where.remote())["node_id"]
+        node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
+
+        def fire():
+            cluster.remove_node(node, allow_graceful=False)
+            fired.update(node_id=node_id, at_ns=time.time_ns())
+
+        threading.Timer(after_s, fire).start()
+
+    return hook
+
+
+def test_a_lost_load_node_is_an_event_its_share_lost_rows_and_stop_ends_the_run(cluster, tmp_path):
+    fired = {}
+    driver, run_dir = run(cluster, tmp_path, "lose-load", "load.actors=2", "duration_s=3", "sweep={target_qps: [200, 100]}",
+                          "cluster.on_node_loss=stop", hook=remove_later(cluster, "load", 1, 1.5, fired))
+    with pytest.raises(NodeLost):
+        driver.run()
+    doc = manifest(run_dir)
+    assert doc["status"] == "stopped" and [c["status"] for c in doc["cells"]] == ["degraded", "pending"]
+    [event] = doc["events"]
+    assert event["event"] == "node_lost" and event["node_id"] == fired["node_id"] and event["cell"] == 0
+    assert event["load_actors"] == [1] and event["search_actors"] == []
+    assert 0 <= event["at_unix_ns"] - fired["at_ns"] < 3e9 and event["at_unix_ns"] <= event["detected_unix_ns"]
+    assert [(f["role"], f["actor"], f["node_id"]) for f in doc["failures"]] == [("load", 1, fired["node_id"])]
+    rows = read_cell(run_dir, 0)
+    assert rows.num_rows == 600 and np.unique(rows["seq"].to_numpy()).size == 600  # 200 QPS x 3 s, each once
+    status = pc.cast(rows["status"], "string").to_numpy(zero_copy_only=False)
+    lost = rows.filter(pc.equal(pc.cast(rows["status"], "string"), "lost"))
+    assert (status == "lost").sum() == doc["cells"][0]["lost_rows"] > 0 and set(lost["actor"].to_pylist()) == {1}
+    assert set(pc.cast(lost["load_node"], "string").to_pylist()) == {fired["node_id"]}
+    assert [n.get("lost_unix_ns") is not None for n in doc["nodes"] if n["node_id"] == fired["node_id"]] == [True]
+    assert [(v["metric"], v["passed"]) for v in doc["verdicts"]] == [("failure_rate", False), ("lost_rate", False)]
+
+
+def test_a_lost_search_node_moves_traffic_to_the_survivor_and_the_next_cell_runs_on_what_is_left(cluster, tmp_path):
+    fired = {}
+    driver, run_dir = run(cluster, tmp_path, "lose-gpu", "load.actors=1", "duration_s=5", "sweep={target_qps: [200, 100]}",
+                          "targets=[{metric: failure_rate, max: 0.1}, {metric: p99_ms, max: 1000}]",
+                          hook=remove_later(cluster, "gpu", 0, 1.5, fired))
+    assert driver.run() == 0  # requests in flight on the lost node failed; the rest were answered
+    doc = manifest(run_dir)
+    assert doc["status"] == "complete" and [c["status"] for c in doc["cells"]] == ["degraded", "complete"]
+    [event] = doc["events"]
+    assert event["node_id"] == fired["node_id"] and event["search_actors"] == [0] and event["load_actors"] == []
+    # the search actor's death as its owner learnt it (~1.5 s after its raylet here), before the GCS's verdict
+    assert 0 <= event["at_unix_ns"] - fired["at_ns"] < 3e9 and event["at_unix_ns"] <= event["detected_unix_ns"]
+    rows = read_cell(run_dir, 0)
+    status = pc.cast(rows["status"], "string").to_numpy(zero_copy_only=False)
+    assert rows.num_rows == 1000 and 0 < (status == "error").sum() < 100 and (status == "lost").sum() == 0
+    late = rows.filter(pc.greater(rows["intended_ns"], event["at_unix_ns"] + int(1e9)))
+    assert set(pc.cast(late["search_node"], "string").to_pylist()) == {doc["cells"][0]["placement"]["search"][1]}
+    assert 0 <= event["recovery_s"] < 4
+    summary = {r["cell"]: r for r in driver.summary}
+    assert summary[0]["recovery_s"] == event["recovery_s"] and summary[0]["n_gpus"] == 2
+    assert summary[1]["n_gpus"] == 1 and doc["cells"][1]["placement"]["search"] == [
+        n.node_id for n in cluster.gpu_nodes if n.node_id != fired["node_id"]]
