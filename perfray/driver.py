@@ -23,6 +23,7 @@ from perfray.analysis.cells import (
     progress_label,
     summarize_phases,
 )
+from perfray.analysis.nodes import cell_node_table, slow_nodes
 from perfray.analysis.repeats import add_repeat_spread
 from perfray.analysis.summary import add_baseline, add_scaling, check_targets, harness_verdicts
 from perfray.capacity import CapacitySearch, Step
@@ -358,8 +359,11 @@ class SweepDriver:
         if self.fleet.needs_gpu_actors(cell) and self.fleet.described:  # fewer after a lost node: what it had
             labels["n_gpus"] = len(self.fleet.described)
         labels["base_cell"], labels["repeat"] = entry.get("base", index), entry.get("repeat", 0)
-        row, phase_rows = summarize_phases(read_cell(self.run_dir, index), cell, index, status,
-                                           entry.get("start_unix_ns", 0), until_ns or 2**62, labels)
+        rows = read_cell(self.run_dir, index)
+        row, phase_rows = summarize_phases(rows, cell, index, status, entry.get("start_unix_ns", 0),
+                                           until_ns or 2**62, labels)
+        entry["nodes"] = cell_node_table(rows, cell, entry)  # per node, with the slow-node verdicts
+        row["slow_nodes"] = slow_nodes(entry["nodes"])
         self.summary.append(row)
         self.phase_summary.extend(phase_rows)
         baseline_key, scaling_key = comparison_keys(cell)  # a repeat pairs with cells of its own repeat

@@ -84,7 +84,7 @@ SUMMARY_METRICS = (
     "scaling_qps_ratio", "scaling_efficiency",
     "gpu_busy_mean", "gpu_util_mean",
     "vector_p50_ms", "vector_p99_ms", "graph_p50_ms", "graph_p99_ms", "policy_p50_ms", "policy_p99_ms",
-    "cache_hit_rate", "first_error_s", "last_error_s", "recovery_s",
+    "cache_hit_rate", "first_error_s", "last_error_s", "recovery_s", "slow_nodes",
     "writes", "write_p50_ms", "write_p99_ms", "freshness_p50_ms", "freshness_p99_ms", "freshness_samples",
     "stale_reads",
     "speedup_p50_vs_baseline", "speedup_p99_vs_baseline", "qps_ratio_vs_baseline", "baseline_recall",

@@ -11,6 +11,7 @@ from pathlib import Path
 from perfray.analysis import figures
 from perfray.analysis.capacity_report import capacity_curve, capacity_section, capacity_verdicts
 from perfray.analysis.intervals import measured_text
+from perfray.analysis.nodes import nodes_section
 from perfray.analysis.quality import generator_late_ms, quality_section
 from perfray.analysis.runs import Run, open_run
 from perfray.analysis.scaling_model import T4, fit_usl, paper_qps
@@ -143,6 +144,7 @@ def render(run: Run, figure_paths: list[Path]) -> str:
     lines += capacity_section(run.manifest, _figure(figure_paths, "capacity_curve"))
     lines += quality_section(run.summary)
     lines += degraded_section(run)
+    lines += nodes_section(run.manifest)
     lines += generator_section(run)
     lines += phase_section(run)
     lines += filter_section(run)

@@ -123,6 +123,7 @@ class GpuSearchActorBody(GpuSearchWorker):
     _calls = 0
     _rows = 0
     _coalescer = None
+    _added_s = 0.0
 
     async def search(self, queries, k, windows=None):
         if self._coalescer is None:
@@ -134,9 +135,16 @@ class GpuSearchActorBody(GpuSearchWorker):
     def _timed_search(self, queries, k, windows=None):
         started = time.perf_counter_ns()
         try:
+            if self._added_s:
+                time.sleep(self._added_s)
             return GpuSearchWorker.search(self, queries, k, windows)
         finally:
             self._busy_ns += time.perf_counter_ns() - started
+
+    async def add_service_time(self, ms: float) -> None:
+        """Fault injection: every later search takes ``ms`` longer, as on a throttled GPU (the slow-node check's
+        own test, and a way to rehearse a degraded device)."""
+        self._added_s = ms / 1e3
 
     async def hold(self, seconds: float) -> None:
         """Returns after ``seconds``, or fails as soon as this actor dies: the driver's early word of a lost search

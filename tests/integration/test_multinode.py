@@ -1,6 +1,7 @@
 """perfray on a real multi-node Ray cluster on one machine (ray.cluster_utils.Cluster: a raylet per node): where it
 places actors, the nodes it names, and a node lost mid-cell. The head hosts no actors; two "GPU" nodes (1 CPU, 1
-logical GPU) and two load nodes (2 CPUs, a custom ``loadgen`` resource)."""
+logical GPU) and two load nodes (2 CPUs, a custom ``loadgen`` resource). The node-loss tests come last: each
+removes a node for good."""
 
 import threading
 import time
@@ -106,6 +107,29 @@ def test_a_placement_the_cluster_cannot_meet_is_one_line_and_exit_3_within_its_b
     assert not (tmp_path / "noload").exists()
 
 
+def test_the_per_node_table_finds_a_node_made_slow_and_calls_equal_nodes_no_different(cluster, tmp_path):
+    import ray
+
+    def slow_first_cell(cell, loaders, gpu_handles):  # the same search actors serve both cells
+        ray.get(gpu_handles[0].add_service_time.remote(10.0 if cell == 0 else 0.0))
+
+    driver, run_dir = run(cluster, tmp_path, "slow", "load.actors=2", "duration_s=5", "sweep={target_qps: [400, 401]}",
+                          "targets=[{metric: slow_nodes, max: 0}]", hook=slow_first_cell)
+    assert driver.run() == 1  # the slow node of cell 0 fails the target; cell 1's equal nodes pass it
+    doc = manifest(run_dir)
+    search = doc["cells"][0]["placement"]["search"]
+    calls = {c["cell"]: {(r["role"], r["node_id"]): r["verdict"] for r in c["nodes"]} for c in doc["cells"]}
+    assert calls[0][("search", search[0])] == "slower" and calls[0][("search", search[1])] == "faster"
+    assert calls[1][("search", search[0])] == calls[1][("search", search[1])] == "no difference", doc["cells"][1]["nodes"]
+    assert [(v["cell"], v["passed"]) for v in doc["verdicts"]] == [(0, False), (1, True)]
+    busy = {r["node_id"]: r["busy"] for r in doc["cells"][0]["nodes"] if r["role"] == "search"}
+    assert busy[search[0]] > 2 * busy[search[1]]  # the time it spent searching, from its own counters
+    from perfray.analysis.report import write_report
+
+    section = write_report(run_dir)[0].read_text().split("## Nodes", 1)[1].split("\n## ")[0]
+    assert f"| 0 | search | {search[0][:8]} (" in section and "| slower |" in section and "| no difference |" in section
+
+
 def remove_later(cluster, role: str, index: int, after_s: float, fired: dict):
     """A hook: ``after_s`` into cell 0, remove (ungracefully) the node running actor ``index`` of ``role``."""
     import ray
@@ -171,3 +195,4 @@ def test_a_lost_search_node_moves_traffic_to_the_survivor_and_the_next_cell_runs
     assert summary[0]["recovery_s"] == event["recovery_s"] and summary[0]["n_gpus"] == 2
     assert summary[1]["n_gpus"] == 1 and doc["cells"][1]["placement"]["search"] == [
         n.node_id for n in cluster.gpu_nodes if n.node_id != fired["node_id"]]
+
