@@ -1,6 +1,7 @@
 """The cluster configs: the launcher file passes Ray's own validation, KubeRay's manifest has the right shape."""
 
 import copy
+import json
 
 import pytest
 import yaml
@@ -24,8 +25,11 @@ def validate_launcher(config):
 def test_aws_launcher_config_passes_rays_validation_and_asks_for_100_t4():
     config = load("aws-t4-100.yaml")
     validate_launcher(config)
-    workers = config["available_node_types"]["t4_worker"]
-    assert workers["min_workers"] == workers["max_workers"] == config["max_workers"] == 100
+    workers, loadgen = config["available_node_types"]["t4_worker"], config["available_node_types"]["loadgen"]
+    assert workers["min_workers"] == workers["max_workers"] == 100
+    # the load-generator group perfray's placement expects: CPUs and the custom resource, no GPU
+    assert loadgen["min_workers"] == loadgen["max_workers"] == 4 and config["max_workers"] == 104
+    assert loadgen["resources"]["GPU"] == 0 and loadgen["resources"]["loadgen"] == loadgen["resources"]["CPU"] > 0
     assert workers["node_config"]["InstanceType"] == "g4dn.xlarge" and workers["resources"]["GPU"] == 1
     assert config["available_node_types"][config["head_node_type"]]["resources"]["GPU"] == 0
     assert any("pip install" in c and "perfray" in c for c in config["setup_commands"])
@@ -117,8 +121,11 @@ def test_kuberay_manifest_structure():
     spec = doc["spec"]
     head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in head["resources"]["limits"]
-    (group,) = spec["workerGroupSpecs"]
+    group, loadgen = spec["workerGroupSpecs"]
     assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 100
+    assert loadgen["groupName"] == "loadgen" and json.loads(json.loads(loadgen["rayStartParams"]["resources"])) == {
+        "loadgen": 16}  # KubeRay passes the quoted JSON to ray start --resources
+    assert "nvidia.com/gpu" not in loadgen["template"]["spec"]["containers"][0]["resources"]["limits"]
     worker = group["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1 == worker["resources"]["requests"]["nvidia.com/gpu"]
     for container in (head, worker):
