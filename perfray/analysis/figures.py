@@ -106,13 +106,20 @@ def _per_second(run: Run, cell: int):
     has = counts > 0
     p99[has] = l_sorted[starts[has] + np.floor(0.99 * (counts[has] - 1)).astype(np.int64)]
     return {
+        "t0_ns": int(t0),
         "t": np.arange(n),
         "offered": np.bincount(sec, minlength=n),
         "completed": np.bincount(done_sec[(done_sec >= 0) & (done_sec < n)], minlength=n),
-        "errors": np.bincount(sec[(status == "error") | (status == "timeout")], minlength=n),
+        "errors": np.bincount(sec[(status == "error") | (status == "timeout") | (status == "lost")], minlength=n),
         "dropped": np.bincount(sec[status == "dropped"], minlength=n),
         "p99": p99,
     }
+
+
+def node_losses(manifest: dict, cell: int, t0_ns: int) -> list[float]:
+    """Seconds after ``t0_ns`` at which the cell lost a node (``node_lost`` events)."""
+    return [(e["at_unix_ns"] - t0_ns) / 1e9 for e in manifest.get("events", [])
+            if e.get("event") == "node_lost" and e.get("cell") == cell]
 
 
 def over_time(run: Run, out: Path) -> Path:
@@ -128,10 +135,16 @@ def over_time(run: Run, out: Path) -> Path:
         axes[1].plot(series["t"], series["p99"], color=line.get_color())
         bad = (series["errors"] + series["dropped"]) / np.maximum(series["offered"], 1)
         axes[2].plot(series["t"], bad * 100, color=line.get_color())
+        for at_s in node_losses(run.manifest, row["cell"], series["t0_ns"]):
+            for ax in axes:
+                ax.axvline(at_s, color=line.get_color(), ls="-.", lw=1)
+            axes[0].annotate("node lost", (at_s, 0), xycoords=("data", "axes fraction"), fontsize=7, rotation=90,
+                             va="bottom", ha="right")
     axes[0].set(ylabel="QPS (solid: ok done, dotted: offered)", title="Over time (1 s bins)")
     axes[1].set(ylabel="p99 latency (ms)")
     axes[1].axhline(10, color="red", ls="--", lw=1)
-    axes[2].set(ylabel="errors + drops (%)", xlabel="seconds since the cell's first request (warm-up included)")
+    axes[2].set(ylabel="failed: errors, timeouts, drops, lost (%)",
+                xlabel="seconds since the cell's first request (warm-up included; dash-dot: a node lost)")
     axes[2].axhline(1, color="red", ls="--", lw=1)
     axes[0].legend(fontsize=7)
     return _save(fig, out, "over_time.png")

@@ -171,6 +171,14 @@ def test_a_lost_load_node_is_an_event_its_share_lost_rows_and_stop_ends_the_run(
     assert set(pc.cast(lost["load_node"], "string").to_pylist()) == {fired["node_id"]}
     assert [n.get("lost_unix_ns") is not None for n in doc["nodes"] if n["node_id"] == fired["node_id"]] == [True]
     assert [(v["metric"], v["passed"]) for v in doc["verdicts"]] == [("failure_rate", False), ("lost_rate", False)]
+    from perfray.analysis.figures import node_losses
+    from perfray.analysis.report import write_report
+
+    report = write_report(run_dir)[0].read_text()
+    assert "**Not finished.** The run is stopped" in report and f"{fired['node_id'][:8]} (" in report
+    assert "lost** in cell 0" in report and f"{doc['cells'][0]['lost_rows']:,} requests lost" in report
+    t0 = int(rows["intended_ns"].to_numpy().min())  # the over-time figure marks the loss
+    assert node_losses(doc, 0, t0) == [pytest.approx((event["at_unix_ns"] - t0) / 1e9)]
 
 
 def test_a_lost_search_node_moves_traffic_to_the_survivor_and_the_next_cell_runs_on_what_is_left(cluster, tmp_path):

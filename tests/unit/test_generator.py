@@ -263,4 +263,6 @@ def test_the_pacer_is_re_armed_at_once_for_a_target_whose_request_left_in_send(m
     table, _ = run_plan(make_plan(400, 0.5), _AnsweringAtOnce(starts_on_send))
     assert table.num_rows == 200 and (statuses(table) == "ok").all()
     not_by_the_pacer = counts["wakes"] - counts["arms"]
-    assert (not_by_the_pacer <= 2) if starts_on_send else (not_by_the_pacer >= 180)
+    # deferred: about one extra wake per request, fewer when the box wakes the pacer late and one wake sends two
+    # (CI saw < 180 of 200 once, in the full suite); re-armed at once: none, whatever the box
+    assert (not_by_the_pacer <= 2) if starts_on_send else (not_by_the_pacer >= 100)
