@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -69,6 +70,12 @@ def sweep_cli(*args, env=None, timeout=300):
     full_env.pop("RAY_ADDRESS", None)
     return subprocess.run([sys.executable, "-m", "perfray.sweep", "--quiet", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO, env=full_env)
+
+
+def ray_cli() -> str:
+    """The ``ray`` command of this Python's environment."""
+    exe = Path(sys.executable).parent / "ray"
+    return str(exe) if exe.exists() else shutil.which("ray")
 
 
 def manifest(run_dir: Path) -> dict:

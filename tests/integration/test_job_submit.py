@@ -1,28 +1,16 @@
 """`ray job submit` to a real local Ray head, exactly as a user runs a sweep on a cluster."""
 
 import os
-import shutil
 import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from support import REPO, manifest
+from support import REPO, manifest, ray_cli
+
+from perfray.services.process import free_port
 
 DASHBOARD = 8265
-
-
-def ray_cli() -> str:
-    exe = Path(sys.executable).parent / "ray"
-    return str(exe) if exe.exists() else shutil.which("ray")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_in_use(port: int) -> bool:

@@ -3,18 +3,21 @@ places actors, the nodes it names, and a node lost mid-cell. The head hosts no a
 logical GPU) and two load nodes (2 CPUs, a custom ``loadgen`` resource). The node-loss tests come last: each
 removes a node for good."""
 
+import os
+import subprocess
 import threading
 import time
 
 import numpy as np
 import pyarrow.compute as pc
 import pytest
-from support import manifest, sweep_cli
+from support import REPO, manifest, ray_cli, sweep_cli
 
 from perfray.cluster.node_loss import NodeLost
 from perfray.config import load_config
 from perfray.driver import Hooks, SweepDriver
 from perfray.results.writer import prepare_run_dir, read_cell
+from perfray.services.process import free_port
 
 RUN = ["sweep={}", "duration_s=2", "warmup_s=0", "target_qps=200", "arrival=constant", "search.n_gpus=2",
        "microbench.enabled=false", "metrics.enabled=false", "cluster.placement_timeout_s=20",
@@ -27,7 +30,8 @@ def cluster():
 
     # The GCS declares a node dead after its health checks miss: ~2 s here instead of Ray's ~15 s.
     head = {"num_cpus": 0, "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
-                                              "health_check_failure_threshold": 3}}
+                                              "health_check_failure_threshold": 3},
+            "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port()}  # job API
     c = Cluster(initialize_head=True, head_node_args=head)
     c.gpu_nodes = [c.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
     c.load_nodes = [c.add_node(num_cpus=2, resources={"loadgen": 2}) for _ in range(2)]
@@ -128,6 +132,22 @@ def test_the_per_node_table_finds_a_node_made_slow_and_calls_equal_nodes_no_diff
 
     section = write_report(run_dir)[0].read_text().split("## Nodes", 1)[1].split("\n## ")[0]
     assert f"| 0 | search | {search[0][:8]} (" in section and "| slower |" in section and "| no difference |" in section
+
+
+def test_ray_job_submit_runs_the_smoke_config_across_the_nodes(cluster, tmp_path):
+    results = tmp_path / "results"
+    cmd = [ray_cli(), "job", "submit", "--address", f"http://{cluster.head_node.address_info['webui_url']}",
+           "--working-dir", ".", "--", "python", "-m", "perfray.sweep", "--config", "configs/smoke.yaml",
+           "--results-dir", str(results), "--run-id", "job", "--quiet", "--set", "duration_s=1", "--set", "warmup_s=0.5",
+           "--set", "targets=[{metric: recall_mean, min: 0.999}]", "--set", "cluster.load_resources={loadgen: 1}"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert out.returncode == 0 and "succeeded" in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]
+    doc = manifest(results / "job")
+    assert doc["status"] == "complete" and doc["ray"]["embedded"] is False and len(doc["cells"]) == 4
+    assert {a["node_id"] for a in doc["load_actors"]} <= ids(cluster.load_nodes)  # the dedicated load group
+    assert {a["node_id"] for a in doc["gpus"]["actors"]} <= ids(cluster.gpu_nodes)
+    assert all(c["placement"]["search"] and set(c["placement"]["load"]) <= ids(cluster.load_nodes) for c in doc["cells"])
 
 
 def remove_later(cluster, role: str, index: int, after_s: float, fired: dict):
