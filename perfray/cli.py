@@ -6,6 +6,7 @@ bug: traceback on stderr); 130 interrupted."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -198,12 +199,17 @@ def run_capacity_command(args) -> int:
 def _run(config, args, kind: str) -> int:
     from perfray.analysis.intervals import measured_text
     from perfray.cluster.placement import PlacementError
+    from perfray.data.datasets import check_dataset_files
     from perfray.driver import SweepDriver
     from perfray.progress import Progress
-    from perfray.results.writer import prepare_run_dir
+    from perfray.results.writer import check_run_id, prepare_run_dir
     from perfray.sut.session import SystemSession
 
-    run_id = args.run_id or f"{config.name}{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    run_id = args.run_id if args.run_id is not None else (
+        f"{config.name}{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}")
+    check_run_id(run_id)  # bad input ends before anything starts: no Ray, no run directory
+    check_dataset_files({json.dumps(c.dataset.model_dump(mode="json"), sort_keys=True): c.dataset
+                         for c in config.cells()}.values())
     systems = SystemSession(config.stores)
     try:
         systems.check(config.cells())  # a store that is down stops the run before anything is written

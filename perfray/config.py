@@ -301,7 +301,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise UsageError(f"--set {text!r}: expected key=value, e.g. --set load.duration_s=2")
     try:
-        return key.strip(), yaml.safe_load(raw)
+        return key.strip(), yaml.load(raw, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except DuplicateKey as err:
+        raise UsageError(f"--set {text!r}: {err}") from None
     except yaml.YAMLError:
         raise UsageError(f"--set {text!r}: the value is not valid YAML") from None
 
@@ -327,6 +329,24 @@ def apply_override(data: dict, key: str, value: Any) -> None:
             continue
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping that names a key twice (YAML's loaders keep the last one silently)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' keys may be overridden: not repeats
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise DuplicateKey(f"key {key!r} appears twice (lines {seen[key]} and {key_node.start_mark.line + 1}); "
+                                   "each key may appear once in a mapping")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: Path | None = None, overrides: list[str] | None = None) -> SweepConfig:
     """Read, override and validate a config file; every problem is a one-line ``UsageError``."""
     path = Path(path) if path else DEFAULT_CONFIG
@@ -336,11 +356,13 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
         raise UsageError(f"--config {path}: no such file")
     try:
         text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader that refuses repeated keys
     except UnicodeDecodeError as err:
         raise UsageError(f"{path}: not UTF-8 text (byte {err.start}); expected a YAML config") from None
     except OSError as err:
         raise UsageError(f"--config {path}: cannot read it ({err.strerror})") from None
+    except DuplicateKey as err:
+        raise UsageError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

@@ -86,6 +86,48 @@ def from_file(spec) -> Dataset:
     return Dataset(path.stem, np.ascontiguousarray(base), np.ascontiguousarray(queries), digest.hexdigest())
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_dataset_files(specs) -> None:
+    """Each file dataset's files start as their format says, checked from their first bytes before anything starts
+    (Ray, a run directory): random bytes named ``.hdf5`` are one line, not a Ray start and a traceback."""
+    for spec in specs:
+        if getattr(spec, "kind", None) != "file":
+            continue
+        path = Path(spec.path)
+        fmt = spec.format if spec.format != "auto" else _guess_format(path)
+        files = [(path, fmt)] + ([(Path(spec.queries_path), "fvecs")] if fmt == "fvecs" and spec.queries_path else [])
+        for file, kind in files:
+            why = _hdf5_header_fault(file) if kind == "hdf5" else _fvecs_header_fault(file)
+            if why:
+                raise UsageError(f"{file}: not {'an HDF5' if kind == 'hdf5' else 'a .fvecs'} file ({why})")
+
+
+def _hdf5_header_fault(path: Path) -> str | None:
+    """HDF5's signature stands at byte 0, or after a user block of 512, 1024, 2048 … bytes."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        offset = 0
+        while offset + 8 <= size:
+            f.seek(offset)
+            if f.read(8) == HDF5_SIGNATURE:
+                return None
+            offset = 512 if offset == 0 else offset * 2
+    return "no HDF5 signature at its start"
+
+
+def _fvecs_header_fault(path: Path) -> str | None:
+    """Each vector is an int32 dim then dim float32: the first dim must be positive and divide the size."""
+    size = path.stat().st_size
+    if size < 4:
+        return f"{size} bytes"
+    dim = int(np.fromfile(path, dtype=np.int32, count=1)[0])
+    if dim <= 0 or dim > 1_000_000 or size % (4 * (dim + 1)):
+        return f"first dim {dim}, {size} bytes"
+    return None
+
+
 def _guess_format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in (".hdf5", ".h5"):

@@ -34,10 +34,16 @@ ROW_GROUP_S = 10.0
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+def check_run_id(run_id: str) -> None:
+    """A run id is a folder name: letters, digits, '.', '_', '-'; never empty (an explicit '' is a mistake)."""
+    if not RUN_ID.match(run_id) or ".." in run_id:
+        what = "must not be empty" if not run_id else "use letters, digits, '.', '_' or '-' (no path separators)"
+        raise UsageError(f"--run-id {run_id!r}: {what}")
+
+
 def prepare_run_dir(results_dir: Path, run_id: str) -> Path:
     """Create ``results_dir/run_id`` (new, inside results_dir, writable) or raise a one-line UsageError."""
-    if not RUN_ID.match(run_id) or ".." in run_id:
-        raise UsageError(f"--run-id {run_id!r}: use letters, digits, '.', '_' or '-' (no path separators)")
+    check_run_id(run_id)
     results_dir = Path(results_dir)
     try:
         results_dir.mkdir(parents=True, exist_ok=True)

@@ -98,3 +98,28 @@ def test_bad_overrides_are_one_line(override):
     with pytest.raises(UsageError) as err:
         load_config(None, [override])
     assert "\n" not in str(err.value) and str(err.value)
+
+
+def test_the_last_bad_inputs_end_before_ray_starts_with_one_line_and_no_run_directory(tmp_path):
+    """A file that is no dataset at all, a key given twice, an explicit empty run id: exit 2, perfray's line alone
+    on stderr (Ray never started: none of its start-up lines), and nothing written."""
+    rng = np.random.default_rng(5)
+    (tmp_path / "random.hdf5").write_bytes(rng.bytes(4000))
+    (tmp_path / "random.fvecs").write_bytes(rng.bytes(4001))
+    (tmp_path / "twice.yaml").write_text("name: x\nworkload:\n  load: {target_qps: 5}\nname: y\n")
+    results = tmp_path / "results"
+    cases = [
+        (["--set", f"dataset={{kind: file, path: {tmp_path / 'random.hdf5'}}}"],
+         f"{tmp_path / 'random.hdf5'}: not an HDF5 file (no HDF5 signature at its start)"),
+        (["--set", f"dataset={{kind: file, path: {tmp_path / 'random.fvecs'}, queries_path: {tmp_path / 'random.fvecs'}}}"],
+         f"{tmp_path / 'random.fvecs'}: not a .fvecs file (first dim "),
+        (["--config", str(tmp_path / "twice.yaml")],
+         f"{tmp_path / 'twice.yaml'}: key 'name' appears twice (lines 1 and 4)"),
+        (["--set", "load={target_qps: 5, target_qps: 6}"], "key 'target_qps' appears twice"),
+        (["--run-id", ""], "--run-id '': must not be empty"),
+    ]
+    for args, expected in cases:
+        out = _cli(*args, "--results-dir", str(results))
+        assert out.returncode == 2, (args, out.stderr[-2000:])
+        assert out.stderr.count("\n") == 1 and expected in out.stderr, (args, out.stderr[-2000:])
+        assert not results.exists()
