@@ -1,6 +1,5 @@
 """While a sweep runs on embedded Ray, its actors' metrics are served in Prometheus format by Ray's agent."""
 
-import socket
 import threading
 import time
 import urllib.request
@@ -10,12 +9,7 @@ from support import manifest
 from perfray.config import load_config
 from perfray.driver import Hooks, SweepDriver
 from perfray.results.writer import prepare_run_dir
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from perfray.services.process import free_port
 
 
 def test_ray_metrics_endpoint_serves_perfray_metrics_during_a_run(tmp_path):

@@ -3,7 +3,6 @@ and promtool accepts the rule file."""
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -17,17 +16,12 @@ from support import REPO
 from perfray.config import load_config
 from perfray.driver import SweepDriver
 from perfray.results.writer import prepare_run_dir
+from perfray.services.process import free_port
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="needs Debian's prometheus package (.ci/run installs it)")
 HYBRID_ONLY = "[hybrid runs only]"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> dict:

@@ -95,8 +95,15 @@ def test_sharded_search_equals_replicated(dataset):
     assert np.array_equal(merge_topk(parts, 10)[0], want_ids)
 
 
-def test_auto_uses_cpu_reference_without_gpu_and_unknown_names_list_known_ones():
-    assert resolve_backend_name("auto") in ("numpy", "cupy", "faiss")
+def test_auto_uses_cpu_reference_without_gpu_and_unknown_names_list_known_ones(monkeypatch):
+    from perfray.backends import AUTO_GPU_ORDER, BACKENDS
+
+    for name in AUTO_GPU_ORDER:  # every GPU backend importable but without a device: auto is the CPU reference
+        monkeypatch.setattr(BACKENDS.load(name), "uses_gpu", classmethod(lambda cls: False))
+    assert resolve_backend_name("auto") == "numpy"
+    monkeypatch.setattr(BACKENDS.load(AUTO_GPU_ORDER[-1]), "uses_gpu", classmethod(lambda cls: True))
+    monkeypatch.setattr(BACKENDS.load(AUTO_GPU_ORDER[-1]), "is_available", classmethod(lambda cls: True))
+    assert resolve_backend_name("auto") == AUTO_GPU_ORDER[-1]  # a GPU backend that can run is chosen
     with pytest.raises(UsageError, match="known: cupy, faiss, numpy"):
         create_backend("annoy")
 

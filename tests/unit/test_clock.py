@@ -1,19 +1,25 @@
+import time
+
 from perfray.config import Workload
 from perfray.load.generator import LoadGenerator
 from perfray.load.targets import SystemEndpoint
 from perfray.sut.session import make_system
 from perfray.systems_config import StoresSpec
-from perfray.timing import process_clock
+from perfray.timing import Clock, process_clock
 
 
-def test_generator_endpoints_and_clients_share_one_clock_anchor():
+def test_generator_endpoints_and_clients_share_one_clock_anchor(monkeypatch):
     """Stamps from the generator (intended/sent), the endpoint (client sent/done) and the HTTP client (reply
     arrival) are subtracted from one another: one anchor per process, or a wall-clock step between two
     constructions would bias every latency."""
+    process_clock.cache_clear()
+    generator = LoadGenerator(0)
+    stepped = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: stepped() + 1_000_000_000)  # the wall clock steps 1 s (NTP)
+    assert Clock().offset_ns - generator.clock.offset_ns > 900_000_000  # a clock anchored now would differ
     system = make_system("http", Workload.model_validate({"system": "http"}), StoresSpec())
     endpoint = SystemEndpoint(system, 4)
-    assert LoadGenerator(0).clock is process_clock() is endpoint.clock
-    assert process_clock().offset_ns == process_clock().offset_ns
+    assert endpoint.clock.offset_ns == generator.clock.offset_ns and endpoint.clock is process_clock()
 
 
 class _PreemptedClocks:

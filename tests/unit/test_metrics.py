@@ -7,12 +7,7 @@ from support import ServiceTimeTarget, make_plan, run_plan
 from perfray.metrics.definitions import LATENCY_MS_BOUNDARIES, METRICS
 from perfray.metrics.recorder import MetricsRecorder
 from perfray.metrics.sinks import PrometheusSink
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from perfray.services.process import free_port
 
 
 def test_definitions_have_fixed_tags_and_dense_latency_buckets():
