@@ -24,6 +24,10 @@ class ClusterSpec(BaseModel):
     generator_cpus: list[Annotated[int, Field(ge=0)]] = Field(
         [], description="pin load actor i's generator (its process, or the actor when it runs there) to CPU "
         "generator_cpus[i % len]: cores kept apart from the system under test and Ray's daemons; [] pins nothing")
+    search_actor_nice: int | None = Field(
+        0, ge=-20, le=19, description="CPU priority (nice) of the GPU search actors, the system under test on the "
+        "default path: Ray starts workers at 15, below everything else on a shared host; null keeps Ray's; raising "
+        "priority needs root or CAP_SYS_NICE (each actor's manifest entry says what it got)")
     gpu_placement: Literal["spread", "pack"] = Field(
         "spread", description="search actors through a placement group, a bundle per GPU: spread over nodes (a node "
         "lost costs the fewest GPUs) or packed onto the fewest nodes")

@@ -9,7 +9,7 @@ import time
 
 from perfray.cluster.nodes import gpu_identity, here
 from perfray.load.generator_process import GeneratorProcess, GeneratorProcessDied
-from perfray.load.host import GeneratorHost
+from perfray.load.host import GeneratorHost, raise_priority
 from perfray.load.targets import CoalescingEndpoint, RayEndpoint, make_router
 from perfray.metrics.nvml import GpuSampler
 from perfray.metrics.recorder import MetricsRecorder
@@ -140,6 +140,13 @@ class GpuSearchActorBody(GpuSearchWorker):
             return GpuSearchWorker.search(self, queries, k, windows)
         finally:
             self._busy_ns += time.perf_counter_ns() - started
+
+    def build(self, base, shard: int = 0, n_shards: int = 1, attr=None, nice: int | None = None) -> dict:
+        """``GpuSearchWorker.build`` at CPU priority ``nice`` (``cluster.search_actor_nice``; None: Ray's); the
+        description says what the actor got."""
+        if nice is not None:
+            raise_priority(nice)
+        return {**GpuSearchWorker.build(self, base, shard, n_shards, attr), "nice": os.getpriority(os.PRIO_PROCESS, 0)}
 
     async def add_service_time(self, ms: float) -> None:
         """Fault injection: every later search takes ``ms`` longer, as on a throttled GPU (the slow-node check's

@@ -131,7 +131,8 @@ class Fleet:
                                           placement.options(i)) for i in range(count)]
         self._group = GpuGroup(key, handles, [], placement)  # killed with its placement group if the build fails
         shards = count if s.topology == "sharded" else 1
-        builds = [h.build.remote(ds.base_ref, i % shards, shards, ds.attr_ref) for i, h in enumerate(handles)]
+        builds = [h.build.remote(ds.base_ref, i % shards, shards, ds.attr_ref, cluster.search_actor_nice)
+                  for i, h in enumerate(handles)]
         try:
             described = ray.get(builds, timeout=cluster.actor_start_timeout_s)
             where = ray.get([h.where.remote() for h in handles], timeout=cluster.actor_start_timeout_s)

@@ -1,6 +1,7 @@
 """The main job end to end on embedded Ray: python -m perfray.sweep, as a user runs it."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -26,6 +27,8 @@ def test_default_sweep_writes_rows_manifest_summary_and_microbench(tmp_path):
     assert doc["ray"]["observers"]["nice"] == 10 and doc["ray"]["observers"]["pids"]  # the dashboard agent at least
     assert doc["gpus"]["simulated"] is True and doc["gpus"]["logical"] is True
     assert doc["gpus"]["models"] == {"cpu (numpy)": 2}
+    # the system under test at normal priority, not Ray's worker nice 15 (raising it needs root, as in CI)
+    assert {g["nice"] for g in doc["gpus"]["actors"]} == {0 if os.geteuid() == 0 else 15}
     assert {"ray", "numpy", "pyarrow", "python"} <= set(doc["versions"])
     assert "git_commit" in doc and doc["config"]["name"] == "smoke"
     assert [c["status"] for c in doc["cells"]] == ["complete"] * 4
