@@ -27,11 +27,6 @@ def timed(fn, sync, repeats: int, warmup: int = 2) -> float:
     return float(np.median(times))
 
 
-def roofline_floor_s(n: int, dim: int, q: int, mem_bw: float, flops: float) -> float:
-    """Reading the index once (bytes) vs the GEMM (flops): whichever bounds."""
-    return max(n * dim * 4 / mem_bw, 2.0 * n * dim * q / flops)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -39,8 +34,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--batches", default="1,16,128,1024")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--mem-bw", type=float, default=3.0e12, help="bytes/s (H100 copy: 3.0e12)")
-    parser.add_argument("--fp32-flops", type=float, default=51e12, help="FLOP/s (H100 fp32 GEMM: 51e12)")
+    parser.add_argument("--mem-bw", type=float, default=None,
+                        help="bytes/s; default: the device's peak (perfray.backends.device_peaks, by NVML name)")
+    parser.add_argument("--fp32-flops", type=float, default=None, help="FLOP/s; default: the device's FP32 peak")
     parser.add_argument("--check-queries", type=int, default=64, help="queries checked against float64")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--open-loop-qps", type=float, default=0, help="also drive the worker open loop")
@@ -51,6 +47,7 @@ def main() -> None:
     import cupy as cp
 
     from perfray.backends.cupy_backend import CupyBackend
+    from perfray.backends.device_peaks import device_peaks, roofline_floor_s
     from perfray.sut.gpu_search import GpuSearchWorker
 
     rng = np.random.default_rng(0)
@@ -60,6 +57,14 @@ def main() -> None:
     ours = CupyBackend()
     ours.build(base)
     print(f"device: {ours.device_name()}  N={args.n:,} d={args.dim} k={args.k}")
+    peaks = device_peaks(ours.device_name()) or {}
+    mem_bw, fp32_flops = args.mem_bw or peaks.get("mem_bw"), args.fp32_flops or peaks.get("fp32_flops")
+    if mem_bw and fp32_flops:
+        print(f"roofline: {mem_bw / 1e12:.2f} TB/s, {fp32_flops / 1e12:.1f} TFLOP/s FP32 "
+              f"({'given' if args.mem_bw or args.fp32_flops else peaks['device'] + ' peaks'})")
+    else:
+        print("roofline: unknown device (not in perfray.backends.device_peaks); give --mem-bw and --fp32-flops for a "
+              "floor")
 
     # Exactness on a sample against float64 on the host.
     sample = queries[: args.check_queries]
@@ -126,7 +131,7 @@ def main() -> None:
             t_torch = timed(lambda qt=qt: torch_fn(qt), torch_sync, args.repeats)
         t_gemm = timed(lambda qd=qd: qd @ base_d.T, cp.cuda.Device().synchronize, args.repeats) \
             if q * args.n <= 1 << 31 else float("nan")
-        floor = roofline_floor_s(args.n, args.dim, q, args.mem_bw, args.fp32_flops)
+        floor = roofline_floor_s(args.n, args.dim, q, mem_bw, fp32_flops) if mem_bw and fp32_flops else float("nan")
         row = {"batch": q, "floor_qps": q / floor, "ours_qps": q / t_ours_dev, "ours_ms": t_ours_dev * 1e3,
                "ours_host_ms": t_ours_host * 1e3, "cupy_argpartition_qps": q / t_cupy,
                "torch_topk_qps": q / t_torch, "pct_of_floor": floor / t_ours_dev * 100,
