@@ -134,6 +134,22 @@ def test_the_per_node_table_finds_a_node_made_slow_and_calls_equal_nodes_no_diff
     assert f"| 0 | search | {search[0][:8]} (" in section and "| slower |" in section and "| no difference |" in section
 
 
+def test_sixteen_load_actors_on_four_nodes_deliver_every_scheduled_request_once(cluster, tmp_path):
+    driver, run_dir = run(cluster, tmp_path, "sixteen", "load.actors=16", "cluster.load_placement=spread",
+                          "cluster.load_actor_cpus=0.25", "target_qps=800", "duration_s=3")
+    assert driver.run() == 0
+    doc = manifest(run_dir)
+    placed = [a["node_id"] for a in doc["load_actors"]]
+    assert len(placed) == 16 and sorted(set(placed)) == sorted(ids(cluster.gpu_nodes) | ids(cluster.load_nodes))
+    assert max(placed.count(n) for n in set(placed)) == 4  # spread: 4 on each of the 4 nodes with CPUs
+    rows = read_cell(run_dir, 0)
+    seq = rows["seq"].to_numpy()
+    assert rows.num_rows == 2400 and np.array_equal(np.sort(seq), np.arange(2400))  # 800 QPS x 3 s, each once
+    per_actor = np.bincount(rows["actor"].to_numpy(), minlength=16)
+    assert (per_actor == 150).all() and doc["cells"][0]["timings"]["drains"] >= 6
+    assert (pc.cast(rows["status"], "string").to_numpy(zero_copy_only=False) == "ok").mean() > 0.99
+
+
 def test_ray_job_submit_runs_the_smoke_config_across_the_nodes(cluster, tmp_path):
     results = tmp_path / "results"
     cmd = [ray_cli(), "job", "submit", "--address", f"http://{cluster.head_node.address_info['webui_url']}",
