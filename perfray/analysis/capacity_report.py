@@ -46,7 +46,7 @@ def capacity_scaling(rows: list[dict]) -> list[dict]:
         fit = fit_usl([r["n_gpus"] for r in bounded], [r["capacity_qps"] for r in bounded])
         out.append({"workload": json.loads(key), "n_gpus": n, "capacity_qps": capacity,
                     "limited_by": [r["limited_by"] for r in members], "searches": [r["search"] for r in members],
-                    "usl": fit})
+                    "fitted_n_gpus": [r["n_gpus"] for r in bounded], "usl": fit})
     return out
 
 

@@ -5,6 +5,7 @@ import math
 import pytest
 
 from perfray.analysis.capacity_report import capacity_scaling, capacity_verdicts
+from perfray.analysis.scaling_model import fit_usl
 from perfray.capacity import BREAKS, GENERATOR, MEETS, UNDECIDED, CapacitySearch, judge_step
 from perfray.config import capacity_spec
 from perfray.errors import UsageError
@@ -136,7 +137,11 @@ def test_scaling_and_verdicts_from_capacities():
     rows[3]["limited_by"] = "generator"  # a lower bound only: not fitted
     [group] = capacity_scaling(rows)
     assert group["limited_by"][3] == "generator" and group["n_gpus"] == [1, 2, 4, 8]
-    assert group["usl"]["ok"] is False or group["usl"]["lambda"] > 0
+    # the fit is of the SLO-bounded points alone: exactly the fit of 1, 2 and 4 GPUs
+    assert group["fitted_n_gpus"] == [1, 2, 4]
+    alone = fit_usl([1, 2, 4], [1000.0, 1900.0, 3400.0])
+    assert group["usl"]["ok"] == alone["ok"] and all(
+        group["usl"][k] == pytest.approx(alone[k]) for k in ("lambda", "sigma", "kappa") if k in alone)
     rows[2]["limited_by"] = "max_qps"
     assert "too few points" in capacity_scaling(rows)[0]["usl"]["reason"]
     doc = {"capacity": {"spec": {"target_qps": 2000.0}, "searches": [
