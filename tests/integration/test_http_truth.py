@@ -62,8 +62,9 @@ def test_stalls_recorded_within_2_percent_of_the_truth(tmp_path, responder):
     assert held.sum() >= 0.14 * len(rows) and (release[held] > 0).all()
 
     recorded = rows.latency_ns.to_numpy()
-    unheld_p50 = np.median(recorded[~held])
-    truth = np.where(held, release - intended, unheld_p50)
+    # the truth comes from the server alone: a held request from its logged release, any other from the service
+    # time it was configured with (none: it answers at once), never from perfray's own figures
+    truth = np.where(held, release - intended, 0)
     for q in (0.99, 0.999):
         ours, true = np.quantile(recorded, q), np.quantile(truth, q)
         assert abs(ours - true) <= 0.02 * true, (q, ours / 1e6, true / 1e6)
