@@ -31,6 +31,6 @@ def test_the_logged_h100_run_reached_a_third_of_its_floor():
     """benchmarks/results/gpu_knn-h100-2026-11-27-defaults.txt: batch 1024 at 87,022 QPS on an H100 80GB HBM3 (SXM).
     With its own peaks the GEMM bounds at 3.91 ms (261,719 QPS): 33%; the PCIe figures the log used said 44%."""
     peaks = device_peaks("NVIDIA H100 80GB HBM3")
-    floor_s = roofline_floor_s(1_000_000, 128, 1024, peaks["mem_bw"], peaks["fp32_flops"])
-    assert 1024 / floor_s == pytest.approx(261_719, rel=1e-4)
-    assert 87_022 / (1024 / floor_s) == pytest.approx(0.3325, abs=0.001)
+    floor_qps = 1024 / roofline_floor_s(1_000_000, 128, 1024, peaks["mem_bw"], peaks["fp32_flops"])
+    assert floor_qps == pytest.approx(261_719, rel=1e-4)
+    assert 87_022 / floor_qps == pytest.approx(0.3325, abs=0.001)
