@@ -119,9 +119,10 @@ def nodes_section(manifest: dict) -> list[str]:
              for n in manifest.get("nodes", [])}
     lost = [e for e in manifest.get("events", []) if e.get("event") == "node_lost"]
     tables = [(c["cell"], c["nodes"]) for c in manifest.get("cells", []) if c.get("nodes")]
-    if not lost and not tables:
+    if not lost and not tables and len(_actors_by_node(manifest)) < 2:
         return lines
     lines += ["", "## Nodes", ""]
+    lines += _placement_table(manifest, short)
     for e in lost:
         cell = manifest["cells"][e["cell"]]
         at_s = (e["at_unix_ns"] - cell.get("start_unix_ns", e["at_unix_ns"])) / 1e9
@@ -148,6 +149,38 @@ def nodes_section(manifest: dict) -> list[str]:
                              f"{'–' if r.get('busy') is None else format(r['busy'], '.0%')} | {r['verdict']} |")
     lines += _clock_warning(manifest)
     return lines
+
+
+def _actors_by_node(manifest: dict) -> dict[str, dict[str, set[int]]]:
+    """node id -> {"search": indices, "load": indices} of the actors that ran there in any cell."""
+    where: dict[str, dict[str, set[int]]] = {}
+    for cell in manifest.get("cells", []):
+        for role, nodes in (cell.get("placement") or {}).items():
+            for index, node in enumerate(nodes):
+                if node:
+                    where.setdefault(node, {"search": set(), "load": set()})[role].add(index)
+    return where
+
+
+def _placement_table(manifest: dict, short: dict[str, str]) -> list[str]:
+    """Where every actor ran: a row per node that hosted one, with the node's facts and, if lost, when."""
+    where = _actors_by_node(manifest)
+    if not where:
+        return []
+    facts = {n["node_id"]: n for n in manifest.get("nodes", [])}
+    lines = ["| node | IP | CPUs | GPUs | search actors | load actors | lost |", "|---|---|---|---|---|---|---|"]
+    for node, held in sorted(where.items(), key=lambda kv: (min(kv[1]["search"], default=1e9), min(kv[1]["load"],
+                                                                                                   default=1e9))):
+        f = facts.get(node, {})
+        lost = f.get("lost_unix_ns")
+        cpus, gpus = (f"{f[k]:g}" if f.get(k) is not None else "–" for k in ("cpus", "gpus"))
+        lines.append(f"| {short.get(node, node[:8])} | {f.get('ip') or '–'} | {cpus} | {gpus} | "
+                     f"{_indices(held['search'])} | {_indices(held['load'])} | {'yes' if lost else ''} |")
+    return lines + [""]
+
+
+def _indices(values: set[int]) -> str:
+    return ", ".join(str(v) for v in sorted(values)) or "–"
 
 
 def _clock_warning(manifest: dict) -> list[str]:

@@ -75,6 +75,14 @@ def test_search_actors_spread_load_actors_kept_off_their_nodes_and_every_row_nam
     served_by = pc.cast(rows["search_node"], "string").to_numpy(zero_copy_only=False)
     assert (sent_by == np.array([load[a] for a in rows["actor"].to_numpy()])).all()
     assert (served_by == np.array(search)[rows["endpoint"].to_numpy()]).all()
+    from perfray.analysis.report import write_report
+
+    section = write_report(run_dir)[0].read_text().split("## Nodes", 1)[1].split("\n## ")[0]
+    row = {line.split(" ")[1]: line.split(" | ")[1:] for line in section.splitlines() if line.startswith("| ")}
+    for i, node in enumerate(search):  # where every actor ran: a row per node (IP, CPUs, GPUs, search, load, lost)
+        assert row[node[:8]] == [nodes[node]["ip"], "1", "1", str(i), "–", " |"]
+    for i, node in load.items():
+        assert row[node[:8]] == [nodes[node]["ip"], "2", "0", "–", str(i), " |"]
 
 
 @pytest.mark.parametrize("how, actors, expect", [
