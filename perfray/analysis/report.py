@@ -97,7 +97,8 @@ def render(run: Run, figure_paths: list[Path]) -> str:
     ]
     if m.get("failures"):
         lines += ["**Failures during the run:** " + "; ".join(
-            f"{f['role']} actor {f['actor']} in cell {f['cell']} ({f['error']})" for f in m["failures"]), ""]
+            f"{f['role']} actor {f['actor']} in cell {f['cell']} ({f['error']}"
+            + (f", node {f['node_id'][:8]})" if f.get("node_id") else ")") for f in m["failures"]), ""]
     checks = verdicts(run)
     lines += ["## Targets", ""]
     if checks:

@@ -221,6 +221,7 @@ def test_a_lost_load_node_is_an_event_its_share_lost_rows_and_stop_ends_the_run(
     report = write_report(run_dir)[0].read_text()
     assert "**Not finished.** The run is stopped" in report and f"{fired['node_id'][:8]} (" in report
     assert "lost** in cell 0" in report and f"{doc['cells'][0]['lost_rows']:,} requests lost" in report
+    assert f"load actor 1 in cell 0 (ActorDiedError, node {fired['node_id'][:8]})" in report
     t0 = int(rows["intended_ns"].to_numpy().min())  # the over-time figure marks the loss
     assert node_losses(doc, 0, t0) == [pytest.approx((event["at_unix_ns"] - t0) / 1e9)]
 
