@@ -139,12 +139,12 @@ def _guess_format(path: Path) -> str:
 
 def read_fvecs(path: Path) -> np.ndarray:
     """Read a ``.fvecs`` file (each vector: int32 dim, then dim float32)."""
-    raw = np.fromfile(path, dtype=np.int32)
-    if raw.size == 0:
+    if Path(path).stat().st_size == 0:
         raise UsageError(f"{path}: empty .fvecs file")
+    if (why := _fvecs_header_fault(Path(path))) is not None:
+        raise UsageError(f"{path}: not a .fvecs file ({why})")
+    raw = np.fromfile(path, dtype=np.int32)
     dim = int(raw[0])
-    if dim <= 0 or raw.size % (dim + 1) != 0:
-        raise UsageError(f"{path}: not a .fvecs file (first dim {dim}, {raw.size * 4} bytes)")
     rows = raw.reshape(-1, dim + 1)
     if not (rows[:, 0] == dim).all():
         raise UsageError(f"{path}: .fvecs rows have different dimensions")
