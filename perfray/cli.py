@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--paths", default="callback,async,threads,gpu",
                      help="client paths to measure (comma-separated; callback = the HTTP client; gpu starts Ray)")
     cal.add_argument("--step-s", type=float, default=1.0, help="seconds per rate step")
+    cal.add_argument("--quiet-s", type=float, default=15.0, help="at most this long to wait for a busy host to settle")
+    cal.add_argument("--cluster", action="store_true", help="measure on each load node type of the Ray cluster "
+                     "(RAY_ADDRESS or the config's cluster.address) instead of this host")
+    cal.add_argument("--config", type=Path, default=None, help="with --cluster: the sweep config whose cluster: "
+                     "section says where load actors go (load_placement, load_resources, load_actor_cpus)")
+    cal.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     cal.add_argument("--debug", action="store_true", help="show tracebacks")
     comp = sub.add_parser("compare", help="candidate vs baseline run: speedups with 95%% CIs -> comparison.md")
     comp.add_argument("baseline", type=Path)
@@ -119,13 +125,45 @@ def run_calibrate_command(args) -> int:
     print(f"{'path':<8} {'ceiling req/s':>13} {'CPU µs/req':>10}  (one load generator: every request answered, "
           f"schedule lag p99 <= {GENERATOR_LAG_LIMIT_MS:g} ms)")
 
-    def report(path, result):
-        cpu = result["cpu_us_per_request"]
-        print(f"{path:<8} {result['ceiling_qps']:>13,.0f} {cpu if cpu is not None else float('nan'):>10.1f}", flush=True)
+    if args.quiet_s < 0:
+        raise UsageError(f"--quiet-s: expected seconds >= 0, got {args.quiet_s}")
 
-    calibration.calibrate(paths, args.step_s, report, gpu_path=NoopSearchPath)
+    def report(path, result, where=""):
+        cpu = result["cpu_us_per_request"]
+        print(f"{path:<8} {result['ceiling_qps']:>13,.0f} {cpu if cpu is not None else float('nan'):>10.1f}{where}",
+              flush=True)
+
+    if args.cluster:
+        return _calibrate_cluster(args, paths, lambda node_type, path, result: report(path, result, f"  {node_type}"))
+    if args.config is not None or args.overrides:
+        raise UsageError("--config and --set go with --cluster (this host's calibration needs no config)")
+    calibration.calibrate(paths, args.step_s, report, gpu_path=NoopSearchPath, quiet_s=args.quiet_s)
     print(f"cached: {calibration.cache_file()} (sweeps on this host flag cells offering a load actor more than "
           f"{GENERATOR_SHARE_LIMIT:.0%} of its path's ceiling; load.actors: auto sizes from it)")
+    return 0
+
+
+def _calibrate_cluster(args, paths: list[str], report) -> int:
+    from perfray.cluster import runtime
+    from perfray.cluster.load_types import calibrate_cluster
+    from perfray.cluster.nodes import cluster_nodes
+    from perfray.config import load_config
+    from perfray.load import calibration
+
+    spec = load_config(args.config, args.overrides).cluster
+    if not (spec.address or os.environ.get("RAY_ADDRESS")):
+        raise UsageError("--cluster: no cluster to measure: set RAY_ADDRESS (or cluster.address in --config), or "
+                         "run under ray job submit")
+    info = runtime.connect(spec, 0, 0)
+    try:
+        types = calibrate_cluster(cluster_nodes(), spec, paths, args.step_s, args.quiet_s, report)
+    finally:
+        runtime.shutdown(info)
+    for name, entry in types.items():
+        print(f"load node type {name}: measured on {entry['node']['hostname']} ({entry['node']['node_id'][:12]}), "
+              f"{entry['node']['nodes_of_type']} node(s) of this type")
+    print(f"cached: {calibration.cluster_cache_file()} (load.actors: auto on this cluster sizes from the lowest "
+          "ceiling among the load node types)")
     return 0
 
 

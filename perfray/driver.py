@@ -30,17 +30,18 @@ from perfray.capacity import CapacitySearch, Step
 from perfray.cluster import runtime
 from perfray.cluster.fleet import Fleet, GpuGroup
 from perfray.cluster.gathering import RowGatherer
+from perfray.cluster.load_types import LoadSizing
 from perfray.cluster.node_loss import NodeLossTracker
 from perfray.cluster.nodes import cluster_nodes
 from perfray.config import SweepConfig, Workload, phase_rates
 from perfray.errors import EXIT_OK, EXIT_TARGET_FAILED, PerfrayError, raised_remotely
-from perfray.load import calibration
 from perfray.load.generator import CellPlan
 from perfray.load.profiles import op_mix
 from perfray.load.schedules import PhaseRates, load_trace, parse_arrival
 from perfray.progress import Progress
+from perfray.results.frame import CellFrame
 from perfray.results.manifest import Manifest
-from perfray.results.writer import RequestWriter, read_cell, write_table
+from perfray.results.writer import RequestWriter, write_table
 from perfray.schema import MICROBENCH_SCHEMA
 from perfray.sut.session import SystemSession, effective_batching
 
@@ -73,9 +74,9 @@ class SweepDriver:
         if config.capacity is not None:  # the search sets the rate: a rate axis would repeat the same search
             bases = list({_without_rate(c): c for c in bases}.values())
         self._declared_actors = [c.load.actors for c in bases]  # "auto" is sized again for each capacity step
-        self.bases, calibrated = calibration.size_load_actors(bases, os.cpu_count() or 1)
-        # repeats interleaved (every cell, then every cell again), so a drift of the machine hits each alike
-        self.cells = [] if config.capacity is not None else [b for _ in range(config.repeat) for b in self.bases]
+        self.sizing = LoadSizing(config.cluster)  # load.actors: auto; on a cluster, once connected
+        self.bases, calibrated = self.sizing.size(bases)
+        self.cells = self._grid()
         self.cache_dir = config.cache_dir or self.run_dir.parent / ".cache"
         self.writer = RequestWriter(self.run_dir)
         self.manifest = Manifest(
@@ -120,6 +121,8 @@ class SweepDriver:
                       "real_on_driver": self._ray.real_gpus_on_driver}, nodes=cluster_nodes())
             self.nodes = NodeLossTracker(self.manifest, self.fleet, self.progress,
                                          [n["node_id"] for n in self.manifest.doc["nodes"]])
+            if self.sizing.on_cluster and "auto" in self._declared_actors:
+                self._size_on_cluster(self.manifest.doc["nodes"])
             if self._ray.dashboard_url:
                 self.progress.note(f"Ray dashboard: http://{self._ray.dashboard_url}")
             if self.config.capacity is None:
@@ -208,12 +211,26 @@ class SweepDriver:
                                f"{step.duration_s:g} s -> {result.outcome}"
                                + (f" ({', '.join(result.broken)})" if result.broken else ""))
 
+    def _grid(self) -> list[Workload]:
+        """The cells to run: repeats interleaved (every cell, then every cell again), so a drift of the machine
+        hits each alike; none up front for a capacity search."""
+        return [] if self.config.capacity is not None else [b for _ in range(self.config.repeat) for b in self.bases]
+
+    def _size_on_cluster(self, nodes: list[dict]) -> None:
+        """Size ``load.actors: auto`` from the ceilings measured on the cluster's load node types."""
+        self.sizing.join(nodes)
+        self.bases, calibrated = self.sizing.size(self.bases)
+        self.cells = self._grid()
+        for entry, cell in zip(self.manifest.doc["cells"], self.cells, strict=True):
+            entry["workload"] = cell.model_dump(mode="json")
+        self.manifest.update(calibration=calibrated)
+
     def _add_step(self, base: int, search: int, step: Step) -> int:
         spec, cell = self.config.capacity, self.bases[base]
         load = cell.load.model_copy(update={
             "target_qps": step.qps, "scale_with_gpus": False, "duration_s": step.duration_s,
             "warmup_s": spec.warmup_s, "phases": None, "actors": self._declared_actors[base]})
-        sized, _ = calibration.size_load_actors([cell.model_copy(update={"load": load})], os.cpu_count() or 1)
+        sized, _ = self.sizing.size([cell.model_copy(update={"load": load})])
         index = len(self.cells)
         self.cells.append(sized[0])
         self.manifest.doc["cells"].append({"cell": index, "status": "pending",
@@ -344,7 +361,7 @@ class SweepDriver:
             dead = [f["actor"] for f in self.manifest.doc["failures"] if f["role"] == "load" and f["cell"] == index]
             entry = self.manifest.doc["cells"][index]
             end_ns = entry["start_unix_ns"] + int(sum(p.duration_s for p in self.cells[index].load.phase_plan()) * 1e9)
-            event["recovery_s"] = loss_recovery_s(read_cell(self.run_dir, index), event["at_unix_ns"], end_ns, dead,
+            event["recovery_s"] = loss_recovery_s(CellFrame.read(self.run_dir, index), event["at_unix_ns"], end_ns, dead,
                                                   min(slos) if slos else None)
             row["recovery_s"] = event["recovery_s"]
 
@@ -359,7 +376,7 @@ class SweepDriver:
         if self.fleet.needs_gpu_actors(cell) and self.fleet.described:  # fewer after a lost node: what it had
             labels["n_gpus"] = len(self.fleet.described)
         labels["base_cell"], labels["repeat"] = entry.get("base", index), entry.get("repeat", 0)
-        rows = read_cell(self.run_dir, index)
+        rows = CellFrame.read(self.run_dir, index)  # a column at a time: bounded memory for millions of rows
         row, phase_rows = summarize_phases(rows, cell, index, status, entry.get("start_unix_ns", 0),
                                            until_ns or 2**62, labels)
         entry["nodes"] = cell_node_table(rows, cell, entry)  # per node, with the slow-node verdicts

@@ -7,15 +7,16 @@ import json
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from perfray.analysis.summary import recovery_s, summarize_cell
 from perfray.config import Workload, phase_rates
+from perfray.results.frame import CellFrame
 
 
-def summarize_phases(rows: pa.Table, cell: Workload, index: int, status: str, start_ns: int, until_ns: int,
-                     labels: dict) -> tuple[dict, list[dict]]:
+def summarize_phases(rows: pa.Table | CellFrame, cell: Workload, index: int, status: str, start_ns: int,
+                     until_ns: int, labels: dict) -> tuple[dict, list[dict]]:
     """(the cell's summary row over its measured phases, one row per phase)."""
+    rows = CellFrame.of(rows)
     measured_s, window_end, offset_ns = 0.0, start_ns, 0
     phase_rows: list[dict] = []
     for p in cell.load.phase_plan():
@@ -38,7 +39,7 @@ def summarize_phases(rows: pa.Table, cell: Workload, index: int, status: str, st
     return summarize_cell(rows, meta), phase_rows
 
 
-def _recovery(rows: pa.Table, row: dict, before: list[dict], lo_ns: int, hi_ns: int) -> float:
+def _recovery(rows: CellFrame, row: dict, before: list[dict], lo_ns: int, hi_ns: int) -> float:
     """After a phase with a higher rate (a burst): seconds into this phase until latency is back to the
     level of the last earlier phase at or below this rate (NaN when no burst came before)."""
     if not before or not before[-1]["target_qps"] > row["target_qps"]:
@@ -133,15 +134,16 @@ def _usage_means(entry: dict) -> dict:
             "gpu_util_mean": sum(util) / len(util) if util else float("nan")}
 
 
-def loss_recovery_s(rows: pa.Table, loss_ns: int, end_ns: int, dead_actors: list[int], slo_p99_ms: float | None) -> float:
+def loss_recovery_s(rows: pa.Table | CellFrame, loss_ns: int, end_ns: int, dead_actors: list[int],
+                    slo_p99_ms: float | None) -> float:
     """Seconds from a node's loss until the surviving load actors' requests are back within the SLO (a p99 target,
     else 1.5x the p99 before the loss) and free of errors, for good; NaN when that never happens in the cell."""
-    survivors = rows.filter(pc.invert(pc.is_in(rows["actor"], pa.array(dead_actors, type=rows.schema.field(
-        "actor").type))))
+    frame = CellFrame.of(rows)
+    survivors = ~np.isin(frame.ints("actor"), dead_actors)
     if slo_p99_ms is None:
-        before = survivors.filter(pc.and_(pc.less(survivors["intended_ns"], loss_ns),
-                                          pc.equal(pc.cast(survivors["status"], pa.string()), "ok")))
-        if before.num_rows == 0:
+        before = survivors & (frame.ints("intended_ns") < loss_ns) & frame.isin("status", ["ok"])
+        if not before.any():
             return float("nan")
-        return recovery_s(survivors, loss_ns, end_ns, float(np.percentile(before["latency_ns"].to_numpy() / 1e6, 99)))
-    return recovery_s(survivors, loss_ns, end_ns, slo_p99_ms, limit_ms=slo_p99_ms)
+        steady = float(np.percentile(frame.floats("latency_ns")[before] / 1e6, 99))
+        return recovery_s(frame, loss_ns, end_ns, steady, keep=survivors)
+    return recovery_s(frame, loss_ns, end_ns, slo_p99_ms, limit_ms=slo_p99_ms, keep=survivors)

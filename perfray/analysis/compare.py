@@ -25,17 +25,9 @@ BOOTSTRAP_SAMPLES = 400
 BOOTSTRAP_MAX_ROWS = 50_000
 
 
-def _latencies_ms(run: Run, cell: int) -> np.ndarray:
-    rows = run.cell_rows(cell, measured_only=True)
-    status = run.column(rows, "status")
-    keep = (status == "ok") | (status == "timeout")
-    return run.column(rows, "latency_ns")[keep].astype(np.float64) / 1e6
-
-
 def _ok_per_second(run: Run, cell: int) -> np.ndarray:
-    rows = run.cell_rows(cell, measured_only=True)
-    ok = run.column(rows, "status") == "ok"
-    done = run.column(rows, "done_ns")[ok]
+    frame, measured = run.measured(cell)
+    done = frame.ints("done_ns")[measured & frame.isin("status", ["ok"])]
     if done.size == 0:
         return np.zeros(1)
     sec = (done - done.min()) // 1_000_000_000
@@ -63,7 +55,7 @@ def speedup(base: Run, cand: Run, cell: int, metric: str, seed: int = 0) -> dict
     rng = np.random.default_rng(seed)
     if metric in LATENCY_METRICS:
         q = LATENCY_METRICS[metric]
-        b, c = _latencies_ms(base, cell), _latencies_ms(cand, cell)
+        b, c = base.latencies_ms(cell), cand.latencies_ms(cell)
         if b.size == 0 or c.size == 0:
             return {"point": float("nan"), "low": float("nan"), "high": float("nan")}
         point = np.percentile(b, q) / np.percentile(c, q)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from perfray.analysis.runs import Run
-from perfray.analysis.summary import STAGES, scaling_curves
+from perfray.analysis.summary import STAGES, scaling_curves, status_masks
 
 MAX_CELLS_PER_FIGURE = 8
 
@@ -30,18 +30,6 @@ def _label(row: dict) -> str:
     return f"c{row['cell']}: {row['n_gpus']} GPU{sim} {row.get('topology', '')[:4]} {row['target_qps']:,.0f} QPS"
 
 
-def _measured(run: Run, cell: int, measured_only: bool = True):
-    rows = run.cell_rows(cell, measured_only=measured_only)
-    status = run.column(rows, "status")
-    return rows, status
-
-
-def _timed_latency_ms(run: Run, cell: int) -> np.ndarray:
-    rows, status = _measured(run, cell)
-    keep = (status == "ok") | (status == "timeout")
-    return run.column(rows, "latency_ns")[keep].astype(np.float64) / 1e6
-
-
 def _save(fig, out: Path, name: str) -> Path:
     path = out / name
     fig.tight_layout()
@@ -54,7 +42,7 @@ def latency_histogram(run: Run, out: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for row in _cells(run):
-        lat = _timed_latency_ms(run, row["cell"])
+        lat = run.latencies_ms(row["cell"])
         if lat.size:
             bins = np.logspace(np.log10(max(lat.min(), 1e-3)), np.log10(lat.max() * 1.01), 80)
             ax.hist(lat, bins=bins, histtype="step", label=_label(row))
@@ -71,7 +59,7 @@ def percentile_spectrum(run: Run, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     qs = 1 - np.logspace(0, -4, 200)
     for row in _cells(run):
-        lat = _timed_latency_ms(run, row["cell"])
+        lat = run.latencies_ms(row["cell"])
         if lat.size:
             ax.plot(1 / (1 - qs[:-1]), np.percentile(lat, qs[:-1] * 100), label=_label(row))
     ax.set_xscale("log")
@@ -86,18 +74,18 @@ def percentile_spectrum(run: Run, out: Path) -> Path:
 def _per_second(run: Run, cell: int):
     """Per-second series from the cell's first intended time (warm-up included): offered, ok done, errors,
     drops, p99."""
-    rows, status = _measured(run, cell, measured_only=False)
-    intended = run.column(rows, "intended_ns")
-    if intended.size == 0:
+    frame = run.frame(cell)
+    if frame.n == 0:
         return None
+    intended = frame.ints("intended_ns")
+    status = status_masks(frame, np.ones(frame.n, dtype=bool))
     t0 = intended.min()
     sec = ((intended - t0) // 1_000_000_000).astype(np.int64)
     n = int(sec.max()) + 1
-    done = run.column(rows, "done_ns")
-    ok = status == "ok"
-    done_sec = ((done[ok] - t0) // 1_000_000_000).astype(np.int64)
-    lat = run.column(rows, "latency_ns").astype(np.float64) / 1e6
-    timed = ok | (status == "timeout")
+    ok = status["ok"]
+    done_sec = ((frame.ints("done_ns")[ok] - t0) // 1_000_000_000).astype(np.int64)
+    lat = frame.floats("latency_ns") / 1e6
+    timed = ok | status["timeout"]
     p99 = np.full(n, np.nan)
     order = np.lexsort((lat[timed], sec[timed]))
     s_sorted, l_sorted = sec[timed][order], lat[timed][order]
@@ -110,8 +98,8 @@ def _per_second(run: Run, cell: int):
         "t": np.arange(n),
         "offered": np.bincount(sec, minlength=n),
         "completed": np.bincount(done_sec[(done_sec >= 0) & (done_sec < n)], minlength=n),
-        "errors": np.bincount(sec[(status == "error") | (status == "timeout") | (status == "lost")], minlength=n),
-        "dropped": np.bincount(sec[status == "dropped"], minlength=n),
+        "errors": np.bincount(sec[status["error"] | status["timeout"] | status["lost"]], minlength=n),
+        "dropped": np.bincount(sec[status["dropped"]], minlength=n),
         "p99": p99,
     }
 
@@ -153,18 +141,18 @@ def over_time(run: Run, out: Path) -> Path:
 def by_operation(run: Run, out: Path) -> Path:
     """Latency by query type, all cells pooled."""
     plt = _pyplot()
-    import pyarrow as pa
-
-    rows = pa.concat_tables([run.cell_rows(r["cell"], measured_only=True) for r in run.summary]) \
-        if run.summary else run.rows
-    ops = run.column(rows, "op")
-    status = run.column(rows, "status")
-    lat = run.column(rows, "latency_ns").astype(np.float64) / 1e6
-    keep = (status == "ok") | (status == "timeout")
-    names = sorted(set(ops[keep]))
+    by_op: dict[str, list[np.ndarray]] = {}
+    for r in run.summary:
+        frame, measured = run.measured(r["cell"])
+        keep = measured & frame.isin("status", ("ok", "timeout"))
+        codes, names = frame.codes("op")
+        lat = frame.floats("latency_ns") / 1e6
+        for i, name in enumerate(names):
+            by_op.setdefault(name, []).append(lat[keep & (codes == i)])
+    names = sorted(n for n, parts in by_op.items() if sum(p.size for p in parts))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if names:
-        ax.boxplot([lat[keep & (ops == n)] for n in names], tick_labels=names, whis=(1, 99), showfliers=False)
+        ax.boxplot([np.concatenate(by_op[n]) for n in names], tick_labels=names, whis=(1, 99), showfliers=False)
     ax.set(ylabel="latency (ms)", title="Latency by operation (whiskers p1-p99)")
     return _save(fig, out, "latency_by_operation.png")
 
@@ -174,8 +162,9 @@ def schedule_lag(run: Run, out: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for row in _cells(run):
-        rows, status = _measured(run, row["cell"])
-        lag = run.column(rows, "schedule_lag_ns")[status != "dropped"].astype(np.float64) / 1e6
+        frame, measured = run.measured(row["cell"])
+        lag = frame.floats("schedule_lag_ns")[measured & ~frame.isin("status", ("dropped", "lost"))] / 1e6
+        lag = lag[~np.isnan(lag)]
         if lag.size:
             lag = np.sort(lag)
             ax.plot(lag, np.arange(1, lag.size + 1) / lag.size, label=_label(row))

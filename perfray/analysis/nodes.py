@@ -13,41 +13,42 @@ import math
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from perfray.analysis.intervals import order_statistic_indices
-from perfray.schema import FAILURES
+from perfray.analysis.summary import status_masks
+from perfray.results.frame import CellFrame
 
 EQUIVALENCE = 1.25  # latencies within 25% of each other count as the same
 QUANTILES = (0.5, 0.99)
 ROLES = {"search": "search_node", "load": "load_node"}
 
 
-def node_table(rows: pa.Table, measured_phases: list[str], measured_s: float, usage_by_node: dict | None = None
+def node_table(rows: pa.Table | CellFrame, measured_phases: list[str], measured_s: float, usage_by_node: dict | None = None
                ) -> list[dict]:
     """A row per (role, node) of the cell's measured requests: requests, QPS, p50/p99 (with the p99's interval),
     failures, and for search nodes the share of the time their actors spent searching (``usage_by_node``), with
     the slow-node verdict against the other nodes of the same role. Nothing when only one node had a role."""
-    measured = rows.filter(pc.is_in(pc.cast(rows["phase"], pa.string()), value_set=pa.array(measured_phases)))
-    status = pc.cast(measured["status"], pa.string()).to_numpy(zero_copy_only=False)
-    latency_ms = measured["latency_ns"].to_numpy(zero_copy_only=False).astype(np.float64) / 1e6
-    timed = (status == "ok") | (status == "timeout")
+    frame = CellFrame.of(rows)
+    measured = frame.isin("phase", measured_phases)
+    status = status_masks(frame, measured)
+    failed = status["error"] | status["timeout"] | status["dropped"] | status["lost"]
+    timed = status["ok"] | status["timeout"]
+    latency_ms = frame.floats("latency_ns")[measured] / 1e6
     table = []
     for role, column in ROLES.items():
-        if column not in measured.column_names:
+        codes, names = frame.codes(column)
+        codes = codes[measured]
+        present = [i for i in range(len(names)) if (codes == i).any()]
+        if len(present) < 2:
             continue
-        nodes = pc.cast(measured[column], pa.string()).to_numpy(zero_copy_only=False)
-        names = sorted({n for n in nodes if isinstance(n, str)})
-        if len(names) < 2:
-            continue
-        for name in names:
-            here = nodes == name
-            mine, rest = latency_ms[here & timed], latency_ms[~here & timed & (nodes != None)]  # noqa: E711
-            row = {"role": role, "node_id": name, "requests": int(here.sum()),
+        for i in sorted(present, key=lambda i: names[i]):
+            here = codes == i
+            mine, rest = latency_ms[here & timed], latency_ms[~here & timed & (codes >= 0)]
+            row = {"role": role, "node_id": names[i], "requests": int(here.sum()),
                    "qps": float(here.sum() / measured_s) if measured_s > 0 else math.nan,
-                   "failures": int(np.isin(status[here], FAILURES).sum()),
+                   "failures": int((failed & here).sum()),
                    "p50_ms": _pct(mine, 50), "p99_ms": _pct(mine, 99),
-                   "busy": (usage_by_node or {}).get(name) if role == "search" else None}
+                   "busy": (usage_by_node or {}).get(names[i]) if role == "search" else None}
             row.update(judge_node(mine, rest))
             table.append(row)
     return table
@@ -98,7 +99,7 @@ def _pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if values.size else math.nan
 
 
-def cell_node_table(rows: pa.Table, cell, entry: dict) -> list[dict]:
+def cell_node_table(rows: pa.Table | CellFrame, cell, entry: dict) -> list[dict]:
     """``node_table`` of a cell (``cell``: its Workload; ``entry``: its manifest entry, for placement and usage)."""
     measured = [p for p in cell.load.phase_plan() if p.measured]
     busy: dict[str, list[float]] = {}

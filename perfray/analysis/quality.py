@@ -27,20 +27,27 @@ MIN_SAMPLES = 60  # per check: fewer rows say nothing either way
 
 
 def arrival_fit(intended_ns: np.ndarray, sent_ns: np.ndarray, batched: bool) -> dict:
-    """``arrival_w1``: the sent gaps' distance from the intended gaps, in mean gaps; ``arrival_ks``: KS D."""
-    if batched:
-        return {"arrival_w1": math.nan, "arrival_ks": math.nan, "arrival_check": "n/a"}
-    order = np.argsort(intended_ns, kind="stable")
-    intended, sent = intended_ns[order].astype(np.float64), sent_ns[order].astype(np.float64)
-    if intended.size < MIN_SAMPLES:
-        return {"arrival_w1": math.nan, "arrival_ks": math.nan, "arrival_check": "n/a"}
-    from scipy.stats import ks_2samp, wasserstein_distance
+    """``arrival_w1``: the sent gaps' distance from the intended gaps, in mean gaps; ``arrival_ks``: KS D.
 
-    want, got = np.diff(intended), np.diff(np.sort(sent))
+    Both samples have the same size, so W1 is the mean distance between their sorted values and D is found at
+    their own points: a few arrays of n, in place (scipy's concatenates and argsorts: ~190 MB per million rows)."""
+    if batched or intended_ns.size < MIN_SAMPLES:
+        return {"arrival_w1": math.nan, "arrival_ks": math.nan, "arrival_check": "n/a"}
+    want = np.diff(np.sort(intended_ns)).astype(np.float64)  # int64 gaps first: ns timestamps exceed float64's
+    got = np.diff(np.sort(sent_ns)).astype(np.float64)
+    want.sort()
+    got.sort()
     mean = want.mean()
-    w1 = float(wasserstein_distance(got, want) / mean) if mean > 0 else math.nan
-    ks = float(ks_2samp(got, want).statistic)
+    w1 = float(np.abs(got - want).mean() / mean) if mean > 0 else math.nan
+    ks = max(_cdf_gap(got, want, at=got), _cdf_gap(got, want, at=want))
     return {"arrival_w1": w1, "arrival_ks": ks, "arrival_check": "pass" if w1 <= ARRIVAL_W1_LIMIT else "warn"}
+
+
+def _cdf_gap(a: np.ndarray, b: np.ndarray, at: np.ndarray) -> float:
+    """max |F_a(x) - F_b(x)| over x in ``at`` (sorted samples ``a``, ``b`` of one size; right-continuous CDFs)."""
+    gap = np.searchsorted(a, at, side="right")
+    gap -= np.searchsorted(b, at, side="right")
+    return float(np.abs(gap).max() / a.size)
 
 
 def _slices(intended_ns: np.ndarray, latency_ns: np.ndarray) -> list[np.ndarray]:

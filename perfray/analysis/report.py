@@ -92,7 +92,7 @@ def render(run: Run, figure_paths: list[Path]) -> str:
         f"| host | {m.get('host', {}).get('hostname')} ({m.get('host', {}).get('cpus')} CPUs) |",
         "| versions | " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()) + " |",
         f"| git commit | {m.get('git_commit') or '–'} |",
-        f"| request rows | {run.rows.num_rows:,} |",
+        f"| request rows | {run.n_rows:,} |",
         "",
     ]
     if m.get("failures"):
@@ -394,7 +394,7 @@ def scaling_section(run: Run) -> list[str]:
 def write_report(run_dir: Path) -> tuple[Path, list[dict]]:
     """Write report.md and figures into the run directory; return the report path and target verdicts."""
     run = open_run(run_dir)
-    paths = [p for p in (fig(run, run.path) for fig in figures.ALL) if p is not None] if run.rows.num_rows else []
+    paths = [p for p in (fig(run, run.path) for fig in figures.ALL) if p is not None] if run.n_rows else []
     curve = capacity_curve(run.manifest, run.path)
     paths += [curve] if curve is not None else []
     tradeoff = tradeoff_figure(tradeoff_curves(run.summary, run.manifest), run.path)

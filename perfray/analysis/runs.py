@@ -1,4 +1,4 @@
-"""Open a finished (or interrupted) run directory: manifest, summary and raw request rows."""
+"""Open a finished (or interrupted) run directory: manifest, summary, and its raw request rows cell by cell."""
 
 from __future__ import annotations
 
@@ -7,30 +7,41 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from perfray import SCHEMA_VERSION
 from perfray.errors import UsageError
+from perfray.results.frame import CellFrame
 
 
 @dataclass
 class Run:
-    """A run as written by the sweep driver."""
+    """A run as written by the sweep driver. Request rows stay on disk: a cell's are read a column at a time
+    (``frame``), so a report on a run of tens of millions of rows holds one cell's few columns at once."""
 
     path: Path
     manifest: dict
     summary: list[dict]
-    rows: pa.Table
     phases: list[dict] | None = None
 
-    def cell_rows(self, cell: int, measured_only: bool = False) -> pa.Table:
-        rows = self.rows.filter(pc.equal(self.rows["cell"], cell))
-        if measured_only:
-            names = pa.array(self.measured_phases(cell), pa.string())
-            rows = rows.filter(pc.is_in(pc.cast(rows["phase"], pa.string()), value_set=names))
-        return rows
+    @property
+    def n_rows(self) -> int:
+        files = sorted((self.path / "requests").glob("cell-*/*.parquet"))
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+    def frame(self, cell: int) -> CellFrame:
+        return CellFrame.read(self.path, cell)
+
+    def measured(self, cell: int) -> tuple[CellFrame, np.ndarray]:
+        """The cell's rows and the mask of those in its measured phases."""
+        frame = self.frame(cell)
+        return frame, frame.isin("phase", self.measured_phases(cell))
+
+    def latencies_ms(self, cell: int) -> np.ndarray:
+        """Latencies (ms) of the cell's measured ok and timeout rows: what its percentiles are taken over."""
+        frame, measured = self.measured(cell)
+        timed = measured & frame.isin("status", ("ok", "timeout"))
+        return frame.floats("latency_ns")[timed] / 1e6
 
     def measured_phases(self, cell: int) -> list[str]:
         """Names of the cell's measured phases, from its workload in the manifest."""
@@ -38,12 +49,6 @@ class Run:
 
         workload = Workload.model_validate(self.manifest["cells"][cell]["workload"])
         return [p.name for p in workload.load.phase_plan() if p.measured]
-
-    def column(self, table: pa.Table, name: str) -> np.ndarray:
-        col = table[name]
-        if pa.types.is_dictionary(col.type):
-            col = pc.cast(col, pa.string())
-        return col.to_numpy(zero_copy_only=False)
 
 
 def open_run(path: Path) -> Run:
@@ -62,12 +67,6 @@ def open_run(path: Path) -> Run:
                          f"({SCHEMA_VERSION}); upgrade perfray")
     summary_path = path / "summary.parquet"
     summary = pq.read_table(summary_path).to_pylist() if summary_path.is_file() else []
-    requests = path / "requests"
-    files = sorted(requests.glob("cell-*/*.parquet")) if requests.is_dir() else []
-    from perfray.schema import REQUEST_SCHEMA
-
-    rows = (pa.concat_tables([pq.read_table(f, schema=REQUEST_SCHEMA) for f in files])
-            if files else REQUEST_SCHEMA.empty_table())
     phases_path = path / "phases.parquet"
     phases = pq.read_table(phases_path).to_pylist() if phases_path.is_file() else []
-    return Run(path, manifest, summary, rows, phases)
+    return Run(path, manifest, summary, phases)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from perfray.analysis.intervals import PERCENTILES, judge, percentile_intervals
 from perfray.analysis.quality import quality
+from perfray.results.frame import CellFrame
 from perfray.schema import FAILURES, WRITE_KINDS
 
 STAGES = ("vector", "graph", "policy")
@@ -23,28 +23,27 @@ def _ms(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) / 1e6 if values.size else float("nan")
 
 
-def summarize_cell(rows: pa.Table, meta: dict) -> dict:
-    """One summary row. ``meta``: cell id, labels, target_qps, measured phase names and window (ns)."""
-    measured = rows.filter(pc.is_in(pc.cast(rows["phase"], pa.string()),
-                                    value_set=pa.array(meta["measured_phases"], pa.string())))
-    status = pc.cast(measured["status"], pa.string()).to_numpy(zero_copy_only=False)
-    n = int(measured.num_rows)
-    counts = {s: int((status == s).sum()) for s in ("ok", *FAILURES)}
-    writing = (pc.is_in(pc.cast(measured["op"], pa.string()), value_set=pa.array(WRITE_KINDS)).to_numpy(
-        zero_copy_only=False) if "op" in measured.column_names else np.zeros(n, dtype=bool))
-    timed = ((status == "ok") | (status == "timeout")) & ~writing
-    latency = measured["latency_ns"].to_numpy(zero_copy_only=False)[timed].astype(np.float64)
-    service = measured["service_ns"].to_numpy(zero_copy_only=False)[timed].astype(np.float64)
-    lag = measured["schedule_lag_ns"].to_numpy(zero_copy_only=False)
-    sent = (status != "dropped") & (status != "lost")
-    lag = lag[sent].astype(np.float64)
-    done = measured["done_ns"].to_numpy(zero_copy_only=False)
-    ok_in_window = int(((status == "ok") & (done <= meta["window_end_ns"])).sum())
+def summarize_cell(rows: pa.Table | CellFrame, meta: dict) -> dict:
+    """One summary row. ``meta``: cell id, labels, target_qps, measured phase names and window (ns). ``rows``: a
+    table or, for a cell of millions of rows, its frame (read a column at a time)."""
+    frame = CellFrame.of(rows)
+    measured = frame.isin("phase", meta["measured_phases"])
+    status = status_masks(frame, measured)
+    n = int(measured.sum())
+    counts = {s: int(status[s].sum()) for s in ("ok", *FAILURES)}
+    writing = frame.isin("op", WRITE_KINDS)[measured]
+    timed = (status["ok"] | status["timeout"]) & ~writing
+    latency = frame.floats("latency_ns")[measured][timed]
+    service = frame.floats("service_ns")[measured][timed]
+    sent = ~(status["dropped"] | status["lost"])
+    lag = frame.floats("schedule_lag_ns")[measured][sent]
+    done = frame.ints("done_ns", fill=2**62)[measured]
+    ok_in_window = int((status["ok"] & (done <= meta["window_end_ns"])).sum())
+    del done
     window_s = meta["measured_s"]
-    recall = measured["recall"].to_numpy(zero_copy_only=False)
-    recall = recall[~np.isnan(recall)] if recall.size else recall
-    batch = measured["batch_size"].to_numpy(zero_copy_only=False)
-    batch = batch[sent]
+    recall = frame.floats("recall")[measured]
+    recall = recall[~np.isnan(recall)]
+    batch = frame.floats("batch_size")[measured][sent]
     achieved = ok_in_window / window_s if window_s > 0 else float("nan")
     p50, p95, p99, p999 = (np.percentile(latency, [50, 95, 99, 99.9]) / 1e6 if latency.size
                            else [float("nan")] * 4)
@@ -82,92 +81,106 @@ def summarize_cell(rows: pa.Table, meta: dict) -> dict:
         "recall_mean": float(recall.mean()) if recall.size else float("nan"),
         "recall_min": float(recall.min()) if recall.size else float("nan"),
         "batch_size_mean": float(batch.mean()) if batch.size else float("nan"),
-        **_stages(measured, status),
-        **_error_window(measured, status, meta.get("start_ns")),
-        **_writes(measured, status, writing),
+        **_stages(frame, measured, status),
+        **_error_window(frame, measured, status, meta.get("start_ns")),
+        **_writes(frame, measured, status, writing),
     }
+    del service, lag, recall, batch
     labels = meta["labels"]
     batched = labels.get("batch_max", 1) > 1 and labels.get("batch_window_ms", 0.0) > 0
-    intended = measured["intended_ns"].to_numpy(zero_copy_only=False)[sent]
-    row.update(quality(intended, measured["sent_ns"].to_numpy(zero_copy_only=False)[sent], timed[sent], latency,
-                       batched))
+    intended = frame.ints("intended_ns")[measured][sent]
+    row.update(quality(intended, frame.ints("sent_ns")[measured][sent], timed[sent], latency, batched))
     return row
 
 
-def _stages(measured: pa.Table, status: np.ndarray) -> dict:
+def status_masks(frame: CellFrame, where: np.ndarray) -> dict[str, np.ndarray]:
+    """Per status name, True where a chosen row (``where``) has it: 1 B/row each, no strings."""
+    codes, names = frame.codes("status")
+    codes = codes[where]
+    return {name: codes == (names.index(name) if name in names else -2) for name in ("ok", *FAILURES)}
+
+
+def _stages(frame: CellFrame, measured: np.ndarray, status: dict) -> dict:
     """Per-stage span percentiles over ok rows, and the cache hit rate (NaN where a system has neither)."""
     out = {}
-    ok = status == "ok"
+    ok = status["ok"]
     for stage in STAGES:
-        column = f"{stage}_ns"
-        values = measured[column] if column in measured.column_names else None
         spans = np.empty(0)
-        if values is not None and values.null_count < len(values):
-            spans = values.to_numpy(zero_copy_only=False).astype(np.float64)[ok]
+        if frame.has(f"{stage}_ns"):
+            spans = frame.floats(f"{stage}_ns")[measured][ok]
             spans = spans[~np.isnan(spans)]
         out[f"{stage}_p50_ms"], out[f"{stage}_p99_ms"] = _ms(spans, 50), _ms(spans, 99)
-    hit = measured["cache_hit"] if "cache_hit" in measured.column_names else None
-    looked = 0 if hit is None else len(hit) - hit.null_count
-    out["cache_hit_rate"] = (pc.sum(hit).as_py() or 0) / looked if looked else float("nan")
+    flags = frame.floats("cache_hit")[measured] if frame.has("cache_hit") else np.full(ok.size, np.nan)
+    looked = int((~np.isnan(flags)).sum())
+    out["cache_hit_rate"] = float(np.nansum(flags)) / looked if looked else float("nan")
     # hits and misses are two populations: their own percentiles, beside the rate that mixes them
-    flags = hit.to_numpy(zero_copy_only=False) if looked else np.empty(0, dtype=object)
-    latency = measured["latency_ns"].to_numpy(zero_copy_only=False).astype(np.float64)
-    for name, want in (("hit", True), ("miss", False)):
+    latency = frame.floats("latency_ns")[measured] if looked else np.empty(0)
+    for name, want in (("hit", 1.0), ("miss", 0.0)):
         chosen = latency[ok & (flags == want)] if looked else np.empty(0)
         out[f"cache_{name}_p50_ms"], out[f"cache_{name}_p99_ms"] = _ms(chosen, 50), _ms(chosen, 99)
     return out
 
 
-def _writes(measured: pa.Table, status: np.ndarray, writing: np.ndarray) -> dict:
+def _writes(frame: CellFrame, measured: np.ndarray, status: dict, writing: np.ndarray) -> dict:
     """Writes (``load.writes``): how many, their latency (ok rows), freshness over the probed writes the store
     showed (``freshness_samples`` of them), and reads that returned an item after its delete should have shown."""
-    ok = (status == "ok") & writing
-    latency = measured["latency_ns"].to_numpy(zero_copy_only=False)[ok].astype(np.float64)
-    fresh = np.empty(0)
-    if "freshness_ns" in measured.column_names:
-        fresh = measured["freshness_ns"].to_numpy(zero_copy_only=False)[ok].astype(np.float64)
+    ok = status["ok"] & writing
+    if not writing.any():
+        latency = fresh = np.empty(0)
+    else:
+        latency = frame.floats("latency_ns")[measured][ok]
+        fresh = frame.floats("freshness_ns")[measured][ok]
         fresh = fresh[~np.isnan(fresh)]
     stale = float("nan")
-    if "stale_hits" in measured.column_names and measured["stale_hits"].null_count < measured.num_rows:
-        stale = int(pc.sum(pc.greater(measured["stale_hits"], 0)).as_py() or 0)
+    if frame.has("stale_hits"):
+        stale = int((np.nan_to_num(frame.floats("stale_hits")[measured]) > 0).sum())
     return {"writes": int(writing.sum()), "write_p50_ms": _ms(latency, 50), "write_p99_ms": _ms(latency, 99),
             "freshness_p50_ms": _ms(fresh, 50), "freshness_p99_ms": _ms(fresh, 99), "freshness_samples": int(fresh.size),
             # reads that returned an item deleted (acknowledged) longer than load.writes.visibility_ms before
             "stale_reads": stale}
 
 
-def _error_window(measured: pa.Table, status: np.ndarray, start_ns: int | None) -> dict:
+def _error_window(frame: CellFrame, measured: np.ndarray, status: dict, start_ns: int | None) -> dict:
     """When (s after the cell's start, by intended time) the first and the last error or timeout were due:
     a store that died and came back shows as errors between the two, and ok rows after the last."""
-    failed = (status == "error") | (status == "timeout")
+    failed = status["error"] | status["timeout"]
     if not failed.any() or not start_ns:
         return {"first_error_s": float("nan"), "last_error_s": float("nan")}
-    intended = measured["intended_ns"].to_numpy(zero_copy_only=False)[failed]
+    intended = frame.ints("intended_ns")[measured][failed]
     return {"first_error_s": (int(intended.min()) - start_ns) / 1e9, "last_error_s": (int(intended.max()) - start_ns) / 1e9}
 
 
-def recovery_s(rows: pa.Table, lo_ns: int, hi_ns: int, steady_p99_ms: float, bucket_s: float = 1.0,
-               limit_ms: float | None = None) -> float:
+def recovery_s(rows: pa.Table | CellFrame, lo_ns: int, hi_ns: int, steady_p99_ms: float, bucket_s: float = 1.0,
+               limit_ms: float | None = None, keep: np.ndarray | None = None) -> float:
     """Seconds from ``lo_ns`` until every later ``bucket_s`` window (by intended time) has no errors and a
     p99 within 1.5x (at least +1 ms) of ``steady_p99_ms`` (or within ``limit_ms``, an SLO); NaN if that never
-    happens before ``hi_ns``."""
+    happens before ``hi_ns``. ``keep``: only these rows (a mask)."""
     if not np.isfinite(steady_p99_ms) or hi_ns <= lo_ns:
         return float("nan")
-    intended = rows["intended_ns"].to_numpy(zero_copy_only=False)
+    frame = CellFrame.of(rows)
+    intended = frame.ints("intended_ns")
     inside = (intended >= lo_ns) & (intended < hi_ns)
-    status = pc.cast(rows["status"], pa.string()).to_numpy(zero_copy_only=False)[inside]
-    latency = rows["latency_ns"].to_numpy(zero_copy_only=False)[inside].astype(np.float64) / 1e6
+    if keep is not None:
+        inside &= keep
+    codes, names = frame.codes("status")
+    codes = codes[inside]
+    failed_codes = [i for i, s in enumerate(names) if s in FAILURES]
+    ok_code = names.index("ok") if "ok" in names else -2
+    latency = frame.floats("latency_ns")[inside] / 1e6
     bucket = ((intended[inside] - lo_ns) // int(bucket_s * 1e9)).astype(np.int64)
+    del intended
     limit = limit_ms if limit_ms is not None else max(steady_p99_ms * 1.5, steady_p99_ms + 1.0)
     n_buckets = int(np.ceil((hi_ns - lo_ns) / (bucket_s * 1e9)))
     bad = np.zeros(n_buckets, dtype=bool)
-    for b in range(n_buckets):
-        here = bucket == b
-        if not here.any():
-            continue
-        failed = np.isin(status[here], FAILURES).any()
-        timed = latency[here][status[here] == "ok"]
-        bad[b] = failed or (timed.size > 0 and np.percentile(timed, 99) > limit)
+    failed = np.isin(codes, failed_codes)
+    np.logical_or.at(bad, bucket, failed)  # any failure in a bucket makes it bad
+    ok = codes == ok_code
+    order = np.lexsort((latency[ok], bucket[ok]))  # per bucket, its ok latencies sorted: the p99 by index
+    b_sorted, l_sorted = bucket[ok][order], latency[ok][order]
+    counts = np.bincount(b_sorted, minlength=n_buckets)
+    starts = np.cumsum(counts) - counts
+    for b in np.flatnonzero(counts):
+        bad[b] |= np.percentile(l_sorted[starts[b]:starts[b] + counts[b]], 99) > limit
     if not bad.any():
         return 0.0
     last_bad = int(np.flatnonzero(bad)[-1])

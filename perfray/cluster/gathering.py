@@ -8,10 +8,9 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from perfray.load.generator import lost_rows
-from perfray.results.writer import read_cell
+from perfray.results.frame import CellFrame
 from perfray.schema import REQUEST_SCHEMA
 
 NODE_FIELDS = (REQUEST_SCHEMA.field("load_node"), REQUEST_SCHEMA.field("search_node"))
@@ -93,10 +92,11 @@ class RowGatherer:
                 if f["role"] == "load" and f["cell"] == cell}
         if not dead:
             return 0
-        rows = read_cell(self.run_dir, cell)
+        rows = CellFrame.read(self.run_dir, cell)
+        actors, seq = rows.ints("actor"), rows.ints("seq")
         lost = 0
         for actor, error in sorted(dead.items()):
-            recorded = rows.filter(pc.equal(rows["actor"], actor))["seq"].to_numpy()
+            recorded = seq[actors == actor]
             batch = lost_rows(plans[actor], n_pool, recorded, error)
             if batch is not None:
                 self._write(cell, actor, batch)

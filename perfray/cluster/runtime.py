@@ -70,6 +70,11 @@ def probe(address: str, timeout_s: float = 5.0) -> None:
                                "start one with 'ray start --head' or unset cluster.address") from None
 
 
+def joins_cluster(cluster) -> bool:
+    """Whether ``connect`` will join a running cluster (an address given) rather than start embedded Ray."""
+    return bool(cluster.address or os.environ.get("RAY_ADDRESS"))
+
+
 def connect(cluster, gpus_needed: int, cpus_needed: float, metrics=None) -> RayInfo:
     """Start or join Ray and make sure ``gpus_needed`` (real or logical) GPUs exist."""
     import ray

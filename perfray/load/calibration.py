@@ -57,31 +57,39 @@ def client_path(system) -> str:
     return "async" if getattr(system, "async_native", False) is True else "threads"
 
 
-def size_load_actors(cells: list, most: int, measure=None) -> tuple[list, dict | None]:
+def size_load_actors(cells: list, most: int, measure=None, where: dict | None = None) -> tuple[list, dict | None]:
     """Cells with ``load.actors: auto`` get as many load actors as keep each under ``GENERATOR_SHARE_LIMIT`` of its
-    client path's ceiling here (measured now, and cached, when missing). Returns (cells, this host's ceilings
-    for the manifest, or None when never calibrated)."""
+    client path's ceiling (at most ``most``). The ceilings are this host's (measured now, and cached, when missing)
+    unless ``where`` gives those of the cluster's load nodes (``perfray.cluster.load_types.cluster_ceilings``).
+    Returns (cells, the ceilings used for the manifest, or None when never calibrated)."""
     from perfray.errors import UsageError
     from perfray.sut.session import make_system
     from perfray.systems_config import StoresSpec
 
     auto = {i: client_path(make_system(c.system, c, StoresSpec())) for i, c in enumerate(cells)
             if c.load.actors == "auto"}
-    doc = cached()
+    doc = where if where is not None else cached()
     missing = sorted({p for p in auto.values() if p in PATHS and ceiling_of(doc, p) is None})
+    if missing and where is not None:
+        raise UsageError(f"load.actors: auto needs the {', '.join(missing)} ceiling of the load nodes "
+                         f"({', '.join(where['node_types'])}): run python -m perfray calibrate --cluster --paths "
+                         f"{','.join(missing)}, or set load.actors to a number")
     if missing:
         doc = (measure or calibrate)(missing)
     sized = list(cells)
     for i, path in auto.items():
         ceiling = ceiling_of(doc, path)
         if ceiling is None:
-            raise UsageError(f"cell {i}: load.actors: auto needs this host's {path} path ceiling: run "
-                             f"python -m perfray calibrate --paths {path} once, or set load.actors to a number")
+            on = "this host's" if where is None else "the load nodes'"
+            cluster = "" if where is None else " --cluster"
+            raise UsageError(f"cell {i}: load.actors: auto needs {on} {path} path ceiling: run "
+                             f"python -m perfray calibrate{cluster} --paths {path} once, or set load.actors to a number")
         load = cells[i].load.model_copy(update={"actors": actors_for(cells[i].offered_qps, ceiling, most)})
         sized[i] = cells[i].model_copy(update={"load": load})
     if doc is None:
         return sized, None
-    return sized, {"host": doc["key"]["host"], "measured_unix_s": doc.get("measured_unix_s"),
+    source = {"node_types": doc["node_types"]} if where is not None else {"host": doc["key"]["host"]}
+    return sized, {**source, "measured_unix_s": doc.get("measured_unix_s"),
                    "ceilings_qps": {p: e["ceiling_qps"] for p, e in doc["paths"].items()},
                    "share_limit": GENERATOR_SHARE_LIMIT}
 
@@ -118,6 +126,38 @@ def save(paths: dict[str, dict]) -> dict:
     tmp.write_text(json.dumps(doc, indent=1))
     tmp.replace(path)
     return doc
+
+
+def cluster_cache_file() -> Path:
+    return cache_file().with_name("calibration-cluster.json")
+
+
+def cluster_cached() -> dict[str, dict]:
+    """Ceilings measured on each load node type of a cluster (``perfray calibrate --cluster``), by type: those
+    measured with this perfray only."""
+    try:
+        doc = json.loads(cluster_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    key = {k: v for k, v in host_key().items() if k in ("perfray", "format")}
+    types = doc.get("types", {}) if isinstance(doc, dict) else {}
+    return {name: entry for name, entry in types.items() if entry.get("key") == key}
+
+
+def save_node_type(node_type: str, node: dict, paths: dict[str, dict]) -> dict:
+    """Merge one node type's measured paths (on ``node``: its facts) into the cluster cache; returns its entry."""
+    key = {k: v for k, v in host_key().items() if k in ("perfray", "format")}
+    types = cluster_cached()
+    entry = types.get(node_type) or {"key": key, "paths": {}}
+    entry["paths"].update(paths)
+    entry.update(node=node, measured_unix_s=time.time())
+    types[node_type] = entry
+    path = cluster_cache_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"types": types}, indent=1))
+    tmp.replace(path)
+    return entry
 
 
 def ceiling_of(doc: dict | None, path: str) -> float | None:
@@ -288,9 +328,14 @@ def wait_for_quiet(max_s: float = 15.0, spare_cores: float = QUIET_SPARE_CORES, 
 
 
 def calibrate(paths=PATHS, step_s: float = 1.0, report=print, gpu_path=None, quiet_s: float = 15.0) -> dict:
-    """Measure each path's ceiling here, save them in this host's cache, and return the cache document.
-    ``gpu_path``: a context manager giving the ``gpu`` path's endpoint factory (it needs Ray). Each path waits
-    up to ``quiet_s`` for the host to settle after its set-up before the first step."""
+    """Measure each path's ceiling here, save them in this host's cache, and return the cache document."""
+    return save(measure(paths, step_s, report, gpu_path, quiet_s))
+
+
+def measure(paths=PATHS, step_s: float = 1.0, report=print, gpu_path=None, quiet_s: float = 15.0) -> dict:
+    """Each path's ceiling on the host this runs on (path -> its figures and steps). ``gpu_path``: a context
+    manager giving the ``gpu`` path's endpoint factory (it needs Ray). Each path waits up to ``quiet_s`` for the
+    host to settle after its set-up before the first step."""
     results = {}
     for path in paths:
         if path == GPU_PATH and gpu_path is not None:
@@ -311,4 +356,4 @@ def calibrate(paths=PATHS, step_s: float = 1.0, report=print, gpu_path=None, qui
         results[path] = {"ceiling_qps": best, "cpu_us_per_request": at_best[-1].cpu_us_per_request if at_best else None,
                          "step_s": step_s, "host": host, "steps": [asdict(s) for s in steps]}
         report(path, results[path])
-    return save(results)
+    return results

@@ -174,6 +174,36 @@ def test_ray_job_submit_runs_the_smoke_config_across_the_nodes(cluster, tmp_path
     assert all(c["placement"]["search"] and set(c["placement"]["load"]) <= ids(cluster.load_nodes) for c in doc["cells"])
 
 
+def test_calibrate_cluster_measures_on_the_load_node_type_and_auto_sizes_from_it(cluster, tmp_path, monkeypatch):
+    """``calibrate --cluster`` measures on a load node (not the driver's host), cached per node type; a sweep with
+    ``load.actors: auto`` then sizes from that type's ceiling, and without one names the command that measures it."""
+    from perfray.load import calibration
+
+    monkeypatch.setenv("PERFRAY_CACHE_DIR", str(tmp_path / "cache"))
+    driver, run_dir = run(cluster, tmp_path, "uncalibrated", "load.actors=auto")
+    with pytest.raises(Exception, match="calibrate --cluster --paths gpu"):
+        driver.run()
+    assert manifest(run_dir)["status"] == "not_started"
+    env = {**os.environ, "RAY_ADDRESS": cluster.address}
+    out = subprocess.run(["python", "-m", "perfray", "calibrate", "--cluster", "--paths", "async", "--step-s", "0.3",
+                          "--quiet-s", "0"], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-2000:]
+    types = calibration.cluster_cached()
+    assert len(types) == 1, types  # the two load nodes are one type; the GPU nodes host no load actors (separate)
+    (name, entry), = types.items()
+    assert name.endswith(" x2") and entry["node"]["node_id"] in ids(cluster.load_nodes)
+    assert entry["node"]["nodes_of_type"] == 2 and entry["paths"]["async"]["ceiling_qps"] > 0
+    assert name in out.stdout and not calibration.cache_file().exists()  # this host's own cache is untouched
+    calibration.save_node_type(name, entry["node"], {"gpu": {"ceiling_qps": 300.0}})  # a low ceiling, on purpose
+    driver, run_dir = run(cluster, tmp_path, "auto", "load.actors=auto", "target_qps=400")
+    assert driver.run() == 0
+    doc = manifest(run_dir)
+    # 400 QPS at most half of a 300 req/s ceiling per actor: 3 actors (the load nodes hold 8)
+    assert doc["cells"][0]["workload"]["load"]["actors"] == 3 and len(doc["load_actors"]) == 3
+    assert doc["calibration"]["node_types"] == [name] and doc["calibration"]["ceilings_qps"]["gpu"] == 300.0
+    assert {a["node_id"] for a in doc["load_actors"]} <= ids(cluster.load_nodes)
+
+
 def remove_later(cluster, role: str, index: int, after_s: float, fired: dict):
     """A hook: ``after_s`` into cell 0, remove (ungracefully) the node running actor ``index`` of ``role``."""
     import ray

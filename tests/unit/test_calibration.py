@@ -109,3 +109,39 @@ def test_calibrate_command_prints_ceilings_and_rejects_unknown_paths(tmp_path):
     line = [x for x in out.stdout.splitlines() if x.startswith("threads")][0]
     assert float(line.split()[1].replace(",", "")) > 0 and str(tmp_path) in out.stdout
     assert json.loads(next(tmp_path.glob("calibration-*.json")).read_text())["paths"]["threads"]["ceiling_qps"] > 0
+
+
+def _node(node_id, cpus, gpus=0.0, **resources):
+    return {"node_id": node_id, "cpus": cpus, "gpus": gpus, "resources": {"CPU": cpus, "GPU": gpus, **resources}}
+
+
+def test_load_nodes_follow_the_placement_the_sweep_will_use():
+    from perfray.cluster.load_types import load_nodes
+    from perfray.cluster.placement import PlacementError
+    from perfray.cluster_config import ClusterSpec
+
+    nodes = [_node("head", 0), _node("gpu1", 4, 1), _node("gpu2", 4, 1), _node("cpu1", 16, loadgen=1),
+             _node("cpu2", 8)]
+    pick = lambda **kw: [n["node_id"] for n in load_nodes(nodes, ClusterSpec(**kw))]  # noqa: E731
+    assert pick() == ["cpu1", "cpu2"]  # separate: off the GPU nodes; the head has no CPU
+    assert pick(load_placement="colocate") == ["gpu1", "gpu2"]
+    assert pick(load_placement="spread") == ["gpu1", "gpu2", "cpu1", "cpu2"]
+    assert pick(load_resources={"loadgen": 1}) == ["cpu1"]
+    assert pick(load_placement="colocate", load_resources={"loadgen": 1}) == ["cpu1"]  # no GPU node qualifies
+    with pytest.raises(PlacementError, match="load_resources"):
+        pick(load_resources={"nowhere": 1})
+
+
+def test_auto_on_a_cluster_sizes_from_the_load_nodes_ceiling_or_names_the_command(monkeypatch):
+    from perfray.config import Workload
+    from perfray.errors import UsageError
+
+    cell = Workload.model_validate({"system": "http", "load": {"actors": "auto", "target_qps": 9000}})
+    where = {"node_types": ["Xeon x16"], "paths": {"callback": {"ceiling_qps": 2000.0, "node_type": "Xeon x16"}},
+             "measured_unix_s": 1.0}
+    monkeypatch.setattr(calibration, "cached", lambda: pytest.fail("this host's cache is not the cluster's"))
+    sized, doc = calibration.size_load_actors([cell], most=6, where=where)
+    assert sized[0].load.actors == 6  # 9 wanted (9000 / (0.5 * 2000)), capped by what the load nodes hold
+    assert doc["node_types"] == ["Xeon x16"] and doc["ceilings_qps"] == {"callback": 2000.0}
+    with pytest.raises(UsageError, match="calibrate --cluster --paths callback"):
+        calibration.size_load_actors([cell], most=6, where={**where, "paths": {}})

@@ -85,3 +85,16 @@ def test_quality_counts_warnings_and_the_report_shows_them():
     lines = "\n".join(quality_section([{"cell": 0, "generator_lag_p99_ms": 0.2, **out}]))
     assert "## Measurement quality" in lines and "⚠ +" in lines and "✓ 0.2" in lines
     assert quality(intended[:10], intended[:10], np.ones(10, dtype=bool), lat[:10], False)["quality_warnings"] == 0
+
+
+def test_arrival_fit_statistics_are_scipys_on_samples_with_ties():
+    """The lean W1 and KS D (sorted samples, no concatenation) equal scipy's, ties and all."""
+    from scipy.stats import ks_2samp, wasserstein_distance
+
+    rng = np.random.default_rng(7)
+    intended = np.cumsum(rng.integers(1, 40, 5000)) * 1000 + 1_795_000_000_000_000_000  # ns epoch, tied gaps
+    sent = intended + rng.integers(0, 30, 5000) * 1000
+    fit = arrival_fit(intended, sent, batched=False)
+    want, got = np.diff(intended).astype(float), np.diff(np.sort(sent)).astype(float)
+    assert fit["arrival_w1"] == pytest.approx(wasserstein_distance(got, want) / want.mean(), rel=1e-9)
+    assert fit["arrival_ks"] == pytest.approx(ks_2samp(got, want).statistic, rel=1e-12)
