@@ -70,6 +70,10 @@ class SearchSpec(Strict):
     params: dict[Literal["ef", "nprobe"], Annotated[int, Field(ge=1)]] = Field(
         default_factory=dict, description="search-time parameters of an approximate index (SEARCH_PARAMS), "
         "e.g. {ef: 40}; a sweep axis as search.params.ef: the recall-throughput trade-off")
+    service_ms_per_query: float = Field(
+        0.0, ge=0, le=10_000, description="a simulated device (gpu_search): each search actor also spends this "
+        "long per query, in arrival order, on top of its backend's own time. A system of known capacity (1000 / "
+        "this, queries per second per GPU) to check perfray's capacity and sizing figures against; 0: off")
 
     @field_validator("backend")
     @classmethod

@@ -81,7 +81,7 @@ SUMMARY_METRICS = (
     "p50_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms", "service_p50_ms", "service_p99_ms",
     "schedule_lag_p99_ms", "generator_lag_p99_ms", "achieved_qps", "offered_qps", "qps_ratio", "failure_rate",
     "error_rate", "timeout_rate", "drop_rate", "lost_rate", "recall_mean", "recall_min", "batch_size_mean",
-    "scaling_qps_ratio", "scaling_efficiency",
+    "scaling_qps_ratio", "scaling_efficiency",  # NaN unless saturated (scaling_basis)
     "gpu_busy_mean", "gpu_util_mean",
     "vector_p50_ms", "vector_p99_ms", "graph_p50_ms", "graph_p99_ms", "policy_p50_ms", "policy_p99_ms",
     "cache_hit_rate", "first_error_s", "last_error_s", "recovery_s", "slow_nodes",

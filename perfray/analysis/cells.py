@@ -116,10 +116,12 @@ def gpu_usage(before: list, after: list) -> list[dict]:
     usage = []
     for b, a in zip(before, after, strict=True):
         if isinstance(b, Exception) or isinstance(a, Exception):
-            usage.append({"busy": None, "nvml_util_percent": None, "calls": None, "rows": None, "searches": None})
+            usage.append({"busy": None, "busy_s": None, "nvml_util_percent": None, "calls": None, "rows": None,
+                          "searches": None})
             continue
         samples = a["util_samples"] - b["util_samples"]
         usage.append({"busy": (a["busy_ns"] - b["busy_ns"]) / max(a["t_ns"] - b["t_ns"], 1),
+                      "busy_s": (a["busy_ns"] - b["busy_ns"]) / 1e9,  # searching: what a request costs the actor
                       "nvml_util_percent": (a["util_sum"] - b["util_sum"]) / samples if samples else None,
                       "calls": a["calls"] - b["calls"], "rows": a["rows"] - b["rows"],
                       "searches": a.get("searches", 0) - b.get("searches", 0)})

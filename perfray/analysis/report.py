@@ -8,14 +8,17 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from perfray.analysis import figures
 from perfray.analysis.capacity_report import capacity_curve, capacity_section, capacity_verdicts
+from perfray.analysis.gpu_model import capacity_model_lines, model_lines
 from perfray.analysis.intervals import measured_text
 from perfray.analysis.nodes import nodes_section
 from perfray.analysis.quality import generator_late_ms, quality_section
 from perfray.analysis.runs import Run, open_run
-from perfray.analysis.scaling_model import T4, fit_usl, paper_qps
-from perfray.analysis.summary import RECALL_MATCH, check_targets, scaling_curves
+from perfray.analysis.scaling_model import T4, fit_usl
+from perfray.analysis.summary import RECALL_MATCH, SATURATED, check_targets, saturated, scaling_curves
 from perfray.analysis.tradeoff import tradeoff_curves, tradeoff_figure, tradeoff_section
 from perfray.schema import GENERATOR_LAG_LIMIT_MS, GENERATOR_SHARE_LIMIT
 from perfray.targets_config import TargetSpec
@@ -143,6 +146,7 @@ def render(run: Run, figure_paths: list[Path]) -> str:
             f"{r['error_rate']:.2%} | {_fmt(r['recall_mean'], 4)} | {_fmt(r['schedule_lag_p99_ms'])} | "
             f"{_fmt(r.get('scaling_efficiency'))} | {r.get('status')} |")
     lines += capacity_section(run.manifest, _figure(figure_paths, "capacity_curve"))
+    lines += capacity_model_lines(run.manifest, run.summary, _microbench(run), T4)
     lines += quality_section(run.summary)
     lines += degraded_section(run)
     lines += nodes_section(run.manifest)
@@ -350,45 +354,51 @@ def phase_section(run: Run) -> list[str]:
 
 
 def scaling_section(run: Run) -> list[str]:
-    """Measured, USL-fitted and on-paper (100 x T4) throughput for every scaling curve in the run."""
+    """Per scaling curve: throughput, efficiency and the USL fit where the cells ran at their limit (saturated),
+    else latency vs GPUs (the offered load bounded throughput); then the on-paper model from measured costs."""
     curves = scaling_curves(run.summary)
-    if not curves:
+    if not curves or run.manifest.get("capacity"):  # a capacity run scales by its capacities (its own section)
         return []
-    actors = run.manifest.get("gpus", {}).get("actors") or []
+    micro = _microbench(run)
     lines = ["", "## Scaling model", ""]
     for rows in curves:
         first = rows[0]
         sim = " (simulated GPUs)" if first.get("simulated") else ""
         load = "per-GPU load" if first.get("scale_with_gpus") else f"{first['target_qps']:,.0f} QPS offered"
-        lines += [f"**{first.get('topology')} {first.get('backend')}{sim}, {load}**", "",
-                  "| GPUs | achieved QPS | p99 ms | efficiency |", "|---|---|---|---|"]
-        lines += [f"| {r['n_gpus']} | {r['achieved_qps']:,.0f} | {_fmt(r['p99_ms'])} | "
-                  f"{_fmt(r.get('scaling_efficiency'))} |" for r in rows]
-        fit = fit_usl([r["n_gpus"] for r in rows], [r["achieved_qps"] for r in rows])
-        lines.append("")
-        if fit["ok"]:
-            lines.append(
-                f"USL fit (R² {fit['r2']:.3f}): σ = {fit['sigma']:.4f} (95% CI {fit['sigma_ci'][0]:.4f}–"
-                f"{fit['sigma_ci'][1]:.4f}), κ = {fit['kappa']:.2e} ({fit['kappa_ci'][0]:.1e}–{fit['kappa_ci'][1]:.1e});"
-                f" peak at N* = {_fmt(fit['peak_n'])} GPUs ({_fmt(fit['peak_n_ci'][0])}–{_fmt(fit['peak_n_ci'][1])});"
-                f" predicted at {fit['predict_at']} GPUs: {fit['predicted_qps']:,.0f} QPS "
-                f"({fit['predicted_qps_ci'][0]:,.0f}–{fit['predicted_qps_ci'][1]:,.0f}).")
+        lines += [f"**{first.get('topology')} {first.get('backend')}{sim}, {load}**", ""]
+        fit = None
+        if all(saturated(r) for r in rows):
+            lines += ["| GPUs | achieved QPS | p99 ms | efficiency |", "|---|---|---|---|"]
+            lines += [f"| {r['n_gpus']} | {r['achieved_qps']:,.0f} | {_fmt(r['p99_ms'])} | "
+                      f"{_fmt(r.get('scaling_efficiency'))} |" for r in rows]
+            fit = fit_usl([r["n_gpus"] for r in rows], [r["achieved_qps"] for r in rows])
+            lines.append("")
+            lines.append(_usl_line(fit) if fit["ok"] else f"USL fit: not made — {fit['reason']}.")
         else:
-            lines.append(f"USL fit: not made — {fit['reason']}.")
-        if not first.get("scale_with_gpus"):
-            lines.append("(Fixed offered load: throughput cannot grow with GPUs here; use `load.scale_with_gpus` "
-                         "or a saturating rate for a scaling curve.)")
-        if actors:
-            n = sum(a["rows"] for a in actors) if first.get("topology") == "sharded" else actors[0]["rows"]
-            dim = actors[0].get("dim")
-            batch = max(1, round(rows[-1].get("batch_size_mean") or 1))
-            if n and dim:
-                paper = paper_qps(T4, n, dim, batch, 100)
-                lines.append(f"On paper, 100 x {T4.name} (fp32, {n:,} x {dim} index, batch {batch}): "
-                             f"{paper:,.0f} QPS; measured at {rows[-1]['n_gpus']} GPUs: "
-                             f"{rows[-1]['achieved_qps']:,.0f} QPS.")
-        lines.append("")
+            lines += ["| GPUs | offered QPS | achieved QPS | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+            lines += [f"| {r['n_gpus']} | {r['offered_qps']:,.0f} | {r['achieved_qps']:,.0f} | {_fmt(r['p50_ms'])} | "
+                      f"{_fmt(r['p99_ms'])} |" for r in rows]
+            served = sum(not saturated(r) for r in rows)
+            lines += ["", f"Throughput was bounded by the offered load: {served} of {len(rows)} cells served what they "
+                      f"were offered (≥ {SATURATED:.0%}), so their throughput says how much load there was, not how "
+                      "much the GPUs could take. No efficiency or USL fit: latency vs GPUs is what these cells "
+                      "measured. For a scaling curve, search capacities (`configs/capacity-gpus.yaml`) or offer "
+                      "every GPU count more than it can serve."]
+        lines += ["", *model_lines(run.manifest, rows, micro, fit, T4)]
     return lines
+
+
+def _microbench(run: Run) -> list[dict]:
+    path = run.path / "microbench.parquet"
+    return pq.read_table(path).to_pylist() if path.is_file() else []
+
+
+def _usl_line(fit: dict) -> str:
+    return (f"USL fit (R² {fit['r2']:.3f}): σ = {fit['sigma']:.4f} (95% CI {fit['sigma_ci'][0]:.4f}–"
+            f"{fit['sigma_ci'][1]:.4f}), κ = {fit['kappa']:.2e} ({fit['kappa_ci'][0]:.1e}–{fit['kappa_ci'][1]:.1e});"
+            f" peak at N* = {_fmt(fit['peak_n'])} GPUs ({_fmt(fit['peak_n_ci'][0])}–{_fmt(fit['peak_n_ci'][1])});"
+            f" predicted at {fit['predict_at']} GPUs: {fit['predicted_qps']:,.0f} QPS "
+            f"({fit['predicted_qps_ci'][0]:,.0f}–{fit['predicted_qps_ci'][1]:,.0f}).")
 
 
 def write_report(run_dir: Path) -> tuple[Path, list[dict]]:

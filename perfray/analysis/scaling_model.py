@@ -1,4 +1,4 @@
-"""Scaling model: the Universal Scalability Law fitted to throughput vs GPUs, and a capacity model on paper.
+"""Scaling model: the Universal Scalability Law fitted to throughput vs GPUs, and a GPU's kernel on paper.
 
 USL: X(N) = λN / (1 + σ(N−1) + κN(N−1)); σ is contention, κ coherency; throughput peaks at
 N* = sqrt((1−σ)/κ). Intervals come from a residual bootstrap. With fewer than three GPU counts, or a poor fit,
@@ -93,10 +93,9 @@ class GpuSpec:
 T4 = GpuSpec("NVIDIA T4", 320e9, 8.1e12, 65e12)
 
 
-def paper_qps(gpu: GpuSpec, n: int, dim: int, batch: int, n_gpus: int, fp16: bool = False) -> float:
-    """Exhaustive search QPS on paper: per batch, read the index once or do the GEMM, whichever is slower;
-    replicas and shards both multiply throughput by the GPU count."""
+def paper_seconds(gpu: GpuSpec, n: int, dim: int, batch: int, fp16: bool = False) -> float:
+    """One exhaustive search of ``batch`` queries on paper: read the index once or do the GEMM, whichever is
+    slower. The kernel's bound only: ``perfray.analysis.gpu_model`` adds what a request costs around it."""
     bytes_per = 2 if fp16 else 4
     flops = gpu.fp16_flops if fp16 else gpu.fp32_flops
-    seconds = max(n * dim * bytes_per / gpu.mem_bw_bytes_s, 2.0 * n * dim * batch / flops)
-    return n_gpus * batch / seconds
+    return max(n * dim * bytes_per / gpu.mem_bw_bytes_s, 2.0 * n * dim * batch / flops)

@@ -187,17 +187,31 @@ def recovery_s(rows: pa.Table | CellFrame, lo_ns: int, hi_ns: int, steady_p99_ms
     return float("nan") if last_bad == n_buckets - 1 else (last_bad + 1) * bucket_s
 
 
+# A cell that served less than this share of the requests it was offered ran at its throughput limit: its
+# achieved rate is the system's and can scale with GPUs. Above it, the cell served what it was offered, and its
+# throughput is the offered load's.
+SATURATED = 0.95
+
+
+def saturated(row: dict) -> bool:
+    ratio = row.get("qps_ratio")
+    return ratio is not None and bool(np.isfinite(ratio)) and ratio < SATURATED
+
+
 def add_scaling(summary: list[dict], scaling_keys: list[tuple]) -> None:
-    """Throughput ratio and efficiency of each cell vs the 1-GPU cell with the same other settings.
+    """Throughput ratio and efficiency of each cell vs the 1-GPU cell with the same other settings, only where
+    both ran at their throughput limit (``saturated``): a cell that served all it was offered says how much load
+    there was, not how much the GPUs could take (``scaling_basis``: "saturated", else "offered").
 
     ``scaling_keys[i]`` is cell i's workload without ``n_gpus`` (cells with equal keys form a curve)."""
     base = {}
     for row, key in zip(summary, scaling_keys, strict=True):
-        if row["n_gpus"] == 1:
+        if row["n_gpus"] == 1 and saturated(row):
             base[key] = row["achieved_qps"]
     for row, key in zip(summary, scaling_keys, strict=True):
         one = base.get(key)
-        if one and one > 0:
+        row["scaling_basis"] = "saturated" if saturated(row) else "offered"
+        if one and one > 0 and saturated(row):
             row["scaling_qps_ratio"] = row["achieved_qps"] / one
             row["scaling_efficiency"] = row["achieved_qps"] / (one * row["n_gpus"])
         else:

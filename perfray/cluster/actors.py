@@ -124,6 +124,7 @@ class GpuSearchActorBody(GpuSearchWorker):
     _rows = 0
     _coalescer = None
     _added_s = 0.0
+    _per_query_s = 0.0
 
     async def search(self, queries, k, windows=None):
         if self._coalescer is None:
@@ -135,8 +136,9 @@ class GpuSearchActorBody(GpuSearchWorker):
     def _timed_search(self, queries, k, windows=None):
         started = time.perf_counter_ns()
         try:
-            if self._added_s:
-                time.sleep(self._added_s)
+            pause = self._added_s + self._per_query_s * len(queries)
+            if pause:
+                time.sleep(pause)  # on the actor's loop: one search at a time, in arrival order
             return GpuSearchWorker.search(self, queries, k, windows)
         finally:
             self._busy_ns += time.perf_counter_ns() - started
@@ -152,6 +154,10 @@ class GpuSearchActorBody(GpuSearchWorker):
         """Fault injection: every later search takes ``ms`` longer, as on a throttled GPU (the slow-node check's
         own test, and a way to rehearse a degraded device)."""
         self._added_s = ms / 1e3
+
+    async def simulate_service(self, ms_per_query: float) -> None:
+        """``search.service_ms_per_query``: every later search also takes this long per query (a known capacity)."""
+        self._per_query_s = ms_per_query / 1e3
 
     async def hold(self, seconds: float) -> None:
         """Returns after ``seconds``, or fails as soon as this actor dies: the driver's early word of a lost search

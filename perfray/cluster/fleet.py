@@ -43,6 +43,7 @@ class GpuGroup:
     handles: list
     described: list = field(default_factory=list)
     placement: SearchPlacement | None = None
+    simulated_ms_per_query: float = 0.0  # search.service_ms_per_query, as the actors were last told
 
     @property
     def nodes(self) -> list[str]:
@@ -119,6 +120,7 @@ class Fleet:
         s = cell.search
         key = (ds.dataset.fingerprint, s.backend, s.topology, s.n_gpus)
         if self._group is not None and self._group.key == key:
+            self._simulate(self._group, s.service_ms_per_query)
             return self._group
         ray = _ray()
         self.drop_group()
@@ -156,7 +158,14 @@ class Fleet:
         for device, n in Counter(d["device"] for d in described).items():
             self.devices[device] = max(self.devices.get(device, 0), n)
         self._group.described = described
+        self._simulate(self._group, s.service_ms_per_query)
         return self._group
+
+    @staticmethod
+    def _simulate(group: GpuGroup, ms_per_query: float) -> None:
+        if group.simulated_ms_per_query != ms_per_query:
+            _ray().get([h.simulate_service.remote(ms_per_query) for h in group.handles])
+            group.simulated_ms_per_query = ms_per_query
 
     def _gpus_for(self, asked: int) -> int:
         """GPUs a group gets: as asked, or after a lost node (``cluster.on_node_loss: continue``) what the surviving

@@ -14,7 +14,9 @@ def test_report_renders_facts_verdicts_and_figures_from_rows(tmp_path):
     text = path.read_text()
     assert [v["passed"] for v in verdicts] == [True, True, True]
     assert "Simulated GPUs" in text and "| 2 | p99_ms | <= 50 |" in text
-    assert "## Scaling model" in text and "USL fit" in text
+    # every cell served the 1,000 QPS offered: latency vs GPUs, and no efficiency or USL fit from the offered load
+    assert "## Scaling model" in text and "Throughput was bounded by the offered load: 3 of 3 cells" in text
+    assert "USL fit (R²" not in text and "| GPUs | offered QPS | achieved QPS | p50 ms | p99 ms |" in text
     assert "sustained QPS: goal" in text  # the seed's SLO table
     for name in ("latency_histogram", "latency_percentiles", "over_time", "schedule_lag", "scaling"):
         assert (run / f"{name}.png").is_file()

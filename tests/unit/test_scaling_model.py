@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from perfray.analysis.scaling_model import T4, fit_usl, paper_qps, usl
+from perfray.analysis.gpu_model import cluster_rate, measured_costs, per_gpu
+from perfray.analysis.scaling_model import T4, fit_usl, paper_seconds, usl
 
 
 def test_usl_fit_recovers_known_parameters_and_peak():
@@ -24,8 +25,40 @@ def test_usl_says_plainly_when_data_are_too_few_or_too_noisy():
     assert not noisy["ok"] and noisy["reason"].startswith("too noisy")
 
 
-def test_paper_capacity_of_t4_matches_the_datasheet_arithmetic():
-    # 1M x 128 fp32 = 512 MB at 320 GB/s = 1.6 ms per scan -> 625 single-query QPS per T4
-    assert paper_qps(T4, 1_000_000, 128, 1, 1) == pytest.approx(625, rel=1e-3)
-    # batched fp32 is compute-bound: 8.1 TFLOP/s / (2 * 128M FLOP) ~ 31.6K QPS per T4, x100 GPUs
-    assert paper_qps(T4, 1_000_000, 128, 1024, 100) == pytest.approx(100 * 8.1e12 / (2 * 128e6), rel=1e-3)
+def test_paper_kernel_time_of_t4_matches_the_datasheet_arithmetic():
+    # 1M x 128 fp32 = 512 MB at 320 GB/s = 1.6 ms per scan
+    assert paper_seconds(T4, 1_000_000, 128, 1) == pytest.approx(1.6e-3, rel=1e-3)
+    # batched fp32 is compute-bound: 2 * 128M FLOP per query at 8.1 TFLOP/s
+    assert paper_seconds(T4, 1_000_000, 128, 1024) / 1024 == pytest.approx(2 * 128e6 / 8.1e12, rel=1e-3)
+
+
+def _usage(busy_s, rows, searches):
+    return [{"busy_s": busy_s, "rows": rows, "searches": searches, "busy": 0.5}]
+
+
+def test_the_per_gpu_model_is_built_from_measured_costs_not_the_roofline():
+    """A search actor that spends 4 ms per query (a known system): whatever the T4's kernel bound, one GPU serves
+    at most 1 / (its kernel + the 4 ms measured around it) — 250/s here, not the roofline's ~10^5."""
+    cells = [{"cell": 0, "k": 10, "p50_ms": 6.0, "topology": "replicated"}]
+    micro = [{"batch": 1, "k": 10, "batch_ns": 20_000}, {"batch": 16, "k": 10, "batch_ns": 80_000}]
+    costs = measured_costs(cells, [_usage(busy_s=4.0, rows=1000, searches=1000)], micro)
+    assert costs["cost_s"] == pytest.approx(4e-3) and costs["batch"] == 1.0
+    assert costs["kernel_s"] == pytest.approx(20e-6) and costs["overhead_s"] == pytest.approx(4e-3 - 20e-6)
+    assert costs["floor_ms"] == pytest.approx(2.0)  # p50 6 ms less the 4 ms search
+    g = per_gpu(T4, costs, n=2000, dim=16, slo_ms=40.0)
+    roofline = 1 / paper_seconds(T4, 2000, 16, 1)
+    assert roofline > 1e5 and g["service_qps"] == pytest.approx(1 / (4e-3 - 20e-6 + 1 / roofline), rel=1e-9)
+    assert 240 < g["service_qps"] < 252
+    assert g["slo_qps"] == pytest.approx(g["service_qps"] - math.log(100) / 0.038)
+    # no microbench: no kernel split, so nothing on paper
+    assert math.isnan(per_gpu(T4, measured_costs(cells, [_usage(4.0, 1000, 1000)], []), 2000, 16, 40.0)["service_qps"])
+
+
+def test_n_gpus_on_paper_only_through_a_fitted_efficiency():
+    assert cluster_rate(250.0, None, 100) is None
+    assert cluster_rate(250.0, {"ok": False, "reason": "too few points"}, 100) is None
+    n = [1, 2, 4, 8, 16]
+    fit = fit_usl(n, [usl(x, 1000.0, 0.02, 0.0001) for x in n])
+    point, lo, hi = cluster_rate(250.0, fit, 100)
+    efficiency = usl(100, fit["lambda"], fit["sigma"], fit["kappa"]) / (100 * fit["lambda"])
+    assert point == pytest.approx(250.0 * 100 * efficiency) and lo <= point <= hi < 250.0 * 100

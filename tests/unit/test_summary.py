@@ -60,15 +60,26 @@ def test_summary_of_a_real_generator_run():
 
 
 def test_scaling_and_verdicts():
-    summary = [{"cell": 0, "n_gpus": 1, "achieved_qps": 1000.0, "p99_ms": 5.0},
-               {"cell": 1, "n_gpus": 2, "achieved_qps": 1800.0, "p99_ms": 12.0},
-               {"cell": 2, "n_gpus": 4, "achieved_qps": 10.0, "p99_ms": float("nan")}]
+    summary = [{"cell": 0, "n_gpus": 1, "achieved_qps": 1000.0, "p99_ms": 5.0, "qps_ratio": 0.5},
+               {"cell": 1, "n_gpus": 2, "achieved_qps": 1800.0, "p99_ms": 12.0, "qps_ratio": 0.9},
+               {"cell": 2, "n_gpus": 4, "achieved_qps": 10.0, "p99_ms": float("nan"), "qps_ratio": 0.2}]
     add_scaling(summary, ["a", "a", "b"])
     assert summary[1]["scaling_qps_ratio"] == pytest.approx(1.8)
     assert summary[1]["scaling_efficiency"] == pytest.approx(0.9)
     assert np.isnan(summary[2]["scaling_efficiency"])  # no 1-GPU cell with the same settings
+    assert [r["scaling_basis"] for r in summary] == ["saturated"] * 3
     verdicts = check_targets(summary, [TargetSpec(metric="p99_ms", max=10)])
     assert [v["passed"] for v in verdicts] == [True, False, False]  # NaN never passes
+
+
+def test_cells_that_served_all_they_were_offered_get_no_efficiency():
+    """Both GPU counts served the 500 QPS offered: the halving of achieved/GPU is the offered load's."""
+    summary = [{"cell": 0, "n_gpus": 1, "achieved_qps": 500.0, "qps_ratio": 1.0},
+               {"cell": 1, "n_gpus": 2, "achieved_qps": 500.0, "qps_ratio": 0.999},
+               {"cell": 2, "n_gpus": 2, "achieved_qps": 700.0, "qps_ratio": 0.7}]  # saturated, but its 1 GPU was not
+    add_scaling(summary, ["a", "a", "a"])
+    assert all(np.isnan(r["scaling_efficiency"]) and np.isnan(r["scaling_qps_ratio"]) for r in summary)
+    assert [r["scaling_basis"] for r in summary] == ["offered", "offered", "saturated"]
 
 
 def test_percentile_intervals_cover_the_truth_and_undecided_targets_are_inconclusive():
