@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     cap = sub.add_parser("capacity", help="find each cell's capacity: the highest rate at which every SLO holds")
     cap.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/smoke.yaml)")
     cap.add_argument("--slo", action="append", default=None, metavar="METRIC<=BOUND",
-                     help="e.g. 'p99_ms<=10' (repeatable; default p99_ms<=10 and failure_rate<=0.01)")
+                     help="e.g. 'p99_ms<=10' (repeatable; default: the config's capacity.slo, else its must-pass "
+                     "p99_ms and failure_rate targets, else p99_ms<=10 and failure_rate<=0.01)")
     for flag, kind, text in (("--min-qps", float, "first step's rate"), ("--max-qps", float, "highest rate tried"),
                              ("--resolution", float, "stop when the bracket is this narrow (0.02 = 2%%)"),
                              ("--target-qps", float, "exit 1 unless every capacity reaches it"),
@@ -81,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "section says where load actors go (load_placement, load_resources, load_actor_cpus)")
     cal.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     cal.add_argument("--debug", action="store_true", help="show tracebacks")
+    schema = sub.add_parser("schema", help="print the config's JSON Schema (editors complete and check YAML with "
+                            "it); --markdown: the configuration reference (docs/configuration.md)")
+    schema.add_argument("--markdown", action="store_true")
+    schema.add_argument("--debug", action="store_true", help="show tracebacks")
     comp = sub.add_parser("compare", help="candidate vs baseline run: speedups with 95%% CIs -> comparison.md")
     comp.add_argument("baseline", type=Path)
     comp.add_argument("candidate", type=Path)
@@ -229,7 +234,13 @@ def run_capacity_command(args) -> int:
 
     config = load_config(args.config, args.overrides)
     flags = ("slo", "min_qps", "max_qps", "resolution", "target_qps", "step_s", "max_step_s")
-    spec = capacity_spec(config.capacity, {k: getattr(args, k) for k in flags if getattr(args, k) is not None})
+    changes = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
+    if args.slo is None and config.capacity is None:  # the config's own must-pass bounds, as its sweep checks
+        slo = [f"{t.metric}<={t.max:g}" for t in config.targets
+               if t.must_pass and not t.where and t.max is not None and t.metric in ("p99_ms", "failure_rate")]
+        if slo:
+            changes["slo"] = slo
+    spec = capacity_spec(config.capacity, changes)
     config = config.model_copy(update={"capacity": spec})
     return _run(config, args, "-capacity")
 
@@ -310,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:
             return run_compare_command(args)
         if args.command == "calibrate":
             return run_calibrate_command(args)
+        if args.command == "schema":
+            from perfray.config_reference import json_schema, reference_markdown
+
+            print(reference_markdown() if args.markdown else json.dumps(json_schema(), indent=1))
+            return 0
         if args.command == "load":
             return run_load_command(args)
         if args.command == "services":

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from perfray.cluster_config import ClusterSpec
+from perfray.dataset_config import Dataset, FileDataset, FilterSpec, SyntheticDataset  # noqa: F401 - interface
 from perfray.errors import UsageError
 from perfray.systems_config import CatalogueSpec, HybridSpec, StoresSpec
 from perfray.targets_config import CapacitySpec, TargetSpec
@@ -30,32 +31,6 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SyntheticDataset(Strict):
-    """Seeded Gaussian clusters; queries come from the same distribution."""
-
-    kind: Literal["synthetic"] = "synthetic"
-    n: int = Field(20_000, gt=0)
-    dim: int = Field(64, gt=0)
-    clusters: int = Field(32, gt=0)
-    spread: float = Field(0.35, gt=0)
-    n_queries: int = Field(1_000, gt=0)
-    seed: int = 0
-
-
-class FileDataset(Strict):
-    """An ann-benchmarks HDF5 file (train/test) or ``.fvecs`` base (+ ``queries_path``)."""
-
-    kind: Literal["file"]
-    path: Path
-    format: Literal["auto", "hdf5", "fvecs"] = "auto"
-    queries_path: Path | None = None
-    n_queries: int | None = Field(None, gt=0)
-    limit: int | None = Field(None, gt=0, description="use only the first N base vectors")
-
-
-Dataset = Annotated[SyntheticDataset | FileDataset, Field(discriminator="kind")]
-
-
 SEARCH_PARAMS = {
     "ef": "an HNSW search's candidate list: pgvector hnsw.ef_search, Milvus ef, the k asked of Neo4j's index",
     "nprobe": "IVF lists probed: pgvector ivfflat.probes, Milvus nprobe",
@@ -63,10 +38,16 @@ SEARCH_PARAMS = {
 
 
 class SearchSpec(Strict):
-    backend: str = "auto"
-    topology: Literal["replicated", "sharded"] = "replicated"
-    n_gpus: int = Field(1, ge=1)
-    k: int = Field(10, ge=1, le=4096)
+    backend: str = Field(
+        "auto", description="GPU search backend: auto (the first that runs here: cupy, faiss, else the "
+                            "numpy CPU twin), numpy, cupy, faiss")
+    topology: Literal["replicated", "sharded"] = Field(
+        "replicated", description="replicated: every GPU holds the whole index, requests are spread; "
+                                  "sharded: each holds a slice, every request asks all and merges")
+    n_gpus: int = Field(
+        1, ge=1, description="GPU search actors (one per device); simulated with Ray logical GPUs when the "
+                             "machine has fewer")
+    k: int = Field(10, ge=1, le=4096, description="neighbours each query asks for (recall@k)")
     params: dict[Literal["ef", "nprobe"], Annotated[int, Field(ge=1)]] = Field(
         default_factory=dict, description="search-time parameters of an approximate index (SEARCH_PARAMS), "
         "e.g. {ef: 40}; a sweep axis as search.params.ef: the recall-throughput trade-off")
@@ -85,33 +66,16 @@ class SearchSpec(Strict):
         return value
 
 
-class FilterSpec(Strict):
-    """Filtered search (``perfray.data.filters``): each query may return only the items whose seeded integer
-    attribute lies in its own window of ``selectivity × n`` values (exactly that share of the items passes), or,
-    with ``field: genre``, the items of the genre label whose share is ``selectivity``."""
-
-    selectivity: float = Field(gt=0, le=1, description="share of the items a query may return, e.g. 0.01")
-    field: Literal["attr", "genre"] = Field("attr", description="the filtered attribute: attr, a seeded integer per "
-                                            "item (a range), or genre, a label (selectivity: one of its shares)")
-
-    @model_validator(mode="after")
-    def _genre_share(self) -> FilterSpec:
-        from perfray.data.filters import genre_of_selectivity
-
-        if self.field == "genre":
-            genre_of_selectivity(self.selectivity)
-        return self
-
-
 class Workload(Strict):
     """Everything one cell needs: what data, which system serves it, how it is searched, how load is offered."""
 
     system: str = Field("gpu_search", description="system under test (perfray.sut): gpu_search, milvus, …")
-    dataset: Dataset = Field(default_factory=SyntheticDataset)
-    catalogue: CatalogueSpec = Field(default_factory=CatalogueSpec)
-    hybrid: HybridSpec = Field(default_factory=HybridSpec)
-    search: SearchSpec = Field(default_factory=SearchSpec)
-    load: LoadSpec = Field(default_factory=LoadSpec)
+    dataset: Dataset = Field(default_factory=SyntheticDataset, description="the vectors: synthetic or a file")
+    catalogue: CatalogueSpec = Field(default_factory=CatalogueSpec, description="the media catalogue built on "
+                                     "them (users, genres, people, policies) for the database systems")
+    hybrid: HybridSpec = Field(default_factory=HybridSpec, description="the hybrid pipeline's stages")
+    search: SearchSpec = Field(default_factory=SearchSpec, description="how vectors are searched")
+    load: LoadSpec = Field(default_factory=LoadSpec, description="the offered load: rate, arrivals, phases, actors")
     filter: FilterSpec | None = Field(None, description="filtered search; a sweep axis as filter.selectivity")
 
     @field_validator("system")
@@ -157,17 +121,21 @@ class Workload(Strict):
 
 
 class MicrobenchSpec(Strict):
-    enabled: bool = True
-    batch_sizes: tuple[Annotated[int, Field(ge=1)], ...] = (1, 16, 128)
-    ks: tuple[Annotated[int, Field(ge=1)], ...] = (10,)
-    repeats: int = Field(5, ge=1)
-    warmup: int = Field(2, ge=0)
+    enabled: bool = Field(
+        True, description="time the search kernel in each GPU actor once per dataset (microbench.parquet; "
+                          "the report's kernel term)")
+    batch_sizes: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        (1, 16, 128), description="query batch sizes timed")
+    ks: tuple[Annotated[int, Field(ge=1)], ...] = Field((10,), description="k values timed")
+    repeats: int = Field(5, ge=1, description="timed calls per (batch, k)")
+    warmup: int = Field(2, ge=0, description="untimed calls before them")
 
 
 class MetricsSpec(Strict):
     """Live metrics (Prometheus format) while a sweep runs; reports never use them."""
 
-    enabled: bool = True
+    enabled: bool = Field(
+        True, description="export live metrics through Ray's Prometheus endpoint while the run lasts")
     export_port: int | None = Field(None, ge=1, le=65535,
                                     description="embedded Ray's metrics port (Prometheus scrapes it); default: Ray picks")
     # Every Ray process (driver, workers, raylet, GCS) exports its metrics to the dashboard agent at this interval,
@@ -186,14 +154,26 @@ def capacity_spec(base: CapacitySpec | None, changes: dict) -> CapacitySpec:
 
 
 class SweepConfig(Strict):
-    name: str = "sweep"
-    workload: Workload = Field(default_factory=Workload)
-    sweep: dict[str, tuple[Any, ...]] = Field(default_factory=dict)
-    targets: tuple[TargetSpec, ...] = ()
-    microbench: MicrobenchSpec = Field(default_factory=MicrobenchSpec)
-    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
-    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
-    stores: StoresSpec = Field(default_factory=StoresSpec)
+    name: str = Field("sweep", description="the run's name: the default run id starts with it")
+    workload: Workload = Field(
+        default_factory=Workload, description="the base cell: every sweep value changes one field of it")
+    sweep: dict[str, tuple[Any, ...]] = Field(
+        default_factory=dict, description="axes: a workload field (by path, e.g. search.n_gpus, or unique "
+                                          "short name) -> its values; every combination is a cell")
+    targets: tuple[TargetSpec, ...] = Field(
+        (), description="thresholds checked on every cell's summary (must_pass: false only reports; where: "
+                        "restricts them)")
+    microbench: MicrobenchSpec = Field(
+        default_factory=MicrobenchSpec, description="kernel microbenchmarks in the GPU search actors")
+    cluster: ClusterSpec = Field(
+        default_factory=ClusterSpec, description="Ray: the address, GPUs, actors' CPUs, placement of search "
+                                                 "and load actors, node loss")
+    metrics: MetricsSpec = Field(
+        default_factory=MetricsSpec, description="live metrics: Prometheus export, push interval, final "
+                                                 "scrape")
+    stores: StoresSpec = Field(
+        default_factory=StoresSpec, description="how to reach each database or service a system uses "
+                                                "(credentials from environment variables only)")
     baseline_system: str | None = Field(None, description="add speedups of every cell vs this system's cell")
     cache_dir: Path | None = Field(None, description="ground-truth cache; default RESULTS_DIR/.cache")
     repeat: int = Field(1, ge=1, le=100, description="run every cell this many times, interleaved (all cells, "

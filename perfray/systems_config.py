@@ -19,41 +19,53 @@ class _Strict(BaseModel):
 class CatalogueSpec(_Strict):
     """The media catalogue built on the dataset's vectors (items = base rows)."""
 
-    users: int = Field(500, ge=1)
-    genres: int = Field(16, ge=1)
-    people: int = Field(2_000, ge=1)
-    people_per_item: int = Field(2, ge=1, le=16)
-    similar_per_item: int = Field(4, ge=1, le=64)
+    users: int = Field(500, ge=1, description="users of the catalogue (each request is on behalf of one)")
+    genres: int = Field(16, ge=1, description="genres items belong to")
+    people: int = Field(2_000, ge=1, description="people (cast, crew) items link to in the graph")
+    people_per_item: int = Field(2, ge=1, le=16, description="people linked to each item")
+    similar_per_item: int = Field(4, ge=1, le=64, description="SIMILAR edges from each item to other items")
     blocked_share: float = Field(0.2, ge=0, lt=1, description="share of (user, genre) pairs a policy blocks")
-    seed: int = 0
+    seed: int = Field(0, description="random seed of the catalogue")
 
 
 class HybridSpec(_Strict):
     """vector top-``candidates`` → graph expansion ``hops`` deep from the best ``seeds`` hits → policy rank
     (``policy: false`` stops after the graph: the answer is the vector hits, then the expansion)."""
 
-    vector: Literal["gpu_search", "milvus"] = "gpu_search"
-    policy: bool = True
-    candidates: int = Field(20, ge=1, le=4096)
-    seeds: int = Field(3, ge=1)
-    hops: int = Field(2, ge=1, le=3)
+    vector: Literal["gpu_search", "milvus"] = Field(
+        "gpu_search", description="the vector stage's store: gpu_search (the search actors) or milvus")
+    policy: bool = Field(
+        True, description="rank the candidates by the user's policy in PostgreSQL (false: stop after the "
+                          "graph)")
+    candidates: int = Field(20, ge=1, le=4096, description="vector hits asked for (top-candidates)")
+    seeds: int = Field(3, ge=1, description="best vector hits the graph expansion starts from")
+    hops: int = Field(2, ge=1, le=3, description="depth of the graph expansion (Neo4j)")
     expand_limit: int = Field(200, ge=1, description="most graph neighbours taken into the ranking")
-    cache: bool = False
-    cache_entries: int = Field(10_000, ge=1)
+    cache: bool = Field(False, description="cache whole answers by (query, k, user) in the coordinator")
+    cache_entries: int = Field(
+        10_000, ge=1, description="most answers the cache holds (least recently used leave)")
     vector_batch_window_ms: float = Field(0.0, ge=0, description="micro-batch the vector stage across client "
                                           "threads (0: one vector call per request)")
-    vector_batch_max: int = Field(64, ge=1)
+    vector_batch_max: int = Field(64, ge=1, description="most requests merged into one vector call")
 
 
 class MilvusSpec(_Strict):
     """``uri``: a Milvus Lite file (``….db``, embedded default) or a server (``http://host:19530``)."""
 
-    uri: str = "results/.stores/milvus.db"
-    token_env: str = "MILVUS_TOKEN"
-    collection: str = "perfray_items"
-    index_type: Literal["FLAT", "IVF_FLAT", "HNSW", "GPU_IVF_FLAT", "GPU_CAGRA"] = "FLAT"
-    index_params: dict[str, Any] = Field(default_factory=dict)
-    search_params: dict[str, Any] = Field(default_factory=dict)
+    uri: str = Field(
+        "results/.stores/milvus.db", description="a Milvus Lite file (….db: embedded, the default) or a "
+                                                 "server (http://host:19530)")
+    token_env: str = Field(
+        "MILVUS_TOKEN", description="environment variable holding the server's token (never written to "
+                                    "results)")
+    collection: str = Field("perfray_items", description="collection the catalogue's items are loaded into")
+    index_type: Literal["FLAT", "IVF_FLAT", "HNSW", "GPU_IVF_FLAT", "GPU_CAGRA"] = Field(
+        "FLAT", description="vector index Milvus builds (GPU_* need a GPU Milvus server)")
+    index_params: dict[str, Any] = Field(
+        default_factory=dict, description="build parameters, e.g. {M: 16, efConstruction: 200}")
+    search_params: dict[str, Any] = Field(
+        default_factory=dict, description="search parameters, e.g. {ef: 64} (search.params overrides "
+                                          "ef/nprobe per cell)")
 
     @property
     def embedded(self) -> bool:
@@ -70,14 +82,16 @@ class MilvusSpec(_Strict):
 class PostgresSpec(_Strict):
     """libpq connection parts; the password comes only from the environment variable ``password_env``."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(5432, ge=1, le=65535)
-    dbname: str = "perfray"
-    user: str | None = None
-    password_env: str = "PGPASSWORD"
-    pool_min: int = Field(1, ge=0)
+    host: str = Field("127.0.0.1", description="server host")
+    port: int = Field(5432, ge=1, le=65535, description="server port")
+    dbname: str = Field("perfray", description="database")
+    user: str | None = Field(None, description="role (default: the driver's: PGUSER or the login name)")
+    password_env: str = Field(
+        "PGPASSWORD", description="environment variable holding the password (never written to results)")
+    pool_min: int = Field(1, ge=0, description="connections opened up front per load actor")
     pool_max: int | None = Field(None, ge=1, description="default: load.concurrency")
-    connect_timeout_s: float = Field(5.0, gt=0)
+    connect_timeout_s: float = Field(
+        5.0, gt=0, description="a connection attempt slower than this is an error")
 
     @property
     def uri(self) -> str:
@@ -89,10 +103,17 @@ class PgvectorSpec(PostgresSpec):
     ``index``: none (exact scan), hnsw or ivfflat, built with ``index_params``; ``search_params`` are
     session settings such as ``hnsw.ef_search`` or ``ivfflat.probes``."""
 
-    port: int = Field(5433, ge=1, le=65535)
-    index: Literal["none", "hnsw", "ivfflat"] = "none"
-    index_params: dict[str, int] = Field(default_factory=dict)
-    search_params: dict[str, int] = Field(default_factory=dict)
+    port: int = Field(
+        5433, ge=1, le=65535, description="server port (PostgreSQL with pgvector; python -m perfray "
+                                          "services --pgvector starts one on 5433)")
+    index: Literal["none", "hnsw", "ivfflat"] = Field(
+        "none", description="vector index: none (exact scan), hnsw or ivfflat")
+    index_params: dict[str, int] = Field(
+        default_factory=dict, description="build parameters, e.g. {m: 16, ef_construction: 64} or {lists: "
+                                          "100}")
+    search_params: dict[str, int] = Field(
+        default_factory=dict, description="search parameters, e.g. {ef_search: 40} or {probes: 10} "
+                                          "(search.params overrides per cell)")
 
 
 class Neo4jSpec(_Strict):
@@ -101,14 +122,20 @@ class Neo4jSpec(_Strict):
     1.0 unquantized on perfray's test data, whatever the query asks) and its HNSW ``hnsw_m`` and
     ``hnsw_ef_construction``. A change rebuilds the index, not the graph."""
 
-    uri: str = "bolt://127.0.0.1:7687"
-    database: str = "neo4j"
-    user_env: str = "NEO4J_USER"
-    password_env: str = "NEO4J_PASSWORD"
-    connect_timeout_s: float = Field(5.0, gt=0)
-    vector_quantization: bool = True
-    hnsw_m: int | None = Field(None, ge=2, le=512)
-    hnsw_ef_construction: int | None = Field(None, ge=1, le=3200)
+    uri: str = Field(
+        "bolt://127.0.0.1:7687", description="Bolt URI: bolt://host:7687 or neo4j://host:7687 (+s or +ssc "
+                                             "for TLS)")
+    database: str = Field("neo4j", description="database name")
+    user_env: str = Field("NEO4J_USER", description="environment variable holding the user name")
+    password_env: str = Field(
+        "NEO4J_PASSWORD", description="environment variable holding the password (never written to results)")
+    connect_timeout_s: float = Field(
+        5.0, gt=0, description="a connection attempt slower than this is an error")
+    vector_quantization: bool = Field(
+        True, description="let Neo4j quantize the vector index's vectors (its default; caps recall)")
+    hnsw_m: int | None = Field(None, ge=2, le=512, description="the vector index's HNSW M (default: Neo4j's)")
+    hnsw_ef_construction: int | None = Field(
+        None, ge=1, le=3200, description="the vector index's HNSW ef_construction (default: Neo4j's)")
 
     @field_validator("uri")
     @classmethod
@@ -124,11 +151,14 @@ class HttpSpec(_Strict):
     ``[lo, hi)`` may be returned; ``{"genre_label": g}`` with ``filter.field: genre``: only items of that genre
     label, ``perfray.data.filters``); when the reply has ``ids_field`` (a list of ids), recall is computed on it."""
 
-    url: str = "http://127.0.0.1:8080/search"
-    method: Literal["POST", "GET"] = "POST"
+    url: str = Field("http://127.0.0.1:8080/search", description="the service's search endpoint")
+    method: Literal["POST", "GET"] = Field("POST", description="POST (JSON body) or GET")
     token_env: str = Field("PERFRAY_HTTP_TOKEN", description="sent as 'Authorization: Bearer …' when set")
-    ids_field: str | None = "ids"
-    connect_timeout_s: float = Field(5.0, gt=0)
+    ids_field: str | None = Field(
+        "ids", description="the reply's field holding the returned ids (recall is computed on it); null: no "
+                           "recall")
+    connect_timeout_s: float = Field(
+        5.0, gt=0, description="a connection attempt slower than this is an error")
 
     @field_validator("url")
     @classmethod
@@ -157,8 +187,9 @@ def _check_uri(uri: str, schemes: tuple[str, ...], expected: str) -> None:
 class StoresSpec(_Strict):
     """Where each store runs. Only the stores a cell's system uses are connected."""
 
-    milvus: MilvusSpec = Field(default_factory=MilvusSpec)
-    pgvector: PgvectorSpec = Field(default_factory=PgvectorSpec)
-    http: HttpSpec = Field(default_factory=HttpSpec)
-    postgres: PostgresSpec = Field(default_factory=PostgresSpec)
-    neo4j: Neo4jSpec = Field(default_factory=Neo4jSpec)
+    milvus: MilvusSpec = Field(default_factory=MilvusSpec, description="Milvus (Lite by default)")
+    pgvector: PgvectorSpec = Field(
+        default_factory=PgvectorSpec, description="PostgreSQL with pgvector, as a vector store")
+    http: HttpSpec = Field(default_factory=HttpSpec, description="a deployed search service over HTTP")
+    postgres: PostgresSpec = Field(default_factory=PostgresSpec, description="PostgreSQL, the policy store")
+    neo4j: Neo4jSpec = Field(default_factory=Neo4jSpec, description="Neo4j, the graph store")

@@ -17,11 +17,13 @@ class TargetSpec(_Strict):
     """A threshold on a summary column, checked for every cell (or those whose summary labels match
     ``where``, e.g. ``{system_name: hybrid}``; ``{phase: burst}`` checks that phase's own figures)."""
 
-    metric: str
-    max: float | None = None
-    min: float | None = None
-    must_pass: bool = True
-    where: dict[str, Any] | None = None
+    metric: str = Field(description="a summary column, e.g. p99_ms, failure_rate, recall_mean, qps_ratio")
+    max: float | None = Field(None, description="the metric must be at most this")
+    min: float | None = Field(None, description="the metric must be at least this")
+    must_pass: bool = Field(True, description="false: reported, never fails the run")
+    where: dict[str, Any] | None = Field(
+        None, description="only cells whose summary labels match, e.g. {system_name: hybrid}; {phase: "
+                          "burst} checks that phase")
 
     @model_validator(mode="after")
     def _one_bound(self) -> TargetSpec:
@@ -60,15 +62,17 @@ class CapacitySpec(_Strict):
     """Capacity search: for every cell of the grid, the highest offered rate at which every SLO holds (open-loop
     steps grown geometrically until one breaks, then bisected to ``resolution``)."""
 
-    slo: tuple[str, ...] = ("p99_ms<=10", "failure_rate<=0.01")
-    min_qps: float = Field(100.0, gt=0)
-    max_qps: float = Field(100_000.0, gt=0)
+    slo: tuple[str, ...] = Field(
+        ("p99_ms<=10", "failure_rate<=0.01"), description="SLOs every step must meet, as METRIC<=BOUND or "
+                                                          "METRIC>=BOUND (e.g. p99_ms<=10)")
+    min_qps: float = Field(100.0, gt=0, description="the first step's rate")
+    max_qps: float = Field(100_000.0, gt=0, description="the highest rate tried")
     growth: float = Field(2.0, gt=1, description="rate factor between steps until an SLO breaks")
     resolution: float = Field(0.02, gt=0, lt=1, description="stop when (above - below) / below is this small")
     step_s: float = Field(5.0, gt=0, description="measured seconds of a first step at a rate")
     max_step_s: float = Field(40.0, gt=0, description="an undecided step is re-run longer, up to this")
-    warmup_s: float = Field(1.0, ge=0)
-    max_steps: int = Field(30, ge=1)
+    warmup_s: float = Field(1.0, ge=0, description="unmeasured seconds before each step")
+    max_steps: int = Field(30, ge=1, description="most steps per search")
     target_qps: float | None = Field(None, gt=0, description="exit 1 unless every search's capacity reaches it")
 
     @field_validator("slo")

@@ -16,13 +16,13 @@ class Phase(_Strict):
     """A stretch of the rate schedule. ``rate`` multiplies the cell's ``target_qps`` unless ``qps`` is set;
     ``rate_end``/``qps_end`` make it a linear ramp."""
 
-    name: str = Field(min_length=1)
-    duration_s: float = Field(gt=0)
-    rate: float = Field(1.0, ge=0)
-    rate_end: float | None = Field(None, ge=0)
-    qps: float | None = Field(None, ge=0)
-    qps_end: float | None = Field(None, ge=0)
-    measured: bool = True
+    name: str = Field(min_length=1, description="the phase's name (summaries, targets' where: {phase: …})")
+    duration_s: float = Field(gt=0, description="how long the phase lasts")
+    rate: float = Field(1.0, ge=0, description="multiplies the cell's target_qps")
+    rate_end: float | None = Field(None, ge=0, description="ramp linearly from rate to this over the phase")
+    qps: float | None = Field(None, ge=0, description="an absolute rate instead of rate")
+    qps_end: float | None = Field(None, ge=0, description="ramp linearly from qps to this over the phase")
+    measured: bool = Field(True, description="false: the phase is warm-up, left out of the cell's summary")
 
 
 class WriteSpec(_Strict):
@@ -33,33 +33,43 @@ class WriteSpec(_Strict):
     acknowledgement until a search first showed it."""
 
     rate: float = Field(gt=0, description="writes per second, across the load actors")
-    kind: Literal["insert", "upsert", "delete"] = "insert"
+    kind: Literal["insert", "upsert", "delete"] = Field(
+        "insert", description="what each write does: insert a new item, upsert an existing one, or delete "
+                              "one")
     freshness_sample: int = Field(20, ge=0, description="writes per cell followed by freshness probes")
-    probe_interval_ms: float = Field(1.0, gt=0)
+    probe_interval_ms: float = Field(1.0, gt=0, description="time between freshness probes of a write")
     probe_limit_ms: float = Field(1_000.0, gt=0, description="a write not shown by then has no freshness")
     visibility_ms: float = Field(0.0, ge=0, description="how long the store states a write may take to show: a "
                                  "read sent later that returns a deleted item is a stale read")
 
 
 class LoadSpec(_Strict):
-    target_qps: float = Field(500.0, gt=0)
+    target_qps: float = Field(
+        500.0, gt=0, description="offered requests per second across the load actors (phases' rate "
+                                 "multiplies it)")
     scale_with_gpus: bool = Field(False, description="offer target_qps per GPU (weak scaling)")
-    duration_s: float = Field(5.0, gt=0)
-    warmup_s: float = Field(1.0, ge=0)
+    duration_s: float = Field(5.0, gt=0, description="measured seconds (when no phases are given)")
+    warmup_s: float = Field(1.0, ge=0, description="unmeasured seconds before them")
     arrival: str = Field("poisson", description="constant, poisson, gamma:<cv>, pareto:<alpha> or trace:<file>")
-    phases: tuple[Phase, ...] | None = None
+    phases: tuple[Phase, ...] | None = Field(
+        None, description="explicit rate phases instead of warm-up + sustained (ramps, bursts)")
     actors: int | str = Field(
         1, description="load actors; auto: enough to keep each under half its client path's calibrated ceiling")
-    batch_window_ms: float = Field(1.0, ge=0)
-    batch_max: int = Field(64, ge=1)
-    max_in_flight: int = Field(2048, ge=1)
-    timeout_ms: float = Field(2_000.0, gt=0)
-    op_mix: Literal["simple", "mixed", "complex"] = "simple"
+    batch_window_ms: float = Field(
+        1.0, ge=0, description="micro-batching towards GPU search actors: a request waits at most this long "
+                               "for others")
+    batch_max: int = Field(64, ge=1, description="most requests in one micro-batch")
+    max_in_flight: int = Field(
+        2048, ge=1, description="requests in flight per load actor beyond which new ones become dropped "
+                                "rows")
+    timeout_ms: float = Field(2_000.0, gt=0, description="a reply slower than this is a timeout row")
+    op_mix: Literal["simple", "mixed", "complex"] = Field(
+        "simple", description="k and queries-per-request mix: simple, mixed or complex")
     concurrency: int = Field(8, ge=1, le=1024, description="client threads per load actor (database systems)")
     query_skew: str = Field("uniform", description="which query-pool rows are asked: uniform, or zipf:<s> "
                             "(popularity 1/rank**s over a seeded order of the pool)")
     writes: WriteSpec | None = Field(None, description="writes while searching: {rate, kind: insert|upsert|delete}")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the arrival schedule, query choice and op mix")
 
     @field_validator("phases")
     @classmethod

@@ -17,14 +17,51 @@ _RESULT_COLUMNS = {"search", "base", "n_gpus", "capacity_qps", "capacity_lo", "c
 
 
 def capacity_verdicts(manifest: dict) -> list[dict]:
-    """One must-pass verdict per search when the config sets ``capacity.target_qps``."""
+    """One must-pass verdict per search when the config sets ``capacity.target_qps``; and, whatever the target, a
+    failed one for each search that measured no capacity (no rate shown to hold), saying why and what to do."""
     capacity = manifest.get("capacity") or {}
     target = (capacity.get("spec") or {}).get("target_qps")
-    if target is None:
-        return []
-    return [{"cell": -1, "search": s["search"], "metric": "capacity_qps", "bound": f">= {target:g}",
-             "value": s["capacity_qps"], "passed": bool(s["capacity_qps"] >= target), "must_pass": True,
-             "limited_by": s["limited_by"]} for s in capacity.get("searches", [])]
+    verdicts = []
+    for s in capacity.get("searches", []):
+        if not math.isfinite(s["capacity_qps"]):
+            verdicts.append({"cell": -1, "search": s["search"], "metric": "capacity_qps", "value": math.nan,
+                             "bound": f"a rate shown to hold (built in): {unmeasured(manifest, s)}",
+                             "passed": False, "must_pass": True, "limited_by": s["limited_by"]})
+        elif target is not None:
+            verdicts.append({"cell": -1, "search": s["search"], "metric": "capacity_qps", "bound": f">= {target:g}",
+                             "value": s["capacity_qps"], "passed": bool(s["capacity_qps"] >= target),
+                             "must_pass": True, "limited_by": s["limited_by"]})
+    return verdicts
+
+
+# One load actor that falls behind below this rate is starved of CPU, not at its own limit (calibrated
+# ceilings of every client path are far above it on a 2-core VM).
+STARVED_QPS = 1000.0
+
+
+def unmeasured(manifest: dict, search: dict) -> str:
+    """Why a search measured no capacity, and what to do, in one line."""
+    steps = search.get("steps") or []
+    first = steps[0] if steps else {}
+    qps = first.get("qps", math.nan)
+    spec = (manifest.get("capacity") or {}).get("spec") or {}
+    if search["limited_by"] == "min_qps":
+        broke = ", ".join(first.get("broken") or []) or "an SLO"
+        return (f"{broke} already broke at the first step, {qps:,.0f} QPS (p99 {first.get('p99_ms', math.nan):.3g} "
+                "ms): lower --min-qps or loosen --slo")
+    if search["limited_by"] == "generator":
+        cell = next((c for c in manifest.get("cells", []) if c.get("cell") == first.get("cell")), {})
+        actors = ((cell.get("workload") or {}).get("load") or {}).get("actors") or 1
+        late = first.get("generator_lateness_p99_ms", math.nan)
+        per_actor = qps / actors if isinstance(actors, int) else qps
+        if per_actor < STARVED_QPS:
+            return (f"the load generator sent late ({late:.3g} ms p99) at {per_actor:,.0f} QPS per load actor, far "
+                    "below what one holds: its host is busy (the system under test or Ray share its CPUs); run the "
+                    "load on cores of its own (cluster.load_placement, fewer search actors per host) or a quieter "
+                    "host")
+        return (f"the load generator sent late ({late:.3g} ms p99) at {per_actor:,.0f} QPS per load actor: add load "
+                "actors (load.actors, or auto after perfray calibrate)")
+    return f"the search ended before a step held ({search['limited_by']}; min_qps {spec.get('min_qps', math.nan):g})"
 
 
 def capacity_scaling(rows: list[dict]) -> list[dict]:
@@ -54,8 +91,8 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:,.0f}"
 
 
-LIMITED_BY = {"slo": "an SLO broke above it", "generator": "the load generator fell behind (not the system's "
-              "limit: add load actors)", "max_qps": "max_qps reached with every SLO met",
+LIMITED_BY = {"slo": "an SLO broke above it", "generator": "the load generator fell behind (a lower bound, not "
+              "the system's limit)", "max_qps": "max_qps reached with every SLO met",
               "min_qps": "an SLO already broke at min_qps", "max_steps": "max_steps reached",
               "unfinished": "the search did not finish"}
 

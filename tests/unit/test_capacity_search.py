@@ -149,7 +149,28 @@ def test_scaling_and_verdicts_from_capacities():
         {"search": 1, "capacity_qps": float("nan"), "limited_by": "min_qps"}]}}
     assert [v["passed"] for v in capacity_verdicts(doc)] == [True, False]
     doc["capacity"]["spec"]["target_qps"] = None
+    [unmeasured] = capacity_verdicts(doc)  # no target, but a search that measured nothing still fails
+    assert unmeasured["search"] == 1 and not unmeasured["passed"] and unmeasured["must_pass"]
+    doc["capacity"]["searches"].pop()
     assert capacity_verdicts(doc) == []
+
+
+def _unmeasured(limited_by: str, qps: float, actors: int, **step) -> str:
+    doc = {"cells": [{"cell": 0, "workload": {"load": {"actors": actors}}}],
+           "capacity": {"spec": {"min_qps": qps}, "searches": [
+               {"search": 0, "capacity_qps": float("nan"), "limited_by": limited_by,
+                "steps": [{"cell": 0, "qps": qps, "p99_ms": 14.2, "broken": ["p99_ms<=10"],
+                           "generator_lateness_p99_ms": 1.42, **step}]}]}}
+    [verdict] = capacity_verdicts(doc)
+    return verdict["bound"]
+
+
+def test_an_unmeasured_capacity_says_why_and_what_to_do():
+    assert "p99_ms<=10 already broke at the first step, 100 QPS (p99 14.2 ms): lower --min-qps or loosen --slo" \
+        in _unmeasured("min_qps", 100.0, 1)
+    busy = _unmeasured("generator", 100.0, 1)  # one actor late at 100 QPS: the host is busy, not the actor full
+    assert "its host is busy" in busy and "add load actors" not in busy
+    assert "add load actors" in _unmeasured("generator", 40_000.0, 2)
 
 
 def test_a_rate_axis_does_not_repeat_a_capacity_search(tmp_path):
