@@ -192,6 +192,7 @@ def run_report_command(args) -> int:
 
 
 def run_load_command(args) -> int:
+    from perfray.cluster.local_stores import serve_milvus_lite
     from perfray.config import load_config
     from perfray.data import load_dataset
     from perfray.progress import Progress
@@ -199,7 +200,7 @@ def run_load_command(args) -> int:
 
     config = load_config(args.config, args.overrides)
     progress = Progress(enabled=True)
-    session = SystemSession(config.stores)
+    session = SystemSession(config.stores, serve_embedded=serve_milvus_lite)
     try:
         session.check(config.cells())
         done: set[str] = set()
@@ -247,6 +248,7 @@ def run_capacity_command(args) -> int:
 
 def _run(config, args, kind: str) -> int:
     from perfray.analysis.intervals import measured_text
+    from perfray.cluster.local_stores import serve_milvus_lite
     from perfray.cluster.placement import PlacementError
     from perfray.data.datasets import check_dataset_files
     from perfray.driver import SweepDriver
@@ -259,7 +261,7 @@ def _run(config, args, kind: str) -> int:
     check_run_id(run_id)  # bad input ends before anything starts: no Ray, no run directory
     check_dataset_files({json.dumps(c.dataset.model_dump(mode="json"), sort_keys=True): c.dataset
                          for c in config.cells()}.values())
-    systems = SystemSession(config.stores)
+    systems = SystemSession(config.stores, serve_embedded=serve_milvus_lite)
     try:
         systems.check(config.cells())  # a store that is down stops the run before anything is written
     except BaseException:

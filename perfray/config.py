@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from perfray.cluster_config import ClusterSpec
 from perfray.dataset_config import Dataset, FileDataset, FilterSpec, SyntheticDataset  # noqa: F401 - interface
 from perfray.errors import UsageError
-from perfray.systems_config import CatalogueSpec, HybridSpec, StoresSpec
+from perfray.systems_config import SYSTEMS, CatalogueSpec, HybridSpec, StoresSpec
 from perfray.targets_config import CapacitySpec, TargetSpec
 from perfray.traffic_config import LoadSpec, Phase, phase_rates  # noqa: F401 - part of this module's interface
 
@@ -81,8 +81,6 @@ class Workload(Strict):
     @field_validator("system")
     @classmethod
     def _known_system(cls, value: str) -> str:
-        from perfray.sut import SYSTEMS
-
         if value not in SYSTEMS.names():
             raise ValueError(f"unknown system {value!r}; known: {', '.join(SYSTEMS.names())}")
         return value
@@ -90,26 +88,22 @@ class Workload(Strict):
     @model_validator(mode="after")
     def _system_applies(self) -> Workload:
         """A filter or writes on a system that cannot apply them: one line naming the systems that can."""
-        from perfray.sut import SYSTEMS
-
         for wanted, flag, problem in (
                 (self.filter, "filterable", "filter: system {!r} has no vector search to filter (systems that filter: "
                                             "{})"),
                 (self.load.writes, "writable", "load.writes: system {!r} does not apply writes yet (systems that do: "
                                                "{})")):
-            if wanted is not None and not getattr(SYSTEMS.load(self.system), flag):
-                able = ", ".join(n for n in SYSTEMS.names() if getattr(SYSTEMS.load(n), flag))
+            if wanted is not None and not SYSTEMS.flag(self.system, flag, False):
+                able = ", ".join(SYSTEMS.having(flag))
                 raise ValueError(problem.format(self.system, able))
         return self
 
     @model_validator(mode="after")
     def _search_params_taken(self) -> Workload:
-        from perfray.sut import SYSTEMS
-
         untaken = sorted(set(self.search.params) - search_params_of(self))
         if untaken:
             name = untaken[0]
-            takers = ", ".join(n for n in SYSTEMS.names() if name in SYSTEMS.load(n).search_params)
+            takers = ", ".join(n for n in SYSTEMS.names() if name in SYSTEMS.flag(n, "search_params", frozenset()))
             raise ValueError(f"search.params.{name}: system {self.system!r} does not take it (systems that do: "
                              f"{takers})")
         return self
@@ -221,10 +215,8 @@ class SweepConfig(Strict):
 
 def search_params_of(cell: Workload) -> frozenset[str]:
     """The search parameters (``search.params``) the cell's system applies: the hybrid's are its vector stage's."""
-    from perfray.sut import SYSTEMS
-
     name = cell.hybrid.vector if cell.system == "hybrid" else cell.system
-    return SYSTEMS.load(name).search_params
+    return SYSTEMS.flag(name, "search_params", frozenset())
 
 
 def _leaf_paths() -> dict[str, list[str]]:

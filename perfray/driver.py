@@ -31,6 +31,7 @@ from perfray.cluster import runtime
 from perfray.cluster.fleet import Fleet, GpuGroup
 from perfray.cluster.gathering import RowGatherer
 from perfray.cluster.load_types import LoadSizing
+from perfray.cluster.local_stores import serve_milvus_lite
 from perfray.cluster.node_loss import NodeLossTracker
 from perfray.cluster.nodes import cluster_nodes
 from perfray.config import SweepConfig, Workload, phase_rates
@@ -93,7 +94,7 @@ class SweepDriver:
         self.searches: list[tuple[int, CapacitySearch]] = []  # (base, its search), in order
         self._ray: runtime.RayInfo | None = None
         self._systems_checked = systems is not None
-        self.systems = systems or SystemSession(config.stores)
+        self.systems = systems or SystemSession(config.stores, serve_embedded=serve_milvus_lite)
         self.fleet = Fleet(config, run_id, self.cache_dir, self.progress, self.systems)
         self.gather = RowGatherer(self.run_dir, self.writer, self.manifest, self.progress, self.fleet.load,
                                   self.fleet.node_of)

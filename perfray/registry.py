@@ -14,26 +14,38 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._targets: dict[str, str] = {}
+        self._flags: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str, target: str) -> None:
+    def register(self, name: str, target: str, **flags: Any) -> None:
+        """``flags``: what the plugin can do, recorded here so that checking a config needs no import of it."""
         if name in self._targets:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         if ":" not in target:
             raise ValueError(f"{self.kind} target must look like 'module:Class', got {target!r}")
         self._targets[name] = target
+        self._flags[name] = flags
+
+    def flag(self, name: str, flag: str, default: Any = None) -> Any:
+        """A capability recorded at registration (``default`` when not recorded)."""
+        self.known(name)
+        return self._flags[name].get(flag, default)
+
+    def having(self, flag: str) -> list[str]:
+        """Names registered with a true ``flag`` (a non-empty one)."""
+        return [n for n in self.names() if self._flags[n].get(flag)]
+
+    def known(self, name: str) -> str:
+        """``name`` when registered, else a UsageError naming the known ones."""
+        if name not in self._targets:
+            raise UsageError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+        return name
 
     def names(self) -> list[str]:
         return sorted(self._targets)
 
     def load(self, name: str) -> Any:
         """Import and return the class registered as ``name``."""
-        try:
-            target = self._targets[name]
-        except KeyError:
-            raise UsageError(
-                f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}"
-            ) from None
-        module_name, _, attr = target.partition(":")
+        module_name, _, attr = self._targets[self.known(name)].partition(":")
         return getattr(importlib.import_module(module_name), attr)
 
     def available(self) -> list[str]:

@@ -10,6 +10,24 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from perfray.redact import redact
+from perfray.registry import Registry
+
+# The systems under test (``perfray.sut``), by name, with what each can do recorded here, so that checking a config
+# imports none of them: ``filterable`` (applies workload.filter), ``writable`` (applies load.writes),
+# ``search_params`` (the search.params it takes). ``tests/unit/test_systems.py`` holds each to its class.
+SYSTEMS = Registry("system")
+SYSTEMS.register("gpu_search", "perfray.sut.gpu_search:GpuSearchSystem", filterable=True, writable=True)
+SYSTEMS.register("milvus", "perfray.sut.milvus:MilvusSystem", filterable=True, writable=True,
+                 search_params=frozenset({"ef", "nprobe"}))
+SYSTEMS.register("postgres", "perfray.sut.postgres:PostgresSystem")
+SYSTEMS.register("pgvector", "perfray.sut.pgvector:PgvectorSystem", filterable=True, writable=True,
+                 search_params=frozenset({"ef", "nprobe"}))
+SYSTEMS.register("neo4j", "perfray.sut.neo4j:Neo4jSystem")
+SYSTEMS.register("neo4j_baseline", "perfray.sut.neo4j:Neo4jBaselineSystem", filterable=True, writable=True,
+                 search_params=frozenset({"ef"}))
+SYSTEMS.register("hybrid", "perfray.sut.hybrid:HybridSystem", filterable=True)
+SYSTEMS.register("http", "perfray.sut.http:HttpSystem", filterable=True)
+SYSTEMS.register("instant", "perfray.sut.instant:InstantSystem", filterable=True)
 
 
 class _Strict(BaseModel):

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -81,8 +84,6 @@ class LoadSpec(_Strict):
     @field_validator("arrival")
     @classmethod
     def _arrival(cls, value):
-        from perfray.load.schedules import load_trace, parse_arrival
-
         kind, arg = parse_arrival(value)
         if kind == "trace":
             load_trace(arg)  # a missing or unusable file is a config error now, not a dead load actor later
@@ -91,8 +92,6 @@ class LoadSpec(_Strict):
     @field_validator("query_skew")
     @classmethod
     def _skew(cls, value):
-        from perfray.load.profiles import parse_skew
-
         parse_skew(value)
         return value
 
@@ -124,3 +123,79 @@ def phase_rates(phase: Phase, target_qps: float) -> tuple[float, float]:
     else:
         end = start
     return start, end
+
+
+SIMPLE_ARRIVALS = ("constant", "poisson")
+ARRIVAL_FORMS = "constant, poisson, gamma:<cv>, pareto:<alpha> (alpha > 1) or trace:<file>"
+
+
+def parse_arrival(text: str) -> tuple[str, float | Path | None]:
+    """``poisson`` → (poisson, None); ``gamma:2`` → (gamma, 2.0); ``trace:t.csv`` → (trace, Path). ValueError
+    names what was expected."""
+    kind, sep, arg = str(text).partition(":")
+    if kind in SIMPLE_ARRIVALS and not sep:
+        return kind, None
+    if kind in ("gamma", "pareto") and sep:
+        try:
+            value = float(arg)
+        except ValueError:
+            value = float("nan")
+        if kind == "gamma" and np.isfinite(value) and value > 0:
+            return kind, value
+        if kind == "pareto" and np.isfinite(value) and value > 1:
+            return kind, value
+        want = "a coefficient of variation > 0" if kind == "gamma" else "a shape alpha > 1 (a finite mean)"
+        raise ValueError(f"arrival {text!r}: expected {kind}:<{want}>")
+    if kind == "trace" and arg:
+        return kind, Path(arg)
+    raise ValueError(f"arrival {text!r}: expected {ARRIVAL_FORMS}")
+
+
+@functools.lru_cache(maxsize=8)
+def load_trace(path: Path) -> np.ndarray:
+    """A trace's arrival offsets (s), sorted and starting at 0; ValueError naming the file when unusable."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            if table.num_columns != 1:
+                raise ValueError(f"{path}: expected one column of arrival offsets, found {table.num_columns}")
+            values = table.column(0).to_numpy(zero_copy_only=False).astype(np.float64)
+        else:
+            text = path.read_text(encoding="utf-8").split()
+            if text and not _is_number(text[0]):
+                text = text[1:]  # a header
+            values = np.array([float(v) for v in text], dtype=np.float64)
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the trace ({err.strerror})") from None
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{path}: expected one column of arrival offsets in seconds ({err})") from None
+    if values.size < 2 or not np.isfinite(values).all():
+        raise ValueError(f"{path}: expected at least two finite arrival offsets in seconds")
+    values = np.sort(values)
+    if values[-1] <= values[0]:
+        raise ValueError(f"{path}: the trace's offsets span no time")
+    return values - values[0]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_skew(text: str) -> float:
+    """``uniform`` → 0; ``zipf:<s>`` → s (> 0). ValueError names what was expected."""
+    if text == "uniform":
+        return 0.0
+    kind, sep, arg = str(text).partition(":")
+    try:
+        value = float(arg) if kind == "zipf" and sep else float("nan")
+    except ValueError:
+        value = float("nan")
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"query skew {text!r}: expected uniform or zipf:<s> with s > 0 (e.g. zipf:1.1)")
+    return value

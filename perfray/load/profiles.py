@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from perfray.traffic_config import parse_skew
+
 
 @dataclass(frozen=True)
 class OpSpec:
@@ -40,20 +42,6 @@ def assign_ops(n: int, ops: list[OpSpec], rng: np.random.Generator) -> np.ndarra
     if len(ops) == 1:
         return np.zeros(n, dtype=np.int16)
     return rng.choice(len(ops), size=n, p=weights / weights.sum()).astype(np.int16)
-
-
-def parse_skew(text: str) -> float:
-    """``uniform`` → 0; ``zipf:<s>`` → s (> 0). ValueError names what was expected."""
-    if text == "uniform":
-        return 0.0
-    kind, sep, arg = str(text).partition(":")
-    try:
-        value = float(arg) if kind == "zipf" and sep else float("nan")
-    except ValueError:
-        value = float("nan")
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"query skew {text!r}: expected uniform or zipf:<s> with s > 0 (e.g. zipf:1.1)")
-    return value
 
 
 def query_rows(n_requests: int, n_pool: int, skew: str, rng: np.random.Generator) -> np.ndarray:

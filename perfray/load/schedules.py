@@ -16,14 +16,11 @@ phase's rate the same way (repeated end to end when the phase needs more events 
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-SIMPLE_ARRIVALS = ("constant", "poisson")
-ARRIVAL_FORMS = "constant, poisson, gamma:<cv>, pareto:<alpha> (alpha > 1) or trace:<file>"
+from perfray.traffic_config import load_trace, parse_arrival  # noqa: F401 - parsed where the config is checked
 
 
 @dataclass(frozen=True)
@@ -65,64 +62,6 @@ def write_schedule(phases: list[PhaseRates], rate: float, seed: int, cell: int) 
 
 def expected_requests(phase: PhaseRates) -> float:
     return 0.5 * (phase.start_qps + phase.end_qps) * phase.duration_s
-
-
-def parse_arrival(text: str) -> tuple[str, float | Path | None]:
-    """``poisson`` → (poisson, None); ``gamma:2`` → (gamma, 2.0); ``trace:t.csv`` → (trace, Path). ValueError
-    names what was expected."""
-    kind, sep, arg = str(text).partition(":")
-    if kind in SIMPLE_ARRIVALS and not sep:
-        return kind, None
-    if kind in ("gamma", "pareto") and sep:
-        try:
-            value = float(arg)
-        except ValueError:
-            value = float("nan")
-        if kind == "gamma" and np.isfinite(value) and value > 0:
-            return kind, value
-        if kind == "pareto" and np.isfinite(value) and value > 1:
-            return kind, value
-        want = "a coefficient of variation > 0" if kind == "gamma" else "a shape alpha > 1 (a finite mean)"
-        raise ValueError(f"arrival {text!r}: expected {kind}:<{want}>")
-    if kind == "trace" and arg:
-        return kind, Path(arg)
-    raise ValueError(f"arrival {text!r}: expected {ARRIVAL_FORMS}")
-
-
-@functools.lru_cache(maxsize=8)
-def load_trace(path: Path) -> np.ndarray:
-    """A trace's arrival offsets (s), sorted and starting at 0; ValueError naming the file when unusable."""
-    try:
-        if path.suffix.lower() == ".parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
-            if table.num_columns != 1:
-                raise ValueError(f"{path}: expected one column of arrival offsets, found {table.num_columns}")
-            values = table.column(0).to_numpy(zero_copy_only=False).astype(np.float64)
-        else:
-            text = path.read_text(encoding="utf-8").split()
-            if text and not _is_number(text[0]):
-                text = text[1:]  # a header
-            values = np.array([float(v) for v in text], dtype=np.float64)
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read the trace ({err.strerror})") from None
-    except (UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"{path}: expected one column of arrival offsets in seconds ({err})") from None
-    if values.size < 2 or not np.isfinite(values).all():
-        raise ValueError(f"{path}: expected at least two finite arrival offsets in seconds")
-    values = np.sort(values)
-    if values[-1] <= values[0]:
-        raise ValueError(f"{path}: the trace's offsets span no time")
-    return values - values[0]
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _unit_events(phase: PhaseRates, arrival: str, rng: np.random.Generator, trace: np.ndarray | None) -> np.ndarray:

@@ -187,6 +187,24 @@ class PerRow:
             self.get(row, k, queries[row])
 
 
+class TwoHandles:
+    """A store client holding one sync handle and one async handle (``HANDLES``: their attribute names);
+    ``close()`` closes the sync one now and the async one on its loop, once: both attributes end None."""
+
+    HANDLES: ClassVar[tuple[str, str]]
+
+    def close(self) -> None:
+        sync, async_ = self.HANDLES
+        handle = getattr(self, sync)
+        if handle is not None:
+            handle.close()
+            setattr(self, sync, None)
+        handle = getattr(self, async_)
+        setattr(self, async_, None)
+        if handle is not None:
+            close_on_loop(handle)
+
+
 def close_on_loop(client) -> None:
     """Close an async client (``await client.close()``) from sync code: on the running loop when there is one
     (its own), else on a loop of its own."""

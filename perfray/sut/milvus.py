@@ -13,7 +13,7 @@ from perfray.sut.base import (
     Answer,
     AsyncStoreSystem,
     StoreWrites,
-    close_on_loop,
+    TwoHandles,
     env_secret,
     load_fingerprint,
     span,
@@ -25,9 +25,11 @@ INSERT_BATCH = 5_000
 COLLECTION_FORMAT = "attr-genre-1"  # the collection's fields: a collection of another format is loaded again
 
 
-class MilvusStore:
+class MilvusStore(TwoHandles):
     """One MilvusClient on one collection of item vectors (id = catalogue item id); in a load actor served by a
     server, an ``AsyncMilvusClient`` on the actor's event loop instead (``open_async``)."""
+
+    HANDLES = ("client", "async_client")
 
     def __init__(self, spec, search_params: dict | None = None) -> None:
         self.spec = spec
@@ -220,13 +222,6 @@ class MilvusStore:
         done_ns = clock.now_ns()
         return ids, sent_ns, done_ns
 
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-        client, self.async_client = self.async_client, None
-        if client is not None:
-            close_on_loop(client)
 
 
 def _top_k(hits, n: int, k: int) -> np.ndarray:

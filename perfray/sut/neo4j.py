@@ -13,7 +13,7 @@ from perfray.sut.base import (
     Answer,
     AsyncStoreSystem,
     StoreWrites,
-    close_on_loop,
+    TwoHandles,
     each_in_turn,
     env_secret,
     load_fingerprint,
@@ -86,9 +86,11 @@ LOAD_STEPS = (
 )
 
 
-class Neo4jStore:
+class Neo4jStore(TwoHandles):
     """A driver (its own connection pool) on one database: the sync driver (the driver's checks and loads; client
     threads), or, in a load actor, the ``AsyncDriver`` on the actor's event loop (``open_async``)."""
+
+    HANDLES = ("driver", "async_driver")
 
     def __init__(self, spec, pool_max: int) -> None:
         self.spec, self.pool_max = spec, pool_max
@@ -249,13 +251,6 @@ class Neo4jStore:
         in_use = sum(1 for c in connections.values() for conn in c if getattr(conn, "in_use", False))
         return {"active": in_use, "idle": total - in_use}
 
-    def close(self) -> None:
-        if self.driver is not None:
-            self.driver.close()
-            self.driver = None
-        driver, self.async_driver = self.async_driver, None
-        if driver is not None:
-            close_on_loop(driver)
 
 
 def expand_cypher(hops: int) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 from perfray.sut.base import (
     Answer,
     AsyncStoreSystem,
-    close_on_loop,
+    TwoHandles,
     each_in_turn,
     env_secret,
     seed_items,
@@ -39,9 +39,11 @@ CREATE TABLE perfray_policies (user_id int NOT NULL, genre int NOT NULL, weight 
 """
 
 
-class PostgresStore:
+class PostgresStore(TwoHandles):
     """A connection pool on the policy database: a sync pool (the driver's checks and loads; client threads),
     or, in a load actor, a lean pool of ``AsyncConnection``s on the actor's event loop (``open_async``)."""
+
+    HANDLES = ("pool", "async_pool")
 
     store = "postgres"  # the name errors and gauges use
     meta_key = "catalogue"  # what this store's fingerprint row is called in perfray_meta
@@ -195,13 +197,6 @@ class PostgresStore:
         size, idle = s.get("pool_size", 0), s.get("pool_available", 0)
         return {"active": size - idle, "idle": idle, "waiting": s.get("requests_waiting", 0)}
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
-        pool, self.async_pool = self.async_pool, None
-        if pool is not None:
-            close_on_loop(pool)
 
 
 def rank_params(user: int, candidates: np.ndarray, k: int) -> dict:

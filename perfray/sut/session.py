@@ -40,8 +40,11 @@ class SystemSession:
     """Stores used by a sweep's cells: ``check()`` connects to each once; ``plan(cell, catalogue)`` loads
     (idempotently) and returns the SystemPlan for load actors; ``close()`` stops what it started."""
 
-    def __init__(self, stores) -> None:
+    def __init__(self, stores, serve_embedded=None) -> None:
+        """``serve_embedded(path)``: starts a server for an embedded Milvus Lite file (the cluster layer's
+        ``serve_milvus_lite``), for load actors that share it."""
         self.stores = stores
+        self._serve = serve_embedded
         self._milvus_server = None
         self._loaded: set[tuple[str, str]] = set()
         self._catalogues: dict[str, Catalogue] = {}
@@ -61,10 +64,12 @@ class SystemSession:
         if not milvus.embedded:
             return self.stores
         if self._milvus_server is None:
-            from perfray.services.milvus_lite import LocalMilvusLite
+            if self._serve is None:
+                from perfray.errors import UnavailableError
 
-            path = Path(milvus.uri)
-            self._milvus_server = LocalMilvusLite(path).start()
+                raise UnavailableError(f"stores.milvus.uri {milvus.uri!r}: an embedded Milvus Lite file needs the "
+                                       "driver to serve it to load actors (SystemSession(serve_embedded=…))")
+            self._milvus_server = self._serve(Path(milvus.uri))
         return self.stores.model_copy(update={"milvus": milvus.model_copy(update={"uri": self._milvus_server.uri})})
 
     def check(self, cells) -> None:

@@ -225,3 +225,51 @@ def test_an_embedded_milvus_lite_on_a_multi_node_cluster_stops_the_run(tmp_path)
     lite.check_reachable([Workload.model_validate({"system": "pgvector"})], nodes=3)  # no Milvus: fine
     served = SystemSession(StoresSpec.model_validate({"milvus": {"uri": "http://10.0.0.5:19530"}}))
     served.check_reachable([cell], nodes=3)
+
+
+def test_capabilities_recorded_at_registration_are_each_systems_own():
+    """The config layer checks filters, writes and search parameters against the flags registered with each system
+    (importing none of them); here each flag is held to what its class says."""
+    from perfray.systems_config import SYSTEMS
+
+    for name in SYSTEMS.names():
+        cls = SYSTEMS.load(name)
+        assert SYSTEMS.flag(name, "filterable", False) == cls.filterable, name
+        assert SYSTEMS.flag(name, "writable", False) == cls.writable, name
+        assert SYSTEMS.flag(name, "search_params", frozenset()) == frozenset(cls.search_params), name
+
+
+def test_checking_a_config_imports_no_system_under_test():
+    import subprocess
+    import sys
+
+    code = ("import sys; from perfray.config import load_config; load_config(None, ['system=pgvector', "
+            "'filter={selectivity: 0.1}', 'search.params={ef: 40}']); "
+            "print(sorted(m for m in sys.modules if m.startswith(('perfray.sut', 'perfray.load'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_store_closes_its_sync_handle_now_and_its_async_one_on_a_loop_once():
+    from perfray.sut.base import TwoHandles
+
+    closed = []
+
+    class Sync:
+        def close(self):
+            closed.append("sync")
+
+    class Async:
+        async def close(self):
+            closed.append("async")
+
+    class Store(TwoHandles):
+        HANDLES = ("pool", "async_pool")
+
+        def __init__(self):
+            self.pool, self.async_pool = Sync(), Async()
+
+    store = Store()
+    store.close()
+    store.close()
+    assert closed == ["sync", "async"] and store.pool is None and store.async_pool is None
