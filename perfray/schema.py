@@ -9,7 +9,7 @@ from perfray import SCHEMA_VERSION
 STATUSES = ("pending", "ok", "error", "timeout", "dropped", "lost")  # lost: scheduled, its load actor died first
 FAILURES = ("error", "timeout", "dropped", "lost")  # what failure_rate counts
 STATUS_CODE = {name: i for i, name in enumerate(STATUSES)}
-STAGES = ("vector_ns", "graph_ns", "policy_ns")
+STAGES = ("vector_ns", "graph_ns", "policy_ns", "queue_ns")
 WRITE_KINDS = ("insert", "upsert", "delete")  # the ops of load.writes' rows (reads are named knn_k<k>_q<n>)
 
 _dict = pa.dictionary(pa.int16(), pa.string())
@@ -40,6 +40,9 @@ REQUEST_SCHEMA = pa.schema(
         pa.field("vector_ns", pa.int64()),
         pa.field("graph_ns", pa.int64()),
         pa.field("policy_ns", pa.int64()),
+        # Time a request waited in its GPU search actor before its search began (gpu_search; vector_ns is the
+        # search itself, and service - queue - vector the Ray call there and back); v5+.
+        pa.field("queue_ns", pa.int64()),
         pa.field("cache_hit", pa.bool_()),
         # A write followed by probe searches (load.writes): its ack -> the first search that showed it; v3+.
         pa.field("freshness_ns", pa.int64()),
@@ -84,6 +87,7 @@ SUMMARY_METRICS = (
     "scaling_qps_ratio", "scaling_efficiency",  # NaN unless saturated (scaling_basis)
     "gpu_busy_mean", "gpu_util_mean",
     "vector_p50_ms", "vector_p99_ms", "graph_p50_ms", "graph_p99_ms", "policy_p50_ms", "policy_p99_ms",
+    "queue_p50_ms", "queue_p99_ms", "transport_p50_ms", "transport_p99_ms",
     "cache_hit_rate", "first_error_s", "last_error_s", "recovery_s", "slow_nodes",
     "writes", "write_p50_ms", "write_p99_ms", "freshness_p50_ms", "freshness_p99_ms", "freshness_samples",
     "stale_reads",

@@ -199,24 +199,26 @@ def scaling(run: Run, out: Path) -> Path | None:
 
 
 def stage_breakdown(run: Run, out: Path) -> Path | None:
-    """Where a multi-store request's time goes: per cell, the p50 and p99 of each stage's span beside the
-    request's own latency (cache hits, which skip the stages, are counted apart)."""
-    rows = [r for r in _cells(run) if any(np.isfinite(r.get(f"{s}_p50_ms") or np.nan) for s in STAGES)]
+    """Where a request's time goes: per cell, the p50 and p99 of each stage's span (a multi-store request's
+    vector, graph and policy stages; a GPU search's queue in its actor, the search, and the Ray call around
+    them) beside the request's own latency (cache hits, which skip the stages, are counted apart)."""
+    stages = (*STAGES, "transport")
+    rows = [r for r in _cells(run) if any(np.isfinite(r.get(f"{s}_p50_ms") or np.nan) for s in stages)]
     if not rows:
         return None
     plt = _pyplot()
     fig, (ax50, ax99) = plt.subplots(1, 2, figsize=(13, 0.6 * len(rows) + 2.5), sharey=True)
     labels = [f"c{r['cell']}: {r.get('system', '')}"[:60] for r in rows]
     y = np.arange(len(rows))
-    colors = ("tab:blue", "tab:orange", "tab:green")
+    colors = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:grey")
     # p50: stacked (medians of sequential stages roughly add up); p99: side by side (tails do not add).
     left = np.zeros(len(rows))
-    for stage, color in zip(STAGES, colors, strict=True):
+    for stage, color in zip(stages, colors, strict=True):
         width = np.nan_to_num([r.get(f"{stage}_p50_ms", np.nan) for r in rows])
         ax50.barh(y, width, left=left, color=color, label=f"{stage} p50")
         left += width
-    height = 0.8 / len(STAGES)
-    for i, (stage, color) in enumerate(zip(STAGES, colors, strict=True)):
+    height = 0.8 / len(stages)
+    for i, (stage, color) in enumerate(zip(stages, colors, strict=True)):
         width = np.nan_to_num([r.get(f"{stage}_p99_ms", np.nan) for r in rows])
         ax99.barh(y - 0.4 + height * (i + 0.5), width, height=height, color=color, label=f"{stage} p99")
     for ax, q, how in ((ax50, "p50", "stacked"), (ax99, "p99", "per stage")):

@@ -157,3 +157,28 @@ def capacity_model_lines(manifest: dict, summary: list[dict], microbench: list[d
         cells = [r for r in summary if r.get("capacity_search") in searches]
         out += ["", *model_lines(manifest, cells, microbench, fit, gpu)] if cells else []
     return out
+
+
+def split_section(summary: list[dict]) -> list[str]:
+    """Where a GPU search request's time goes (gpu_search cells): the micro-batch wait (schedule lag), the Ray call
+    there and back (service − queue − search), the wait in the search actor's queue, and the search itself."""
+    rows = [r for r in summary if r.get("system_name", "gpu_search") == "gpu_search"
+            and math.isfinite(r.get("queue_p50_ms", math.nan))]
+    if not rows:
+        return []
+
+    def pair(r: dict, name: str) -> str:
+        return f"{r[f'{name}_p50_ms']:.3g} / {r[f'{name}_p99_ms']:.3g}"
+
+    lines = ["", "## Where a GPU search request's time goes", "",
+             "p50 / p99 ms of each part, over ok rows: the search actor reports its queue and search times with "
+             "each answer; the Ray call is the rest of the service time (with any wait for a free call slot in the "
+             "load actor); the batch wait is the schedule lag (the micro-batch window and the generator's own "
+             "lateness, p99 only).", "",
+             "| cell | GPUs | QPS | latency | batch wait p99 | Ray call | actor queue | search |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['cell']} | {r.get('n_gpus')} | {r['target_qps']:,.0f} | "
+                     f"{r['p50_ms']:.3g} / {r['p99_ms']:.3g} | {r.get('schedule_lag_p99_ms', math.nan):.3g} | "
+                     f"{pair(r, 'transport')} | {pair(r, 'queue')} | {pair(r, 'vector')} |")
+    return lines

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from perfray.analysis import figures
 from perfray.analysis.capacity_report import capacity_curve, capacity_section, capacity_verdicts
-from perfray.analysis.gpu_model import capacity_model_lines, model_lines
+from perfray.analysis.gpu_model import capacity_model_lines, model_lines, split_section
 from perfray.analysis.intervals import measured_text
 from perfray.analysis.nodes import nodes_section
 from perfray.analysis.quality import generator_late_ms, quality_section
@@ -147,6 +147,7 @@ def render(run: Run, figure_paths: list[Path]) -> str:
             f"{_fmt(r.get('scaling_efficiency'))} | {r.get('status')} |")
     lines += capacity_section(run.manifest, _figure(figure_paths, "capacity_curve"))
     lines += capacity_model_lines(run.manifest, run.summary, _microbench(run), T4)
+    lines += split_section(run.summary)
     lines += quality_section(run.summary)
     lines += degraded_section(run)
     lines += nodes_section(run.manifest)

@@ -16,7 +16,7 @@ from perfray.analysis.quality import quality
 from perfray.results.frame import CellFrame
 from perfray.schema import FAILURES, WRITE_KINDS
 
-STAGES = ("vector", "graph", "policy")
+STAGES = ("vector", "graph", "policy", "queue")
 
 
 def _ms(values: np.ndarray, q: float) -> float:
@@ -110,6 +110,7 @@ def _stages(frame: CellFrame, measured: np.ndarray, status: dict) -> dict:
             spans = frame.floats(f"{stage}_ns")[measured][ok]
             spans = spans[~np.isnan(spans)]
         out[f"{stage}_p50_ms"], out[f"{stage}_p99_ms"] = _ms(spans, 50), _ms(spans, 99)
+    out.update(_transport(frame, measured, ok))
     flags = frame.floats("cache_hit")[measured] if frame.has("cache_hit") else np.full(ok.size, np.nan)
     looked = int((~np.isnan(flags)).sum())
     out["cache_hit_rate"] = float(np.nansum(flags)) / looked if looked else float("nan")
@@ -119,6 +120,17 @@ def _stages(frame: CellFrame, measured: np.ndarray, status: dict) -> dict:
         chosen = latency[ok & (flags == want)] if looked else np.empty(0)
         out[f"cache_{name}_p50_ms"], out[f"cache_{name}_p99_ms"] = _ms(chosen, 50), _ms(chosen, 99)
     return out
+
+
+def _transport(frame: CellFrame, measured: np.ndarray, ok: np.ndarray) -> dict:
+    """The call around a search actor's work (gpu_search): service − queue − search, per ok row that has both
+    (the Ray call there and back, and a wait for a free call slot in the load actor)."""
+    spans = np.empty(0)
+    if frame.has("queue_ns"):
+        queue = frame.floats("queue_ns")[measured][ok]
+        spans = frame.floats("service_ns")[measured][ok] - queue - frame.floats("vector_ns")[measured][ok]
+        spans = spans[~np.isnan(spans)]
+    return {"transport_p50_ms": _ms(spans, 50), "transport_p99_ms": _ms(spans, 99)}
 
 
 def _writes(frame: CellFrame, measured: np.ndarray, status: dict, writing: np.ndarray) -> dict:

@@ -129,16 +129,18 @@ def take_waiting(waiting: list, max_rows: int) -> tuple[list, np.ndarray | None,
     return taken, queries, max(item[1] for item in taken), stack_windows([(len(i[0]), i[3]) for i in taken])
 
 
-def answer_each(taken: list, result: tuple[np.ndarray, np.ndarray] | None, error: BaseException | None) -> None:
+def answer_each(taken: list, result: tuple | None, error: BaseException | None) -> None:
     """Each batch of a merged search gets its own rows and its own k (rows are sorted by distance, ties by id,
-    so the first k of a larger k are exactly the top-k), or the search's error."""
+    so the first k of a larger k are exactly the top-k), or the search's error. What follows ids and distances
+    in ``result`` (the search actor's time spans) is the whole call's: every batch gets it as it is."""
     offset = 0
     for q, k, answer, _ in taken:
         if not answer.done():
             if error is not None:
                 answer.set_exception(error)
             else:
-                answer.set_result((result[0][offset:offset + len(q), :k], result[1][offset:offset + len(q), :k]))
+                answer.set_result((result[0][offset:offset + len(q), :k], result[1][offset:offset + len(q), :k],
+                                   *result[2:]))
         offset += len(q)
 
 

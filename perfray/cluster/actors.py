@@ -131,7 +131,12 @@ class GpuSearchActorBody(GpuSearchWorker):
             self._coalescer = SearchCoalescer(self._timed_search)
         self._calls += 1
         self._rows += len(queries)
-        return await self._coalescer.search(queries, k, windows)
+        arrived = time.perf_counter_ns()
+        ids, dists = await self._coalescer.search(queries, k, windows)
+        started, ended = self._coalescer.last_span
+        # the request's own split: waiting here behind other searches, then the search itself (the rest of the
+        # caller's service time is the Ray call there and back)
+        return ids, dists, {"queue_ns": max(started - arrived, 0), "vector_ns": ended - started}
 
     def _timed_search(self, queries, k, windows=None):
         started = time.perf_counter_ns()

@@ -301,13 +301,13 @@ class ReplicatedRouter(_RoutedWrites):
     async def _reply(self, pick: int, reply):
         endpoint = self.endpoints[pick]
         try:
-            ids, dists = await reply
+            ids, dists, *spans = await reply  # spans: the search actor's queue and search times, when it gives them
         except endpoint.fatal_errors:  # an empty tuple catches nothing
             self.dead.add(pick)
             raise
         finally:
             self.in_flight[pick] -= 1
-        return ids, dists, pick
+        return ids, dists, pick, *spans
 
 
 class ShardedRouter(_RoutedWrites):
@@ -331,8 +331,9 @@ class ShardedRouter(_RoutedWrites):
 
     async def _merge(self, replies: list, k: int):
         parts = await asyncio.gather(*replies)
-        ids, dists = merge_topk(list(parts), k)
-        return ids, dists, -1
+        ids, dists = merge_topk([part[:2] for part in parts], k)
+        spans = [part[2] for part in parts if len(part) > 2]  # the slowest shard's queue and search
+        return (ids, dists, -1, *([{name: max(s[name] for s in spans) for name in spans[0]}] if spans else []))
 
 
 ROUTERS = {"replicated": ReplicatedRouter, "sharded": ShardedRouter}

@@ -193,6 +193,9 @@ class SearchCoalescer:
         self._waiting: list = []
         self._serving = False
         self.searches = 0
+        # (start, end) perf_counter ns of the search that answered the callers just woken: they resume before the
+        # next search runs (their wake-ups are queued before the next ``_serve``), so each reads its own
+        self.last_span = (0, 0)
 
     async def search(self, queries: np.ndarray, k: int, windows: np.ndarray | None = None):
         import asyncio
@@ -210,12 +213,14 @@ class SearchCoalescer:
 
         taken, queries, k_max, windows = take_waiting(self._waiting, self.max_rows)  # a caller that gave up: skipped
         if taken:
+            started = time.perf_counter_ns()
             try:
                 result = self._run(queries, k_max) if windows is None else self._run(queries, k_max, windows)
             except Exception as err:  # every waiting caller gets the search's error
                 answer_each(taken, None, err)
             else:
                 self.searches += 1
+                self.last_span = (started, time.perf_counter_ns())
                 answer_each(taken, result, None)
         if self._waiting:  # what arrived meanwhile: after the loop has taken in every call that is here
             asyncio.get_running_loop().call_soon(self._serve)
@@ -252,7 +257,7 @@ class GpuActorsVector:
 
         if self.topology == "sharded":
             parts = ray.get([h.search.remote(queries, k, windows) for h in self.handles])
-            return merge_topk(parts, k)[0]
+            return merge_topk([part[:2] for part in parts], k)[0]
         self._next = (self._next + 1) % len(self.handles)
         return ray.get(self.handles[self._next].search.remote(queries, k, windows))[0]
 

@@ -49,11 +49,18 @@ def test_default_sweep_writes_rows_manifest_summary_and_microbench(tmp_path):
         assert 0 < s["gpu_busy_mean"] <= 1 and np.isnan(s["gpu_util_mean"])  # simulated: no NVML
         assert len(doc["cells"][s["cell"]]["gpu_usage"]) == s["n_gpus"]
     assert {s["n_gpus"] for s in summary} == {1, 2}
+    # each gpu_search request's service time split: the actor's queue, its search, and the Ray call around them
+    ok = pc.equal(pc.cast(rows["status"], "string"), "ok")
+    service, queue, search = (rows.filter(ok)[c].to_numpy(zero_copy_only=False) for c in
+                              ("service_ns", "queue_ns", "vector_ns"))
+    assert not np.isnan(queue).any() and not np.isnan(search).any() and (search > 0).all()
+    assert (service - queue - search >= 0).all()  # the actor's part lies inside the call that carried it
+    assert all(0 < s["vector_p50_ms"] and 0 < s["transport_p50_ms"] for s in summary)
     # every cell served what it was offered: throughput is the offered load's, so no efficiency is claimed
     assert all(s["scaling_basis"] == "offered" and np.isnan(s["scaling_efficiency"]) for s in summary)
     assert doc["rows_written"] == rows.num_rows
     report = (run / "report.md").read_text()
-    assert "GPU search busy" in report
+    assert "GPU search busy" in report and "## Where a GPU search request's time goes" in report
     assert "Simulated GPUs" in report and "## Targets" in report and "| 3 | recall_mean | >= 0.999 | 1 | ✓" in report
     for figure in ("latency_histogram", "latency_percentiles", "over_time", "latency_by_operation",
                    "schedule_lag", "scaling"):

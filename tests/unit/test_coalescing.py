@@ -81,3 +81,27 @@ def test_client_side_coalescing_keeps_two_calls_in_flight_and_splits_replies_exa
     for (q, k), (ids, dists) in zip(batches, answers, strict=True):
         want_ids, want_dists = w.search(q, k)
         assert np.array_equal(ids, want_ids) and np.allclose(dists, want_dists)
+
+
+def test_each_answer_carries_its_own_searchs_queue_and_search_times():
+    """A search actor (its body, without Ray) simulating 20 ms per query: three calls that arrive together are one
+    search of 3 queries (~60 ms each, no queue); the call after them gets its own span, not the last one's."""
+    from perfray.cluster.actors import GpuSearchActorBody
+
+    rng = np.random.default_rng(2)
+    body = GpuSearchActorBody("numpy")
+    body.build(rng.standard_normal((500, 8)).astype(np.float32))
+    queries = rng.standard_normal((4, 8)).astype(np.float32)
+
+    async def main():
+        await body.simulate_service(20.0)
+        together = await asyncio.gather(*(body.search(queries[i:i + 1], 3) for i in range(3)))
+        alone = await body.search(queries[3:4], 3)
+        return together, alone
+
+    together, alone = asyncio.run(main())
+    spans = [answer[2] for answer in together]
+    assert len({s["vector_ns"] for s in spans}) == 1 and 55e6 <= spans[0]["vector_ns"] <= 200e6  # one search
+    assert all(s["queue_ns"] < 5e6 for s in spans)
+    assert 18e6 <= alone[2]["vector_ns"] <= 100e6  # one query: its own search, not the merged one's 60 ms
+    assert [len(a[0]) for a in (*together, alone)] == [1, 1, 1, 1]
