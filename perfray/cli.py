@@ -82,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
                      "section says where load actors go (load_placement, load_resources, load_actor_cpus)")
     cal.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     cal.add_argument("--debug", action="store_true", help="show tracebacks")
+    val = sub.add_parser("validate", help="run the test plan's phases as one campaign and write validation.md: "
+                         "go / no-go / inconclusive per phase and overall")
+    val.add_argument("--plan", type=Path, default=Path("configs/phases"), help="directory of N-name.yaml phases")
+    val.add_argument("--scale", choices=("laptop", "cluster"), default="cluster",
+                     help="laptop: every phase shrunk by one documented rule to run on a 2-core machine")
+    val.add_argument("--only", default=None, metavar="1,3", help="run only these phase numbers")
+    val.add_argument("--resume", type=Path, default=None, metavar="DIR/ID",
+                     help="a campaign to finish: phases whose sub-run completed are kept, the rest run")
+    val.add_argument("--results-dir", type=Path, default=Path("results"))
+    val.add_argument("--run-id", default=None, help="the campaign's folder (default: validate-TIME)")
+    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a value in every phase (repeatable)")
+    val.add_argument("--quiet", action="store_true", help="no progress lines")
+    val.add_argument("--debug", action="store_true", help="show tracebacks")
     schema = sub.add_parser("schema", help="print the config's JSON Schema (editors complete and check YAML with "
                             "it); --markdown: the configuration reference (docs/configuration.md)")
     schema.add_argument("--markdown", action="store_true")
@@ -323,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_compare_command(args)
         if args.command == "calibrate":
             return run_calibrate_command(args)
+        if args.command == "validate":
+            from perfray.cli_validate import run_validate_command
+
+            return run_validate_command(args, _run)
         if args.command == "schema":
             from perfray.config_reference import json_schema, reference_markdown
 

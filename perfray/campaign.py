@@ -1,0 +1,194 @@
+"""``python -m perfray validate --plan configs/phases/``: the test plan's phases run in order as one campaign — one
+directory with a sub-run per phase (each a normal run: rows, summary, manifest, report), ``campaign.json``, and
+``validation.md``: go / no-go / inconclusive per phase and overall, judged as targets are (a percentile target is
+met only when its whole 95% interval is).
+
+``--scale laptop`` shrinks every phase by one rule (``LAPTOP``, recorded in ``campaign.json``) so that the plan
+runs on a 2-core machine; its verdicts are labelled "laptop scale: not the production verdict". ``--resume
+DIR/ID`` skips the phases whose sub-run completed and runs the rest; ``--only 1,3`` runs those phases. The stores
+every phase needs are checked before the first phase runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+from perfray.config import SweepConfig, load_config, resolve_path
+from perfray.errors import EXIT_OK, UsageError
+
+# The laptop rule: offered rates x RATE (7,000 QPS -> 200), every duration x TIME with at most MEASURED_S seconds
+# measured per phase of a cell and at least a second each, synthetic data capped, at most N_GPUS (simulated) GPUs,
+# one load actor with at most CONCURRENCY clients.
+LAPTOP = {"rate": 1 / 35, "time": 1 / 20, "measured_s": 10.0, "n": 20_000, "dim": 64, "clusters": 32,
+          "n_queries": 1_000, "n_gpus": 2, "actors": 1, "concurrency": 8}
+PHASE_FILE = re.compile(r"^(\d+)-([\w-]+)\.ya?ml$")
+
+
+def plan_phases(plan: Path) -> list[tuple[int, str, Path]]:
+    """(number, name, config file) of each phase in ``plan`` (files named ``N-name.yaml``), in order."""
+    if not plan.is_dir():
+        raise UsageError(f"--plan {plan}: not a directory of phase configs (N-name.yaml)")
+    phases = sorted((int(m.group(1)), m.group(2), f) for f in plan.iterdir() if (m := PHASE_FILE.match(f.name)))
+    if not phases:
+        raise UsageError(f"--plan {plan}: no phase configs in it (files named N-name.yaml, e.g. 1-vector.yaml)")
+    return phases
+
+
+def scale(config: SweepConfig, how: str) -> SweepConfig:
+    """The phase as ``--scale`` asks: ``cluster`` as written, ``laptop`` shrunk by ``LAPTOP``."""
+    if how == "cluster":
+        return config
+    doc = config.model_dump(mode="json")
+    _shrink_workload(doc["workload"])
+    sweep = {}
+    for key, values in doc["sweep"].items():
+        leaf = resolve_path(key)[-1]
+        if leaf == "target_qps":
+            values = [max(round(v * LAPTOP["rate"], 1), 1.0) for v in values]
+        elif leaf == "n_gpus":
+            values = sorted({min(v, LAPTOP["n_gpus"]) for v in values})
+        elif leaf in ("duration_s", "warmup_s"):
+            values = [_seconds(v, leaf == "duration_s") for v in values]
+        sweep[key] = list(dict.fromkeys(values))  # a capped axis must not repeat a cell
+    doc["sweep"] = sweep
+    return SweepConfig.model_validate(doc)
+
+
+def _seconds(value: float, measured: bool) -> float:
+    return max(min(value * LAPTOP["time"], LAPTOP["measured_s"] if measured else value), 1.0)
+
+
+def _shrink_workload(w: dict) -> None:
+    data = w["dataset"]
+    if data.get("kind") == "synthetic":
+        for key in ("n", "dim", "clusters", "n_queries"):
+            data[key] = min(data[key], LAPTOP[key])
+    else:
+        data["limit"] = min(data.get("limit") or LAPTOP["n"], LAPTOP["n"])
+    w["search"]["n_gpus"] = min(w["search"]["n_gpus"], LAPTOP["n_gpus"])
+    load = w["load"]
+    load["target_qps"] = max(round(load["target_qps"] * LAPTOP["rate"], 1), 1.0)
+    load["duration_s"], load["warmup_s"] = _seconds(load["duration_s"], True), _seconds(load["warmup_s"], False)
+    if isinstance(load["actors"], int):
+        load["actors"] = min(load["actors"], LAPTOP["actors"])
+    load["concurrency"] = min(load["concurrency"], LAPTOP["concurrency"])
+    for phase in load.get("phases") or []:
+        phase["duration_s"] = _seconds(phase["duration_s"], phase.get("measured", True))
+        for key in ("qps", "qps_end"):
+            if phase.get(key) is not None:
+                phase[key] = max(round(phase[key] * LAPTOP["rate"], 1), 1.0)
+    if load.get("writes"):
+        load["writes"]["rate"] = max(round(load["writes"]["rate"] * LAPTOP["rate"], 1), 1.0)
+
+
+def phase_verdict(manifest: dict) -> str:
+    """go / no-go / inconclusive from a sub-run's must-pass verdicts; "not run" or "did not finish" otherwise."""
+    status = manifest.get("status")
+    if status not in ("complete",):
+        return "did not finish" if status else "not run"
+    must = [v for v in manifest.get("verdicts", []) if v["must_pass"]]
+    if any(not v["passed"] and not v.get("inconclusive") for v in must):
+        return "no-go"
+    if any(v.get("inconclusive") for v in must):
+        return "inconclusive"
+    return "go"
+
+
+def overall(verdicts: list[str]) -> str:
+    if "no-go" in verdicts:
+        return "no-go"
+    return "go" if verdicts and all(v == "go" for v in verdicts) else "inconclusive"
+
+
+class Campaign:
+    """A campaign directory: ``campaign.json`` (the plan, the scale and its rule, each phase's sub-run and state)
+    and a sub-run directory per phase."""
+
+    def __init__(self, root: Path, doc: dict) -> None:
+        self.root, self.doc = root, doc
+
+    @classmethod
+    def resume(cls, root: Path) -> Campaign:
+        path = root / "campaign.json"
+        if not path.is_file():
+            raise UsageError(f"--resume {root}: not a campaign (no campaign.json)")
+        return cls(root, json.loads(path.read_text()))
+
+    def write(self) -> None:
+        tmp = self.root / "campaign.json.tmp"
+        tmp.write_text(json.dumps(self.doc, indent=1, default=str))
+        tmp.replace(self.root / "campaign.json")
+
+    def entry(self, number: int) -> dict:
+        return next(p for p in self.doc["phases"] if p["number"] == number)
+
+    def manifest(self, entry: dict) -> dict:
+        path = self.root / entry["run_id"] / "manifest.json" if entry.get("run_id") else None
+        return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+    def done(self, entry: dict) -> bool:
+        return self.manifest(entry).get("status") == "complete"
+
+
+def phase_configs(phases: list[tuple[int, str, Path]], overrides: list[str], how: str) -> dict[int, SweepConfig]:
+    return {number: scale(load_config(path, overrides), how) for number, _, path in phases}
+
+
+def new_doc(plan: Path, how: str, phases: list[tuple[int, str, Path]]) -> dict:
+    return {"plan": str(plan), "scale": how, "rule": LAPTOP if how == "laptop" else None, "status": "running",
+            "started_unix_s": time.time(),
+            "phases": [{"number": n, "name": name, "config": str(path), "run_id": None, "status": "pending",
+                        "exit_code": None} for n, name, path in phases]}
+
+
+def validation_md(campaign: Campaign) -> str:
+    """The one-page verdict: per phase and overall, go / no-go / inconclusive, with each target's measured value
+    and interval; then the stretch goals (the advisory targets)."""
+    from perfray.analysis.intervals import measured_text
+
+    laptop = campaign.doc["scale"] == "laptop"
+    rows, verdicts, details = [], [], []
+    for entry in campaign.doc["phases"]:
+        manifest = campaign.manifest(entry)
+        verdict = phase_verdict(manifest) if entry["status"] != "skipped" else "not run"
+        verdicts.append(verdict)
+        must = [v for v in manifest.get("verdicts", []) if v["must_pass"]]
+        stretch = [v for v in manifest.get("verdicts", []) if not v["must_pass"]]
+        rows.append(f"| {entry['number']} | {entry['name']} | **{verdict}** | "
+                    f"{sum(v['passed'] for v in must)}/{len(must)} | {sum(v['passed'] for v in stretch)}/{len(stretch)} | "
+                    f"{entry['run_id'] or '–'} |")
+        if manifest.get("verdicts"):
+            details += ["", f"### Phase {entry['number']}: {entry['name']} — {verdict}", "",
+                        "| cell | phase | metric | goal | measured | |", "|---|---|---|---|---|---|"]
+            for v in manifest["verdicts"]:
+                mark = "✓" if v["passed"] else ("?" if v.get("inconclusive") else "✗")
+                kind = "" if v["must_pass"] else " (stretch)"
+                details.append(f"| {v.get('cell', '–')} | {v.get('phase', '')} | {v['metric']}{kind} | {v['bound']} | "
+                               f"{measured_text(v) if _finite(v.get('value')) else 'not measured'} | {mark} |")
+    head = ["# Validation", "",
+            f"Plan `{campaign.doc['plan']}`, {campaign.doc['scale']} scale: **{overall(verdicts)}**."]
+    if laptop:
+        head += ["", "Laptop scale: not the production verdict. Every phase was shrunk by one rule (rates × "
+                 f"{LAPTOP['rate']:.4g}, durations × {LAPTOP['time']:g} with at most {LAPTOP['measured_s']:g} s measured, "
+                 f"at most {LAPTOP['n']:,} × {LAPTOP['dim']} vectors, {LAPTOP['n_gpus']} simulated GPUs, "
+                 f"{LAPTOP['actors']} load actor): the verdicts say whether the stack and the harness work "
+                 "end to end, not whether the production cluster meets its SLO."]
+    head += ["", "A goal is met only when its whole 95% interval is (inconclusive otherwise); a phase is no-go when "
+             "a must-pass goal is missed, inconclusive when one is undecided or the phase did not finish.", "",
+             "| phase | name | verdict | goals met | stretch met | sub-run |", "|---|---|---|---|---|---|"]
+    return "\n".join(head + rows + details) + "\n"
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def exit_code(campaign: Campaign, codes: list[int]) -> int:
+    """The worst of the phases' exit codes (a failed target 1; unavailable 3; interrupted 130), else 0."""
+    for code in (130, 4, 3, 2, 1):
+        if code in codes:
+            return code
+    return EXIT_OK

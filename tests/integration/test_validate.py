@@ -1,0 +1,50 @@
+"""``python -m perfray validate``: phases as one campaign, go / no-go judged on the sub-runs' own verdicts, a
+resumed campaign re-runs nothing that finished, and a store that is down stops it before any phase runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+from support import REPO
+
+from perfray.services.process import free_port
+
+
+def validate(*args, timeout=600):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([sys.executable, "-m", "perfray", "validate", "--quiet", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+def test_go_for_a_sound_phase_no_go_for_one_slowed_on_purpose_and_resume_keeps_what_finished(tmp_path):
+    sound = validate("--scale", "laptop", "--only", "1", "--results-dir", str(tmp_path), "--run-id", "sound",
+                     "--set", "targets=[{metric: recall_mean, min: 0.999}, {metric: failure_rate, max: 0.01}]")
+    assert sound.returncode == 0, sound.stderr[-3000:]
+    root = tmp_path / "sound"
+    doc = json.loads((root / "campaign.json").read_text())
+    assert doc["scale"] == "laptop" and doc["rule"]["rate"] < 1 and doc["status"] == "complete"
+    [one] = [p for p in doc["phases"] if p["status"] != "pending"]
+    assert one["number"] == 1 and one["exit_code"] == 0 and (root / one["run_id"] / "report.md").is_file()
+    page = (root / "validation.md").read_text()
+    assert "| 1 | vector-isolation | **go** | 4/4 |" in page and "Laptop scale: not the production verdict" in page
+
+    again = validate("--resume", str(root), "--only", "1")
+    assert again.returncode == 0 and "finished before: kept" in again.stdout, again.stdout + again.stderr[-2000:]
+    assert sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != ".cache") == [one["run_id"]]  # none again
+
+    # every search takes 20 ms per query: a 10 ms p99 cannot hold, whatever the machine
+    slowed = validate("--scale", "laptop", "--only", "1", "--results-dir", str(tmp_path), "--run-id", "slowed",
+                      "--set", "search.service_ms_per_query=20", "--set", "targets=[{metric: p99_ms, max: 10}]")
+    assert slowed.returncode == 1, slowed.stderr[-3000:]
+    assert "laptop scale: **no-go**" in (tmp_path / "slowed" / "validation.md").read_text()
+
+
+def test_a_store_that_is_down_stops_the_campaign_before_any_phase(tmp_path):
+    out = validate("--scale", "laptop", "--only", "1,3", "--results-dir", str(tmp_path), "--run-id", "down",
+                   "--set", f"stores.postgres.port={free_port()}", "--set", f"stores.neo4j.uri=bolt://127.0.0.1:{free_port()}",
+                   timeout=120)
+    assert out.returncode == 3, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "phase 3" in lines[0] and "python -m perfray services" in lines[0], lines
+    assert not (tmp_path / "down").exists()

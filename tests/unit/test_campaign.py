@@ -1,0 +1,51 @@
+"""The campaign's pure parts: the plan's phases, the laptop rule, and go / no-go / inconclusive."""
+
+from pathlib import Path
+
+import pytest
+
+from perfray.campaign import LAPTOP, overall, phase_verdict, plan_phases, scale
+from perfray.config import load_config
+from perfray.errors import UsageError
+
+PLAN = Path(__file__).resolve().parents[2] / "configs" / "phases"
+
+
+def test_the_plan_is_its_numbered_phase_files_in_order(tmp_path):
+    assert [(n, name) for n, name, _ in plan_phases(PLAN)] == [
+        (1, "vector-isolation"), (2, "hybrid-vector-graph"), (3, "full-stack"), (4, "sustained"), (5, "burst"),
+        (6, "neo4j-baseline"), (7, "production-readiness")]
+    with pytest.raises(UsageError, match="no phase configs"):
+        plan_phases(tmp_path)
+    with pytest.raises(UsageError, match="not a directory"):
+        plan_phases(tmp_path / "nope")
+
+
+def test_the_laptop_rule_shrinks_every_phase_the_same_way():
+    one = scale(load_config(PLAN / "1-vector-isolation.yaml"), "laptop")
+    assert [c.search.n_gpus for c in one.cells()] == [1, 2]  # 1, 2, 4, 8 capped at 2, each once
+    cell = one.cells()[0]
+    assert cell.offered_qps == pytest.approx(7000 * LAPTOP["rate"]) and cell.load.actors == 1
+    assert cell.dataset.n == 20_000 and cell.dataset.dim == 64 and cell.load.duration_s == 3.0
+    four = scale(load_config(PLAN / "4-sustained.yaml"), "laptop").cells()[0]
+    assert four.load.duration_s == LAPTOP["measured_s"] and four.load.warmup_s == 1.5  # 600 s -> 10; 30 -> 1.5
+    seven = scale(load_config(PLAN / "7-production-readiness.yaml"), "laptop").cells()[0]
+    assert [(p.name, p.duration_s) for p in seven.load.phase_plan()] == [
+        ("warmup", 1.5), ("sustained", 10.0), ("stretch", 6.0), ("burst", 1.0), ("recovery", 3.0)]
+    as_written = load_config(PLAN / "4-sustained.yaml")
+    assert scale(as_written, "cluster") is as_written
+
+
+def _manifest(status="complete", *verdicts):
+    return {"status": status, "verdicts": [{"metric": "p99_ms", "must_pass": m, "passed": p, "inconclusive": i}
+                                           for m, p, i in verdicts]}
+
+
+def test_go_no_go_and_inconclusive():
+    assert phase_verdict(_manifest("complete", (True, True, False), (False, False, False))) == "go"  # stretch missed
+    assert phase_verdict(_manifest("complete", (True, False, True))) == "inconclusive"
+    assert phase_verdict(_manifest("complete", (True, False, True), (True, False, False))) == "no-go"
+    assert phase_verdict(_manifest("interrupted", (True, True, False))) == "did not finish"
+    assert phase_verdict({}) == "not run"
+    assert overall(["go", "go"]) == "go" and overall(["go", "inconclusive"]) == "inconclusive"
+    assert overall(["go", "no-go", "inconclusive"]) == "no-go" and overall(["go", "not run"]) == "inconclusive"
