@@ -26,21 +26,25 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _run_options(parser, run_id_default: str, set_help: str) -> None:
+    """The options every command that writes a run takes: where, under which id, overrides, quiet, debug."""
+    parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    parser.add_argument("--run-id", default=None, help=f"folder name under --results-dir (default: {run_id_default})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="perfray", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sweep = sub.add_parser("sweep", help="run a sweep (the main job)")
     sweep.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/smoke.yaml)")
-    sweep.add_argument("--results-dir", type=Path, default=Path("results"))
-    sweep.add_argument("--run-id", default=None, help="folder name under --results-dir (default: NAME-TIME)")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set load.duration_s=2 (repeatable)")
+    _run_options(sweep, "NAME-TIME", "override a config value, e.g. --set load.duration_s=2 (repeatable)")
     sweep.add_argument("--repeat", type=int, default=None, metavar="N",
                        help="run every cell N times, interleaved (compare then uses the spread between runs)")
-    sweep.add_argument("--quiet", action="store_true", help="no progress lines")
     sweep.add_argument("--no-report", action="store_true", help="skip report.md and figures at the end")
-    sweep.add_argument("--debug", action="store_true", help="show tracebacks")
     cap = sub.add_parser("capacity", help="find each cell's capacity: the highest rate at which every SLO holds")
     cap.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/smoke.yaml)")
     cap.add_argument("--slo", action="append", default=None, metavar="METRIC<=BOUND",
@@ -52,13 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                              ("--step-s", float, "measured seconds per step"),
                              ("--max-step-s", float, "longest re-run of an undecided step")):
         cap.add_argument(flag, type=kind, default=None, help=text)
-    cap.add_argument("--results-dir", type=Path, default=Path("results"))
-    cap.add_argument("--run-id", default=None, help="folder name under --results-dir (default: NAME-capacity-TIME)")
-    cap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value (repeatable)")
-    cap.add_argument("--quiet", action="store_true", help="no progress lines")
+    _run_options(cap, "NAME-capacity-TIME", "override a config value (repeatable)")
     cap.add_argument("--no-report", action="store_true", help="skip report.md and figures at the end")
-    cap.add_argument("--debug", action="store_true", help="show tracebacks")
     report = sub.add_parser("report", help="write RUN_DIR/report.md and figures; exit 1 if a target failed, 3 if "
                             "the run did not finish")
     report.add_argument("run_dir", type=Path)
@@ -90,12 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--only", default=None, metavar="1,3", help="run only these phase numbers")
     val.add_argument("--resume", type=Path, default=None, metavar="DIR/ID",
                      help="a campaign to finish: phases whose sub-run completed are kept, the rest run")
-    val.add_argument("--results-dir", type=Path, default=Path("results"))
-    val.add_argument("--run-id", default=None, help="the campaign's folder (default: validate-TIME)")
-    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a value in every phase (repeatable)")
-    val.add_argument("--quiet", action="store_true", help="no progress lines")
-    val.add_argument("--debug", action="store_true", help="show tracebacks")
+    _run_options(val, "validate-TIME", "override a value in every phase (repeatable)")
     schema = sub.add_parser("schema", help="print the config's JSON Schema (editors complete and check YAML with "
                             "it); --markdown: the configuration reference (docs/configuration.md)")
     schema.add_argument("--markdown", action="store_true")
