@@ -117,7 +117,8 @@ def test_capacity_per_gpu_count_and_its_usl_fit(tmp_path):
     queries/s and n GPUs 250 n. With constant arrivals the queue stays short below that and grows without bound
     above it (past the SLO, p99 <= 100 ms, within a step); the Ray hop's jitter queues a little near it. So each
     capacity lies within 15% below 250 n, the USL fitted to them is linear, and the report's on-paper service rate
-    per GPU (built from the actors' measured cost per query) is within 10% of the measured per-GPU capacity."""
+    per GPU (built from the actors' measured cost per query) is within 10% of the measured per-GPU capacity (the
+    middle of the bracket the search ended with)."""
     per_gpu = 250.0
     out = sweep_cli("--config", "configs/capacity-gpus.yaml", "--results-dir", str(tmp_path), "--run-id", "g",
                     "--set", "dataset.n=2000", "--set", "dataset.dim=16", "--set", "dataset.n_queries=200",
@@ -133,7 +134,7 @@ def test_capacity_per_gpu_count_and_its_usl_fit(tmp_path):
     for c in capacity:
         truth = per_gpu * c["n_gpus"]
         assert c["simulated"] and c["limited_by"] == "slo", c
-        assert 0.85 * truth <= c["capacity_qps"] <= truth * 1.02 < c["capacity_hi"] * 1.1, (truth, c)
+        assert 0.85 * truth <= c["capacity_qps"] < c["capacity_hi"] and c["capacity_qps"] <= truth * 1.02, (truth, c)
     doc = manifest(run)
     assert doc["verdicts"] == []  # no target rate: the question is "how much", nothing to fail
     [group] = doc["capacity"]["scaling"]
@@ -145,7 +146,8 @@ def test_capacity_per_gpu_count_and_its_usl_fit(tmp_path):
     assert "Capacity vs GPUs: 1 GPU:" in report and "USL fit on capacities" in report
     [here] = [line for line in report.splitlines() if line.startswith("| service rate per GPU here |")]
     modelled = float(here.split("|")[2].split()[0].replace(",", ""))
-    assert abs(modelled - capacity[0]["capacity_qps"]) <= 0.1 * capacity[0]["capacity_qps"], (here, capacity[0])
+    measured = (capacity[0]["capacity_qps"] + capacity[0]["capacity_hi"]) / 2  # the bracket holding the capacity
+    assert abs(modelled - measured) <= 0.1 * measured, (here, capacity[0])
     assert "| 100 × NVIDIA T4 |" in report  # with the fitted efficiency, not × 100 flat
     # every step is a cell with its rows, like any other
     summary = pq.read_table(run / "summary.parquet").to_pylist()
