@@ -19,11 +19,11 @@ from pathlib import Path
 from perfray.config import SweepConfig, load_config, resolve_path
 from perfray.errors import EXIT_OK, UsageError
 
-# The laptop rule: offered rates x RATE (7,000 QPS -> 200), every duration x TIME with at most MEASURED_S seconds
-# measured per phase of a cell and at least a second each, synthetic data capped, at most N_GPUS (simulated) GPUs,
-# one load actor with at most CONCURRENCY clients.
-LAPTOP = {"rate": 1 / 35, "time": 1 / 20, "measured_s": 10.0, "n": 20_000, "dim": 64, "clusters": 32,
-          "n_queries": 1_000, "n_gpus": 2, "actors": 1, "concurrency": 8}
+# The laptop rule: offered rates x RATE (7,000 QPS -> 200) but at least MIN_QPS (a p99's interval needs its
+# samples), every duration x TIME with between MIN_MEASURED_S and MEASURED_S seconds measured per phase of a cell
+# (at least a second unmeasured), synthetic data capped, at most N_GPUS (simulated) GPUs, one load actor with at most CONCURRENCY clients.
+LAPTOP = {"rate": 1 / 35, "min_qps": 100.0, "time": 1 / 20, "min_measured_s": 5.0, "measured_s": 10.0, "n": 20_000, "dim": 64,
+          "clusters": 32, "n_queries": 1_000, "n_gpus": 2, "actors": 1, "concurrency": 8}
 PHASE_FILE = re.compile(r"^(\d+)-([\w-]+)\.ya?ml$")
 
 
@@ -47,7 +47,7 @@ def scale(config: SweepConfig, how: str) -> SweepConfig:
     for key, values in doc["sweep"].items():
         leaf = resolve_path(key)[-1]
         if leaf == "target_qps":
-            values = [max(round(v * LAPTOP["rate"], 1), 1.0) for v in values]
+            values = [_qps(v) for v in values]
         elif leaf == "n_gpus":
             values = sorted({min(v, LAPTOP["n_gpus"]) for v in values})
         elif leaf in ("duration_s", "warmup_s"):
@@ -57,8 +57,14 @@ def scale(config: SweepConfig, how: str) -> SweepConfig:
     return SweepConfig.model_validate(doc)
 
 
+def _qps(value: float) -> float:
+    return max(round(value * LAPTOP["rate"], 1), LAPTOP["min_qps"])
+
+
 def _seconds(value: float, measured: bool) -> float:
-    return max(min(value * LAPTOP["time"], LAPTOP["measured_s"] if measured else value), 1.0)
+    if measured:
+        return min(max(value * LAPTOP["time"], LAPTOP["min_measured_s"]), LAPTOP["measured_s"])
+    return max(value * LAPTOP["time"], 1.0)
 
 
 def _shrink_workload(w: dict) -> None:
@@ -70,7 +76,7 @@ def _shrink_workload(w: dict) -> None:
         data["limit"] = min(data.get("limit") or LAPTOP["n"], LAPTOP["n"])
     w["search"]["n_gpus"] = min(w["search"]["n_gpus"], LAPTOP["n_gpus"])
     load = w["load"]
-    load["target_qps"] = max(round(load["target_qps"] * LAPTOP["rate"], 1), 1.0)
+    load["target_qps"] = _qps(load["target_qps"])
     load["duration_s"], load["warmup_s"] = _seconds(load["duration_s"], True), _seconds(load["warmup_s"], False)
     if isinstance(load["actors"], int):
         load["actors"] = min(load["actors"], LAPTOP["actors"])
@@ -79,7 +85,7 @@ def _shrink_workload(w: dict) -> None:
         phase["duration_s"] = _seconds(phase["duration_s"], phase.get("measured", True))
         for key in ("qps", "qps_end"):
             if phase.get(key) is not None:
-                phase[key] = max(round(phase[key] * LAPTOP["rate"], 1), 1.0)
+                phase[key] = _qps(phase[key])
     if load.get("writes"):
         load["writes"]["rate"] = max(round(load["writes"]["rate"] * LAPTOP["rate"], 1), 1.0)
 
@@ -172,7 +178,8 @@ def validation_md(campaign: Campaign) -> str:
             f"Plan `{campaign.doc['plan']}`, {campaign.doc['scale']} scale: **{overall(verdicts)}**."]
     if laptop:
         head += ["", "Laptop scale: not the production verdict. Every phase was shrunk by one rule (rates × "
-                 f"{LAPTOP['rate']:.4g}, durations × {LAPTOP['time']:g} with at most {LAPTOP['measured_s']:g} s measured, "
+                 f"{LAPTOP['rate']:.4g}, at least {LAPTOP['min_qps']:g} QPS; durations × {LAPTOP['time']:g} with at "
+                 f"{LAPTOP['min_measured_s']:g}–{LAPTOP['measured_s']:g} s measured; "
                  f"at most {LAPTOP['n']:,} × {LAPTOP['dim']} vectors, {LAPTOP['n_gpus']} simulated GPUs, "
                  f"{LAPTOP['actors']} load actor): the verdicts say whether the stack and the harness work "
                  "end to end, not whether the production cluster meets its SLO."]

@@ -26,12 +26,14 @@ def test_the_laptop_rule_shrinks_every_phase_the_same_way():
     assert [c.search.n_gpus for c in one.cells()] == [1, 2]  # 1, 2, 4, 8 capped at 2, each once
     cell = one.cells()[0]
     assert cell.offered_qps == pytest.approx(7000 * LAPTOP["rate"]) and cell.load.actors == 1
-    assert cell.dataset.n == 20_000 and cell.dataset.dim == 64 and cell.load.duration_s == 3.0
+    two = scale(load_config(PLAN / "2-hybrid-vector-graph.yaml"), "laptop").cells()[0]
+    assert two.offered_qps == LAPTOP["min_qps"]  # 1,000 x 1/35 = 29 QPS: too few samples for a p99
+    assert cell.dataset.n == 20_000 and cell.dataset.dim == 64 and cell.load.duration_s == 5.0  # 60 s x 1/20, at least 5
     four = scale(load_config(PLAN / "4-sustained.yaml"), "laptop").cells()[0]
     assert four.load.duration_s == LAPTOP["measured_s"] and four.load.warmup_s == 1.5  # 600 s -> 10; 30 -> 1.5
     seven = scale(load_config(PLAN / "7-production-readiness.yaml"), "laptop").cells()[0]
     assert [(p.name, p.duration_s) for p in seven.load.phase_plan()] == [
-        ("warmup", 1.5), ("sustained", 10.0), ("stretch", 6.0), ("burst", 1.0), ("recovery", 3.0)]
+        ("warmup", 1.5), ("sustained", 10.0), ("stretch", 6.0), ("burst", 5.0), ("recovery", 5.0)]
     as_written = load_config(PLAN / "4-sustained.yaml")
     assert scale(as_written, "cluster") is as_written
 
