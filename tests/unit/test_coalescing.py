@@ -103,5 +103,5 @@ def test_each_answer_carries_its_own_searchs_queue_and_search_times():
     spans = [answer[2] for answer in together]
     assert len({s["vector_ns"] for s in spans}) == 1 and 55e6 <= spans[0]["vector_ns"] <= 200e6  # one search
     assert all(s["queue_ns"] < 5e6 for s in spans)
-    assert 18e6 <= alone[2]["vector_ns"] <= 100e6  # one query: its own search, not the merged one's 60 ms
+    assert alone[2]["vector_ns"] >= 18e6 and alone[2]["vector_ns"] <= 100e6  # one query: its own search, not 60 ms
     assert [len(a[0]) for a in (*together, alone)] == [1, 1, 1, 1]
