@@ -90,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--resume", type=Path, default=None, metavar="DIR/ID",
                      help="a campaign to finish: phases whose sub-run completed are kept, the rest run")
     _run_options(val, "validate-TIME", "override a value in every phase (repeatable)")
+    hist = sub.add_parser("history", help="index a folder of runs into series (a workload on a hardware) and find "
+                          "the change points that survive the noise: history.md, history.parquet, trend figures")
+    hist.add_argument("results_dir", type=Path)
+    hist.add_argument("--metric", default="p99_ms", help="p50_ms, p99_ms, p999_ms, achieved_qps, failure_rate, "
+                      "recall_mean or capacity_qps")
+    hist.add_argument("--where", action="append", default=[], metavar="KEY=VALUE", help="e.g. name=smoke (repeatable)")
+    hist.add_argument("--since", default=None, metavar="YYYY-MM-DD")
+    hist.add_argument("--out", type=Path, default=None, help="where to write (default: RESULTS_DIR)")
+    hist.add_argument("--debug", action="store_true", help="show tracebacks")
     schema = sub.add_parser("schema", help="print the config's JSON Schema (editors complete and check YAML with "
                             "it); --markdown: the configuration reference (docs/configuration.md)")
     schema.add_argument("--markdown", action="store_true")
@@ -335,6 +344,15 @@ def main(argv: list[str] | None = None) -> int:
             from perfray.cli_validate import run_validate_command
 
             return run_validate_command(args, _run)
+        if args.command == "history":
+            from perfray.history.report import write_history
+
+            page, found = write_history(args.results_dir, args.metric, args.where, args.since, args.out)
+            for s in found:
+                steps = ", ".join(f"run {c['index']} {c['change']:+.1%}" for c in s["changes"]) or "no change point"
+                print(f"{s['label']} [{s['workload']}]: {len(s['runs'])} runs; {steps}")
+            print(f"history: {page}")
+            return 0
         if args.command == "schema":
             from perfray.config_reference import json_schema, reference_markdown
 
