@@ -21,9 +21,10 @@ from perfray.errors import EXIT_OK, UsageError
 
 # The laptop rule: offered rates x RATE (7,000 QPS -> 200) but at least MIN_QPS (a p99's interval needs its
 # samples), every duration x TIME with between MIN_MEASURED_S and MEASURED_S seconds measured per phase of a cell
-# (at least a second unmeasured), synthetic data capped, at most N_GPUS (simulated) GPUs, one load actor with at most CONCURRENCY clients.
-LAPTOP = {"rate": 1 / 35, "min_qps": 100.0, "time": 1 / 20, "min_measured_s": 5.0, "measured_s": 10.0, "n": 20_000, "dim": 64,
-          "clusters": 32, "n_queries": 1_000, "n_gpus": 2, "actors": 1, "concurrency": 8}
+# (at least a second unmeasured), synthetic data capped, at most N_GPUS (simulated) GPUs, one load actor with at
+# most CONCURRENCY clients.
+LAPTOP = {"rate": 1 / 35, "min_qps": 100.0, "time": 1 / 20, "min_measured_s": 5.0, "measured_s": 10.0,
+          "n": 20_000, "dim": 64, "clusters": 32, "n_queries": 1_000, "n_gpus": 2, "actors": 1, "concurrency": 8}
 PHASE_FILE = re.compile(r"^(\d+)-([\w-]+)\.ya?ml$")
 
 
@@ -193,7 +194,7 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def exit_code(campaign: Campaign, codes: list[int]) -> int:
+def exit_code(codes: list[int]) -> int:
     """The worst of the phases' exit codes (a failed target 1; unavailable 3; interrupted 130), else 0."""
     for code in (130, 4, 3, 2, 1):
         if code in codes:

@@ -88,7 +88,7 @@ def run_validate_command(args, run) -> int:
         campaign.write()
         (campaign.root / "validation.md").write_text(validation_md(campaign))
     print(f"perfray: validation {campaign.root / 'validation.md'} ({campaign.doc['status']})")
-    return exit_code(campaign, codes)
+    return exit_code(codes)
 
 
 def _free(root: Path, stem: str) -> str:
