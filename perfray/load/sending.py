@@ -223,7 +223,8 @@ class CellSender:
             self._settle(a, b, "timeout", int(rec.sent_ns[a]) + self.plan.timeout_ns)
             return
         if error is not None:
-            self._settle(a, b, "error", done, error=error if isinstance(error, str) else type(error).__name__)
+            self._settle(a, b, "error", done, error=error if isinstance(error, str) else type(error).__name__,
+                         endpoint=getattr(error, "perfray_endpoint", -1))
             return
         if sent_ns:
             self._handoff[self.handoffs] = sent_ns - int(rec.sent_ns[a])

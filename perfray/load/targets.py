@@ -302,8 +302,10 @@ class ReplicatedRouter(_RoutedWrites):
         endpoint = self.endpoints[pick]
         try:
             ids, dists, *spans = await reply  # spans: the search actor's queue and search times, when it gives them
-        except endpoint.fatal_errors:  # an empty tuple catches nothing
-            self.dead.add(pick)
+        except Exception as err:
+            if isinstance(err, endpoint.fatal_errors):  # an empty tuple matches nothing
+                self.dead.add(pick)
+            err.perfray_endpoint = pick  # an error row still names the replica that failed it (and so its node)
             raise
         finally:
             self.in_flight[pick] -= 1

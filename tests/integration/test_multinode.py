@@ -271,6 +271,8 @@ def test_a_lost_search_node_moves_traffic_to_the_survivor_and_the_next_cell_runs
     rows = read_cell(run_dir, 0)
     status = pc.cast(rows["status"], "string").to_numpy(zero_copy_only=False)
     assert rows.num_rows == 1000 and 0 < (status == "error").sum() < 100 and (status == "lost").sum() == 0
+    failed = rows.filter(pc.equal(rows["status"], "error"))  # each failed request names the node that failed it
+    assert set(pc.cast(failed["search_node"], "string").to_pylist()) == {fired["node_id"]}
     late = rows.filter(pc.greater(rows["intended_ns"], event["at_unix_ns"] + int(1e9)))
     assert set(pc.cast(late["search_node"], "string").to_pylist()) == {doc["cells"][0]["placement"]["search"][1]}
     assert 0 <= event["recovery_s"] < 4
