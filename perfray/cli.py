@@ -18,6 +18,7 @@ from pathlib import Path
 
 from perfray.cluster.runtime import restore_interrupt_handlers
 from perfray.errors import EXIT_INTERNAL, PerfrayError, UnavailableError, UsageError
+from perfray.history import GATE_HELP
 from perfray.redact import redact
 
 
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--only", default=None, metavar="1,3", help="run only these phase numbers")
     val.add_argument("--resume", type=Path, default=None, metavar="DIR/ID",
                      help="a campaign to finish: phases whose sub-run completed are kept, the rest run")
+    val.add_argument("--capacity", default="1,3", metavar="1,3|none", help="phases run as capacity searches at "
+                     "their goals (capacity at the SLO per GPU count, and the GPUs the goal rate needs)")
     _run_options(val, "validate-TIME", "override a value in every phase (repeatable)")
     hist = sub.add_parser("history", help="index a folder of runs into series (a workload on a hardware) and find "
                           "the change points that survive the noise: history.md, history.parquet, trend figures")
@@ -103,10 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
                             "it); --markdown: the configuration reference (docs/configuration.md)")
     schema.add_argument("--markdown", action="store_true")
     schema.add_argument("--debug", action="store_true", help="show tracebacks")
-    comp = sub.add_parser("compare", help="candidate vs baseline run: speedups with 95%% CIs -> comparison.md")
-    comp.add_argument("baseline", type=Path)
-    comp.add_argument("candidate", type=Path)
-    comp.add_argument("--metric", default="p99_ms", help="p50_ms, p95_ms, p99_ms, p999_ms or achieved_qps")
+    comp = sub.add_parser("compare", help="candidate vs baseline run: speedups with 95%% CIs -> comparison.md; "
+                          "or, with --baseline-history, a new run against its history (a CI gate)",
+                          description=GATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    comp.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="BASELINE CANDIDATE, or with "
+                      "--baseline-history the new run alone")
+    comp.add_argument("--baseline-history", type=Path, default=None, metavar="RESULTS_DIR",
+                      help="judge the run against the earlier runs of its series in this folder")
+    comp.add_argument("--magnitude", type=float, default=None, help="with --baseline-history: the smallest change "
+                      "that counts (default 0.05)")
+    comp.add_argument("--metric", default="p99_ms", help="p50_ms, p95_ms, p99_ms, p999_ms or achieved_qps "
+                      "(with --baseline-history: any of perfray history's metrics, comma-separated)")
     comp.add_argument("--min-speedup", type=float, default=1.5)
     comp.add_argument("--confidence", type=float, default=0.95, help="of the between-run interval (with repeats)")
     comp.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -117,19 +127,6 @@ def _where(v: dict) -> str:
     if "search" in v:
         return f"search {v['search']}"
     return f"cell {v['cell']:>3}" + (f" ({v['phase']})" if v.get("phase") else "")
-
-
-def run_compare_command(args) -> int:
-    from perfray.analysis.compare import compare
-
-    if not 0.5 <= args.confidence < 1:
-        raise UsageError(f"--confidence: expected a level in [0.5, 1), got {args.confidence}")
-    path, rows = compare(args.baseline, args.candidate, args.metric, args.min_speedup, args.confidence)
-    for r in rows:
-        print(f"cell {r['cell']:>3} {args.metric}: {r['point']:.2f}x (interval {r['low']:.2f}-{r['high']:.2f}, "
-              f"{r['method']}) {r['verdict']}")
-    print(f"comparison: {path}")
-    return 0 if all(r["verdict"] == "meets" for r in rows) else 1
 
 
 def run_calibrate_command(args) -> int:
@@ -254,8 +251,9 @@ def run_capacity_command(args) -> int:
     flags = ("slo", "min_qps", "max_qps", "resolution", "target_qps", "step_s", "max_step_s")
     changes = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
     if args.slo is None and config.capacity is None:  # the config's own must-pass bounds, as its sweep checks
-        slo = [f"{t.metric}<={t.max:g}" for t in config.targets
-               if t.must_pass and not t.where and t.max is not None and t.metric in ("p99_ms", "failure_rate")]
+        goals = (*config.targets, *(t for s in config.slo for _, t in s.targets()))
+        slo = list(dict.fromkeys(f"{t.metric}<={t.max:g}" for t in goals if t.must_pass and not t.where
+                                 and t.max is not None and t.metric in ("p99_ms", "failure_rate")))
         if slo:
             changes["slo"] = slo
     spec = capacity_spec(config.capacity, changes)
@@ -337,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return run_report_command(args)
         if args.command == "compare":
+            from perfray.cli_compare import run_compare_command
+
             return run_compare_command(args)
         if args.command == "calibrate":
             return run_calibrate_command(args)
