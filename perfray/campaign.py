@@ -92,16 +92,32 @@ def _shrink_workload(w: dict) -> None:
 
 
 def phase_verdict(manifest: dict) -> str:
-    """go / no-go / inconclusive from a sub-run's must-pass verdicts; "not run" or "did not finish" otherwise."""
+    """go / no-go / inconclusive from a sub-run's must-pass verdicts (a capacity phase: whether a search's capacity
+    at the SLO reached the goal rate); "not run" or "did not finish" otherwise."""
     status = manifest.get("status")
     if status not in ("complete",):
         return "did not finish" if status else "not run"
+    if manifest.get("capacity"):
+        return capacity_verdict(manifest["capacity"])
     must = [v for v in manifest.get("verdicts", []) if v["must_pass"]]
     if any(not v["passed"] and not v.get("inconclusive") for v in must):
         return "no-go"
     if any(v.get("inconclusive") for v in must):
         return "inconclusive"
     return "go"
+
+
+def capacity_verdict(capacity: dict) -> str:
+    """go when some search (the largest GPU count, say) held the goal rate at the SLOs; no-go when none did and
+    every search ended on an SLO; inconclusive when a search was cut short (the generator, max_qps, max_steps)."""
+    spec, searches = capacity.get("spec") or {}, capacity.get("searches") or []
+    rate = spec.get("sizing_qps") or spec.get("target_qps")
+    best = max((s["capacity_qps"] for s in searches if _finite(s.get("capacity_qps"))), default=math.nan)
+    if rate and _finite(best) and best >= rate:
+        return "go"
+    if rate and searches and all(s["limited_by"] in ("slo", "min_qps") for s in searches):
+        return "no-go"
+    return "inconclusive"
 
 
 def overall(verdicts: list[str]) -> str:
@@ -140,15 +156,47 @@ class Campaign:
         return self.manifest(entry).get("status") == "complete"
 
 
-def phase_configs(phases: list[tuple[int, str, Path]], overrides: list[str], how: str) -> dict[int, SweepConfig]:
-    return {number: scale(load_config(path, overrides), how) for number, _, path in phases}
+def phase_configs(phases: list[tuple[int, str, Path]], overrides: list[str], how: str,
+                  capacity: tuple[int, ...] = ()) -> dict[int, SweepConfig]:
+    """Each phase's config at the scale asked; the phases in ``capacity`` as capacity searches at their goals."""
+    configs = {number: scale(load_config(path, overrides), how) for number, _, path in phases}
+    return {n: as_capacity(c, how) if n in capacity else c for n, c in configs.items()}
 
 
-def new_doc(plan: Path, how: str, phases: list[tuple[int, str, Path]]) -> dict:
+def as_capacity(config: SweepConfig, how: str) -> SweepConfig:
+    """The phase as a capacity search: its SLOs are its must-pass p99 and failure-rate goals (``slo:``, else its
+    targets), its offered rate the goal rate to size the GPUs for (the phase is go when some search held it);
+    steps from an eighth of that rate (at least ``LAPTOP["min_qps"]``) up to 8x."""
+    from perfray.config import capacity_spec
+
+    checks = [t for s in config.slo for _, t in s.targets()] + list(config.targets)
+    slo = list(dict.fromkeys(f"{t.metric}<={t.max:g}" for t in checks if t.must_pass and not t.where
+                             and t.max is not None and t.metric in ("p99_ms", "failure_rate")))
+    rate = config.workload.load.target_qps
+    # (a first step below LAPTOP's least rate cannot bound a p99 within max_step_s: it would read as broken)
+    changes = {"sizing_qps": rate, "min_qps": max(rate / 8, LAPTOP["min_qps"]),
+               "max_qps": rate * 8, **({"slo": slo} if slo else {})}
+    if how == "laptop":
+        changes.update(step_s=3.0, max_step_s=6.0, warmup_s=0.5, resolution=0.05)
+    return config.model_copy(update={"capacity": capacity_spec(config.capacity, changes)})
+
+
+def parse_phases(text: str, option: str) -> tuple[int, ...]:
+    """``1,3`` -> (1, 3); ``none`` -> ()."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: expected phase numbers, e.g. 1,3, or none") from None
+
+
+def new_doc(plan: Path, how: str, phases: list[tuple[int, str, Path]], capacity: tuple[int, ...] = ()) -> dict:
     return {"plan": str(plan), "scale": how, "rule": LAPTOP if how == "laptop" else None, "status": "running",
-            "started_unix_s": time.time(),
+            "started_unix_s": time.time(), "capacity_phases": list(capacity),
             "phases": [{"number": n, "name": name, "config": str(path), "run_id": None, "status": "pending",
-                        "exit_code": None} for n, name, path in phases]}
+                        "exit_code": None, "kind": "capacity" if n in capacity else "sweep"}
+                       for n, name, path in phases]}
 
 
 def validation_md(campaign: Campaign) -> str:
@@ -164,16 +212,19 @@ def validation_md(campaign: Campaign) -> str:
         verdicts.append(verdict)
         must = [v for v in manifest.get("verdicts", []) if v["must_pass"]]
         stretch = [v for v in manifest.get("verdicts", []) if not v["must_pass"]]
-        rows.append(f"| {entry['number']} | {entry['name']} | **{verdict}** | "
-                    f"{sum(v['passed'] for v in must)}/{len(must)} | {sum(v['passed'] for v in stretch)}/{len(stretch)} | "
-                    f"{entry['run_id'] or '–'} |")
+        goals = f"{sum(v['passed'] for v in must)}/{len(must)}"
+        if manifest.get("capacity"):  # a capacity phase's goal: a search that held the goal rate at the SLOs
+            goals = _held(manifest["capacity"])
+        rows.append(f"| {entry['number']} | {entry['name']} | **{verdict}** | {goals} | "
+                    f"{sum(v['passed'] for v in stretch)}/{len(stretch)} | {entry['run_id'] or '–'} |")
         if manifest.get("verdicts"):
             details += ["", f"### Phase {entry['number']}: {entry['name']} — {verdict}", "",
                         "| cell | phase | metric | goal | measured | |", "|---|---|---|---|---|---|"]
             for v in manifest["verdicts"]:
                 mark = "✓" if v["passed"] else ("?" if v.get("inconclusive") else "✗")
                 kind = "" if v["must_pass"] else " (stretch)"
-                details.append(f"| {v.get('cell', '–')} | {v.get('phase', '')} | {v['metric']}{kind} | {v['bound']} | "
+                details.append(f"| {cell_name(manifest, v.get('cell'))} | {v.get('phase', '')} | {v['metric']}{kind} | "
+                               f"{v['bound']} | "
                                f"{measured_text(v) if _finite(v.get('value')) else 'not measured'} | {mark} |")
     head = ["# Validation", "",
             f"Plan `{campaign.doc['plan']}`, {campaign.doc['scale']} scale: **{overall(verdicts)}**."]
@@ -185,9 +236,69 @@ def validation_md(campaign: Campaign) -> str:
                  f"{LAPTOP['actors']} load actor): the verdicts say whether the stack and the harness work "
                  "end to end, not whether the production cluster meets its SLO."]
     head += ["", "A goal is met only when its whole 95% interval is (inconclusive otherwise); a phase is no-go when "
-             "a must-pass goal is missed, inconclusive when one is undecided or the phase did not finish.", "",
+             "a must-pass goal is missed, inconclusive when one is undecided or the phase did not finish; a capacity phase is "
+             "go when a search held its goal rate at the SLOs.", "",
              "| phase | name | verdict | goals met | stretch met | sub-run |", "|---|---|---|---|---|---|"]
-    return "\n".join(head + rows + details) + "\n"
+    return "\n".join(head + rows + capacity_lines(campaign) + details) + "\n"
+
+
+def capacity_lines(campaign: Campaign) -> list[str]:
+    """Capacity at the SLO per phase that ran as a capacity search, and the sizing answer: the GPUs its goal rate
+    needs, N [lo, hi], from the USL fitted to the capacities per GPU count (or why there is none)."""
+    from perfray.analysis.capacity_report import LIMITED_BY, sizing_line
+
+    lines = []
+    for entry in campaign.doc["phases"]:
+        capacity = campaign.manifest(entry).get("capacity")
+        if not capacity:
+            continue
+        spec = capacity.get("spec") or {}
+        lines += ["", f"### Capacity at the SLO: phase {entry['number']} ({entry['name']})", "",
+                  f"SLOs `{'`, `'.join(spec.get('slo', []))}`; goal rate "
+                  f"{spec.get('sizing_qps') or spec.get('target_qps') or 0:,.0f} QPS.", "",
+                  "| search | GPUs | capacity QPS | broke at QPS | ended because |", "|---|---|---|---|---|"]
+        cells = {c["cell"]: c for c in campaign.manifest(entry).get("cells", [])}
+        for search in capacity.get("searches", []):
+            first = cells.get((search.get("steps") or [{}])[0].get("cell"), {})
+            gpus = ((first.get("workload") or {}).get("search") or {}).get("n_gpus", "–")
+            lines.append(f"| {search['search']} | {gpus} | {_qps_text(search.get('capacity_qps'))} | "
+                         f"{_qps_text(search.get('capacity_hi'))} | {LIMITED_BY.get(search['limited_by'], '')} |")
+        rate = spec.get("sizing_qps") or spec.get("target_qps")
+        groups = capacity.get("scaling") or []
+        lines += [""] + ([sizing_line(g["usl"], rate) for g in groups] if groups and rate else
+                         ["**GPUs for the goal rate:** not estimated: capacity was measured at one GPU count."])
+    if lines:
+        lines = ["", "## Capacity and the GPUs the goals need"] + lines
+    return lines
+
+
+def cell_name(manifest: dict, cell) -> str:
+    """A cell by its number and the values of the sweep's axes, e.g. ``1 (n_gpus=2)``."""
+    cells = {c["cell"]: c for c in manifest.get("cells", [])}
+    if cell not in cells:
+        return "–" if cell in (None, -1) else str(cell)
+    parts = []
+    for key in (manifest.get("config") or {}).get("sweep") or {}:
+        try:
+            path = resolve_path(key)
+        except ValueError:
+            continue
+        value = cells[cell].get("workload") or {}
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        parts.append(f"{path[-1]}={value}")
+    return f"{cell} ({', '.join(parts)})" if parts else str(cell)
+
+
+def _held(capacity: dict) -> str:
+    spec, searches = capacity.get("spec") or {}, capacity.get("searches") or []
+    rate = spec.get("sizing_qps") or spec.get("target_qps") or math.nan
+    held = sum(_finite(s.get("capacity_qps")) and s["capacity_qps"] >= rate for s in searches)
+    return f"{held}/{len(searches)} searches held {rate:,.0f} QPS"
+
+
+def _qps_text(value) -> str:
+    return f"{value:,.0f}" if _finite(value) else "–"
 
 
 def _finite(value) -> bool:

@@ -7,7 +7,17 @@ import argparse
 import time
 from pathlib import Path
 
-from perfray.campaign import Campaign, exit_code, new_doc, phase_configs, plan_phases, validation_md
+from perfray.campaign import (
+    Campaign,
+    exit_code,
+    new_doc,
+    overall,
+    parse_phases,
+    phase_configs,
+    phase_verdict,
+    plan_phases,
+    validation_md,
+)
 from perfray.errors import UnavailableError, UsageError
 from perfray.results.writer import check_run_id
 
@@ -30,13 +40,14 @@ def _open(args) -> tuple[Campaign, list[tuple[int, str, Path]]]:
         campaign = Campaign.resume(args.resume)
         return campaign, plan_phases(Path(campaign.doc["plan"]))
     phases = plan_phases(args.plan)
+    capacity = tuple(n for n in parse_phases(args.capacity, "--capacity") if n in {p[0] for p in phases})
     run_id = args.run_id if args.run_id is not None else f"validate-{time.strftime('%Y%m%d-%H%M%S')}"
     check_run_id(run_id)
     root = Path(args.results_dir) / run_id
     if root.exists():
         raise UsageError(f"--run-id {run_id!r}: {root} already exists; results are never overwritten "
                          "(--resume finishes a campaign)")
-    return Campaign(root, new_doc(args.plan, args.scale, phases)), phases
+    return Campaign(root, new_doc(args.plan, args.scale, phases, capacity)), phases
 
 
 def _preflight(configs: dict) -> None:
@@ -58,7 +69,8 @@ def run_validate_command(args, run) -> int:
     """``run(config, args, kind)``: the sweep command's own run of one config (``perfray.cli._run``)."""
     campaign, phases = _open(args)
     selected = _only(args.only, [n for n, _, _ in phases])
-    configs = phase_configs([p for p in phases if p[0] in selected], args.overrides, campaign.doc["scale"])
+    configs = phase_configs([p for p in phases if p[0] in selected], args.overrides, campaign.doc["scale"],
+                            tuple(campaign.doc.get("capacity_phases", ())))
     _preflight(configs)  # before anything is written: a store that is down costs no phase
     campaign.root.mkdir(parents=True, exist_ok=True)
     campaign.write()
@@ -87,8 +99,10 @@ def run_validate_command(args, run) -> int:
         campaign.doc["finished_unix_s"] = time.time()
         campaign.write()
         (campaign.root / "validation.md").write_text(validation_md(campaign))
-    print(f"perfray: validation {campaign.root / 'validation.md'} ({campaign.doc['status']})")
-    return exit_code(codes)
+    verdict = overall([phase_verdict(campaign.manifest(campaign.entry(n))) for n in selected])
+    print(f"perfray: validation {campaign.root / 'validation.md'} ({campaign.doc['status']}): {verdict}")
+    code = exit_code(codes)
+    return 1 if code == 0 and verdict == "no-go" else code  # e.g. a capacity phase that never held its goal rate
 
 
 def _free(root: Path, stem: str) -> str:

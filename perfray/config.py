@@ -21,7 +21,7 @@ from perfray.cluster_config import ClusterSpec
 from perfray.dataset_config import Dataset, FileDataset, FilterSpec, SyntheticDataset  # noqa: F401 - interface
 from perfray.errors import UsageError
 from perfray.systems_config import SYSTEMS, CatalogueSpec, HybridSpec, StoresSpec
-from perfray.targets_config import CapacitySpec, TargetSpec
+from perfray.targets_config import CapacitySpec, SloSpec, TargetSpec
 from perfray.traffic_config import LoadSpec, Phase, phase_rates  # noqa: F401 - part of this module's interface
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
@@ -157,6 +157,9 @@ class SweepConfig(Strict):
     targets: tuple[TargetSpec, ...] = Field(
         (), description="thresholds checked on every cell's summary (must_pass: false only reports; where: "
                         "restricts them)")
+    slo: tuple[SloSpec, ...] = Field(
+        (), description="the plan's service-level objectives: goal (must be met) and stretch per metric, judged "
+                        "on intervals; the report's SLO table and validate's verdicts")
     microbench: MicrobenchSpec = Field(
         default_factory=MicrobenchSpec, description="kernel microbenchmarks in the GPU search actors")
     cluster: ClusterSpec = Field(

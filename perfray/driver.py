@@ -23,13 +23,15 @@ from perfray.analysis.cells import (
     progress_label,
     summarize_phases,
 )
+from perfray.analysis.colocation import colocation_fields
 from perfray.analysis.nodes import cell_node_table, slow_nodes
 from perfray.analysis.repeats import add_repeat_spread
-from perfray.analysis.summary import add_baseline, add_scaling, check_targets, harness_verdicts
+from perfray.analysis.summary import add_baseline, add_scaling, check_targets, harness_verdicts, slo_verdicts
 from perfray.capacity import CapacitySearch, Step
 from perfray.cluster import runtime
 from perfray.cluster.fleet import Fleet, GpuGroup
 from perfray.cluster.gathering import RowGatherer
+from perfray.cluster.host_cpu import CellCpu, sut_colocation
 from perfray.cluster.load_types import LoadSizing
 from perfray.cluster.local_stores import serve_milvus_lite
 from perfray.cluster.node_loss import NodeLossTracker
@@ -99,6 +101,7 @@ class SweepDriver:
         self.gather = RowGatherer(self.run_dir, self.writer, self.manifest, self.progress, self.fleet.load,
                                   self.fleet.node_of)
         self.nodes: NodeLossTracker | None = None
+        self.cell_cpu = CellCpu()  # what perfray's own processes take on the driver's host while a cell runs
 
     # ----------------------------------------------------------------------------------------- run
     def run(self) -> int:
@@ -179,8 +182,8 @@ class SweepDriver:
             add_repeat_spread(self.summary)
             add_scaling(self.summary, self.scaling_keys)
             add_baseline(self.summary, self.baseline_keys, self.config.baseline_system)
-            verdicts = check_targets(self.summary, self.config.targets, self.phase_summary) + harness_verdicts(
-                self.summary)
+            verdicts = (check_targets(self.summary, self.config.targets, self.phase_summary) + slo_verdicts(
+                self.summary, self.config.slo, self.phase_summary) + harness_verdicts(self.summary))
         else:
             verdicts = self._capacity_results()
         if self.summary:
@@ -240,25 +243,11 @@ class SweepDriver:
         return index
 
     def _capacity_results(self) -> list[dict]:
-        """capacity.parquet (a row per search), the manifest's account of every step, the USL fit of capacity
-        against GPU count, and a verdict per search when a target rate is set."""
-        from perfray.analysis.capacity_report import capacity_scaling, capacity_verdicts
+        from perfray.analysis.capacity_report import capacity_results
 
-        rows, searches = [], []
-        for i, (base, search) in enumerate(self.searches):
-            result = search.result()
-            last = next((r for r in reversed(self.summary) if r.get("capacity_search") == i), {})
-            labels = {k: last.get(k) for k in CAPACITY_LABELS}
-            if not last:
-                labels.update(system_name=self.bases[base].system, n_gpus=self.bases[base].search.n_gpus)
-            rows.append({"search": i, "base": base, **labels, **result,
-                         "step_cells": [s.cell for s in search.steps]})
-            searches.append({"search": i, "base": base, **result, "steps": search.step_rows()})
-        if rows:
-            write_table(self.run_dir / "capacity.parquet", pa.Table.from_pylist(rows))
-        self.manifest.doc["capacity"] = {"spec": self.config.capacity.model_dump(mode="json"),
-                                         "searches": searches, "scaling": capacity_scaling(rows)}
-        return capacity_verdicts(self.manifest.doc)
+        searches = [(base, search.result(), search.steps, search.step_rows()) for base, search in self.searches]
+        return capacity_results(searches, self.summary, self.bases, CAPACITY_LABELS, self.run_dir,
+                                self.manifest.doc, self.config.capacity)
 
     # ---------------------------------------------------------------------------------------- cell
     def _run_cell(self, index: int) -> None:
@@ -308,6 +297,7 @@ class SweepDriver:
         self.progress.cell_started(index, len(self.cells), label, sum(p.duration_s for p in phases))
         counters_before = fleet.gpu_counters(group)
         watch = fleet.watch_search(group, sum(p.duration_s for p in phases) + START_LEAD_NS / 1e9 + 60)
+        self.cell_cpu.start(fleet)
         refs = {i: loaders[i].run_cell.remote(plans[i], ds.pool_ref, group.handles, cell.search.topology,
                                               system, setup.catalogue_ref)
                 for i in range(len(loaders))}
@@ -333,6 +323,7 @@ class SweepDriver:
                         raise error from None
                     raise
         self.gather.drain(index)
+        entry["host_cpu"] = self.cell_cpu.stop(fleet)
         counters_after = fleet.gpu_counters(group)
         entry["gpu_usage"] = gpu_usage(counters_before, counters_after)
         for actor, err in fleet.search_deaths(watch, done=True) + fleet.dead(counters_after):
@@ -347,6 +338,8 @@ class SweepDriver:
         entry.update(status=status, actor_stats=stats, lost_rows=lost, timings={
             **setup.timings, "gather_s": round(self.gather.seconds, 3), "drains": self.gather.drains},
             placement={"load": [fleet.node_of("load", i) for i in range(len(loaders))], "search": group.nodes})
+        entry["sut_colocation"] = sut_colocation(entry["placement"], self.manifest.doc["nodes"], {
+            s: self.config.stores.host_of(s) for s in (self.systems.stores_of(cell) if system is not None else ())})
         self._summarize(index, status)
         self._node_loss_recovery(index)
         self.progress.cell_finished(self.summary[-1])
@@ -357,7 +350,8 @@ class SweepDriver:
         """For each node lost in the cell: how long until the surviving load actors' requests were back within the
         SLO (the config's tightest p99 target, else the p99 before the loss); the cell's ``recovery_s``."""
         row = self.summary[-1]
-        slos = [t.max for t in self.config.targets if t.metric == "p99_ms" and t.max is not None and not t.where]
+        slos = [t.max for t in (*self.config.targets, *(t for s in self.config.slo for _, t in s.targets()))
+                if t.metric == "p99_ms" and t.max is not None and t.must_pass and not t.where]
         for event in self.nodes.events_in(index):
             dead = [f["actor"] for f in self.manifest.doc["failures"] if f["role"] == "load" and f["cell"] == index]
             entry = self.manifest.doc["cells"][index]
@@ -381,7 +375,7 @@ class SweepDriver:
         row, phase_rows = summarize_phases(rows, cell, index, status, entry.get("start_unix_ns", 0),
                                            until_ns or 2**62, labels)
         entry["nodes"] = cell_node_table(rows, cell, entry)  # per node, with the slow-node verdicts
-        row["slow_nodes"] = slow_nodes(entry["nodes"])
+        row.update(slow_nodes=slow_nodes(entry["nodes"]), **colocation_fields(entry))
         self.summary.append(row)
         self.phase_summary.extend(phase_rows)
         baseline_key, scaling_key = comparison_keys(cell)  # a repeat pairs with cells of its own repeat

@@ -79,6 +79,12 @@ MICROBENCH_SCHEMA = pa.schema(
 GENERATOR_LAG_LIMIT_MS = 1.0
 GENERATOR_SHARE_LIMIT = 0.5
 
+# Summary metrics for which more is better (an slo: goal is a minimum); every other metric's goal is a maximum.
+HIGHER_IS_BETTER = frozenset({
+    "achieved_qps", "offered_qps", "qps_ratio", "recall_mean", "recall_min", "batch_size_mean", "scaling_qps_ratio",
+    "scaling_efficiency", "gpu_busy_mean", "gpu_util_mean", "cache_hit_rate", "writes", "freshness_samples",
+    "speedup_p50_vs_baseline", "speedup_p99_vs_baseline", "qps_ratio_vs_baseline", "baseline_recall"})
+
 # The metrics a summary row carries (targets name them).
 SUMMARY_METRICS = (
     "p50_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms", "service_p50_ms", "service_p99_ms",
@@ -88,7 +94,7 @@ SUMMARY_METRICS = (
     "gpu_busy_mean", "gpu_util_mean",
     "vector_p50_ms", "vector_p99_ms", "graph_p50_ms", "graph_p99_ms", "policy_p50_ms", "policy_p99_ms",
     "queue_p50_ms", "queue_p99_ms", "transport_p50_ms", "transport_p99_ms",
-    "cache_hit_rate", "first_error_s", "last_error_s", "recovery_s", "slow_nodes",
+    "cache_hit_rate", "first_error_s", "last_error_s", "recovery_s", "slow_nodes", "harness_cores", "host_busy_share",
     "writes", "write_p50_ms", "write_p99_ms", "freshness_p50_ms", "freshness_p99_ms", "freshness_samples",
     "stale_reads",
     "speedup_p50_vs_baseline", "speedup_p99_vs_baseline", "qps_ratio_vs_baseline", "baseline_recall",

@@ -211,3 +211,10 @@ class StoresSpec(_Strict):
     http: HttpSpec = Field(default_factory=HttpSpec, description="a deployed search service over HTTP")
     postgres: PostgresSpec = Field(default_factory=PostgresSpec, description="PostgreSQL, the policy store")
     neo4j: Neo4jSpec = Field(default_factory=Neo4jSpec, description="Neo4j, the graph store")
+
+    def host_of(self, store: str) -> str | None:
+        """The host ``store`` runs on, without credentials or port ("localhost" for an embedded Milvus Lite file,
+        which the driver's host serves)."""
+        spec = getattr(self, store)
+        address = getattr(spec, "url", None) or spec.uri
+        return "localhost" if address.endswith(".db") else urlsplit(address).hostname

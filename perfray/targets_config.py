@@ -4,7 +4,7 @@ Kept apart from ``perfray.config`` (which uses them) so each stays small."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -34,6 +34,41 @@ class TargetSpec(_Strict):
         if (self.max is None) == (self.min is None):
             raise ValueError("give exactly one of 'max' or 'min'")
         return self
+
+
+class SloSpec(_Strict):
+    """A service-level objective of the plan: a goal (must be met: a missed goal fails the run, like a target) and
+    optionally a stretch goal (reported apart, never fails the run) on one summary metric, judged as targets are
+    (a percentile on its whole 95% interval, "inconclusive" when it straddles the bound)."""
+
+    metric: str = Field(description="a summary column, e.g. p99_ms, failure_rate, achieved_qps")
+    goal: float = Field(description="the objective")
+    stretch: float | None = Field(None, description="the stretch objective: at least as strict as the goal")
+    better: Literal["lower", "higher"] | None = Field(
+        None, description="which way is better; default from the metric (higher for rates of service, recall, "
+                          "speedups and ratios, lower for latencies and failures)")
+    where: dict[str, Any] | None = Field(
+        None, description="only cells (or with phase: that phase) whose summary labels match, as for targets")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SloSpec:
+        TargetSpec(metric=self.metric, max=self.goal)  # a known metric
+        if self.stretch is not None and (self.stretch > self.goal if self.lower else self.stretch < self.goal):
+            raise ValueError(f"slo {self.metric}: stretch {self.stretch:g} is less strict than goal {self.goal:g} "
+                             f"({'lower' if self.lower else 'higher'} is better)")
+        return self
+
+    @property
+    def lower(self) -> bool:
+        from perfray.schema import HIGHER_IS_BETTER
+
+        return self.better == "lower" if self.better else self.metric not in HIGHER_IS_BETTER
+
+    def targets(self) -> list[tuple[str, TargetSpec]]:
+        """("goal", its must-pass target) and ("stretch", its advisory one), when set."""
+        bound = "max" if self.lower else "min"
+        return [(kind, TargetSpec(metric=self.metric, where=self.where, must_pass=kind == "goal", **{bound: value}))
+                for kind, value in (("goal", self.goal), ("stretch", self.stretch)) if value is not None]
 
 
 SLO_PATTERN = "METRIC<=BOUND or METRIC>=BOUND, e.g. p99_ms<=10"
@@ -74,6 +109,8 @@ class CapacitySpec(_Strict):
     warmup_s: float = Field(1.0, ge=0, description="unmeasured seconds before each step")
     max_steps: int = Field(30, ge=1, description="most steps per search")
     target_qps: float | None = Field(None, gt=0, description="exit 1 unless every search's capacity reaches it")
+    sizing_qps: float | None = Field(None, gt=0, description="the rate to size for: the GPUs it needs at these SLOs, "
+                                     "N [lo, hi] from the USL fitted to the capacities (default: target_qps)")
 
     @field_validator("slo")
     @classmethod

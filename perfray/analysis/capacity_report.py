@@ -39,6 +39,29 @@ def capacity_verdicts(manifest: dict) -> list[dict]:
 STARVED_QPS = 1000.0
 
 
+def capacity_results(searches: list, summary: list[dict], bases: list, labels: tuple, run_dir: Path,
+                     manifest: dict, spec) -> list[dict]:
+    """capacity.parquet (a row per search: ``(base, result, steps, step rows)``), the manifest's account of every
+    step, the USL fit of capacity against GPU count, and a verdict per search when a target rate is set."""
+    import pyarrow as pa
+
+    from perfray.results.writer import write_table
+
+    rows, described = [], []
+    for i, (base, result, steps, step_rows) in enumerate(searches):
+        last = next((r for r in reversed(summary) if r.get("capacity_search") == i), {})
+        row_labels = {k: last.get(k) for k in labels}
+        if not last:
+            row_labels.update(system_name=bases[base].system, n_gpus=bases[base].search.n_gpus)
+        rows.append({"search": i, "base": base, **row_labels, **result, "step_cells": [s.cell for s in steps]})
+        described.append({"search": i, "base": base, **result, "steps": step_rows})
+    if rows:
+        write_table(run_dir / "capacity.parquet", pa.Table.from_pylist(rows))
+    manifest["capacity"] = {"spec": spec.model_dump(mode="json"), "searches": described,
+                            "scaling": capacity_scaling(rows, spec.sizing_qps or spec.target_qps)}
+    return capacity_verdicts(manifest)
+
+
 def unmeasured(manifest: dict, search: dict) -> str:
     """Why a search measured no capacity, and what to do, in one line."""
     steps = search.get("steps") or []
@@ -64,9 +87,10 @@ def unmeasured(manifest: dict, search: dict) -> str:
     return f"the search ended before a step held ({search['limited_by']}; min_qps {spec.get('min_qps', math.nan):g})"
 
 
-def capacity_scaling(rows: list[dict]) -> list[dict]:
+def capacity_scaling(rows: list[dict], rate: float | None = None) -> list[dict]:
     """Capacity against GPU count for every group of searches that differ only in ``n_gpus``, with the USL
-    fitted to those capacities (``ok`` False and a reason when it cannot be)."""
+    fitted to those capacities (``ok`` False and a reason when it cannot be) and, for a goal ``rate``, the GPUs it
+    needs (the sizing answer)."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
         key = json.dumps({k: v for k, v in row.items() if k not in _RESULT_COLUMNS}, sort_keys=True, default=str)
@@ -80,11 +104,26 @@ def capacity_scaling(rows: list[dict]) -> list[dict]:
         capacity = [r["capacity_qps"] for r in members]
         # only a capacity an SLO bounded is the system's; the generator or max_qps gives a lower bound
         bounded = [r for r in members if r["limited_by"] == "slo"]
-        fit = fit_usl([r["n_gpus"] for r in bounded], [r["capacity_qps"] for r in bounded])
+        fit = fit_usl([r["n_gpus"] for r in bounded], [r["capacity_qps"] for r in bounded], rate=rate)
         out.append({"workload": json.loads(key), "n_gpus": n, "capacity_qps": capacity,
                     "limited_by": [r["limited_by"] for r in members], "searches": [r["search"] for r in members],
                     "fitted_n_gpus": [r["n_gpus"] for r in bounded], "usl": fit})
     return out
+
+
+def sizing_line(fit: dict, rate: float) -> str:
+    """The sizing answer for ``rate`` from a USL fit on capacities: N [lo, hi], or why there is none."""
+    head = f"**GPUs for {rate:,.0f} QPS at these SLOs:** "
+    if not fit.get("ok"):
+        return head + f"cannot extrapolate ({fit.get('reason')})."
+    size = fit["sizing"]
+    if math.isinf(size["n"]):
+        return head + (f"not reachable by adding GPUs of this kind: the fitted capacity peaks at "
+                       f"{size['peak_qps']:,.0f} QPS (N* = {fit['peak_n']:.3g}).")
+    lo, hi = (f"{v:,.0f}" if math.isfinite(v) else "never" for v in size["ci"])
+    return head + (f"{size['n']:,.0f} [{lo}, {hi}] (USL on the SLO-bounded capacities, 95% bootstrap interval"
+                   + (f"; {size['unreachable_share']:.0%} of the bootstrap fits never reach it" if
+                      size["unreachable_share"] else "") + ").")
 
 
 def _fmt(value: float | None) -> str:
@@ -144,6 +183,8 @@ def capacity_section(manifest: dict, figure: Path | None) -> list[str]:
                          f"{fit['predicted_qps_ci'][1]:,.0f}).")
         else:
             lines.append(f"USL fit on capacities (those an SLO bounded): not made — {fit.get('reason')}.")
+        if rate := spec.get("sizing_qps") or spec.get("target_qps"):
+            lines.append(sizing_line(fit, rate))
     if figure is not None:
         lines += ["", f"![latency vs offered rate]({figure.name})"]
     return lines

@@ -87,6 +87,7 @@ def cluster_rate(per_gpu_qps: float, fit: dict | None, n_gpus: int) -> tuple[flo
 def slo_ms(config: dict) -> float | None:
     """The tightest p99 bound the run's config names (targets, or a capacity search's SLO), in ms."""
     bounds = [t["max"] for t in config.get("targets") or [] if t.get("metric") == "p99_ms" and t.get("max")]
+    bounds += [s["goal"] for s in config.get("slo") or [] if s.get("metric") == "p99_ms" and not s.get("where")]
     for slo in (config.get("capacity") or {}).get("slo") or []:
         text = slo if isinstance(slo, str) else f"{slo.get('metric')}<={slo.get('max')}"
         if text.replace(" ", "").startswith("p99_ms<="):
@@ -129,6 +130,7 @@ def model_lines(manifest: dict, cells: list[dict], microbench: list[dict], fit: 
              f"| {gpu.name} kernel per query | {us(g['kernel_s'])} | roofline at batch {at}: "
              f"{gpu.mem_bw_bytes_s / 1e9:,.0f} GB/s, {gpu.fp32_flops / 1e12:g} TFLOP/s |",
              f"| latency floor | {_ms(costs['floor_ms'])} | cell p50 − its search time per call, the lowest (window, calls, load actor) |",
+             *_floor_parts(cells),
              f"| {gpu.name} service rate per GPU | {qps(g['service_qps'])} | 1 / (kernel + overhead): busy all the time |",
              f"| {gpu.name} per GPU at p99 ≤ {slo if slo is not None else '?'} ms, Poisson | {qps(g['slo_qps'])} | "
              "M/M/1 bound: μ − ln(100) / (SLO − floor) |"]
@@ -139,6 +141,26 @@ def model_lines(manifest: dict, cells: list[dict], microbench: list[dict], fit: 
         lines.append(f"| {n_target} × {gpu.name} | {total[0]:,.0f} QPS ({total[1]:,.0f}–{total[2]:,.0f}) | per GPU × "
                      f"{n_target} × the USL's efficiency at {n_target} (95% interval) |")
     return lines + [""]
+
+
+# The parts of a request outside the GPU search that the run measured, as (summary column, what it is): the
+# floor above holds them; named here so that a reader sees which one the SLO budget goes to.
+FLOOR_PARTS = (("transport_p50_ms", "the Ray call there and back (service − actor queue − search)"),
+               ("queue_p50_ms", "the wait in the search actor's queue"),
+               ("graph_p50_ms", "the graph stage after the vector search (hybrid: Neo4j)"),
+               ("policy_p50_ms", "the policy stage (hybrid: PostgreSQL)"))
+
+
+def _floor_parts(cells: list[dict]) -> list[str]:
+    """A row per measured part of the floor: its p50 in the cell the floor came from's kind (the lowest over the
+    cells), with the column it came from."""
+    rows = []
+    for column, what in FLOOR_PARTS:
+        values = [r[column] for r in cells if isinstance(r.get(column), (int, float)) and math.isfinite(r[column])]
+        if values:
+            rows.append(f"| of which {column.removesuffix('_p50_ms')} p50 | {_ms(min(values))} | summary "
+                        f"{column}, the lowest cell: {what} |")
+    return rows
 
 
 def _ms(value: float) -> str:

@@ -12,28 +12,33 @@ import pyarrow.parquet as pq
 
 from perfray.analysis import figures
 from perfray.analysis.capacity_report import capacity_curve, capacity_section, capacity_verdicts
+from perfray.analysis.colocation import colocation_section
 from perfray.analysis.gpu_model import capacity_model_lines, model_lines, split_section
 from perfray.analysis.intervals import measured_text
 from perfray.analysis.nodes import nodes_section
 from perfray.analysis.quality import generator_late_ms, quality_section
 from perfray.analysis.runs import Run, open_run
 from perfray.analysis.scaling_model import T4, fit_usl
-from perfray.analysis.summary import RECALL_MATCH, SATURATED, check_targets, saturated, scaling_curves
+from perfray.analysis.slo import slo_section
+from perfray.analysis.summary import (
+    RECALL_MATCH,
+    SATURATED,
+    check_targets,
+    saturated,
+    scaling_curves,
+    slo_verdicts,
+)
 from perfray.analysis.tradeoff import tradeoff_curves, tradeoff_figure, tradeoff_section
 from perfray.schema import GENERATOR_LAG_LIMIT_MS, GENERATOR_SHARE_LIMIT
-from perfray.targets_config import TargetSpec
-
-# The seed's service-level objectives: (metric, bound, goal, stretch, higher is better).
-MIN_SPEEDUP = 1.5  # the seed's "hybrid vs Neo4j-only" goal (same default as perfray compare)
-SLOS = (
-    ("p99_ms", "p99 latency (ms)", 10.0, 8.7, False),
-    ("achieved_qps", "sustained QPS", 7_000.0, 10_000.0, True),
-    ("failure_rate", "failure rate (errors, timeouts, drops, lost)", 0.01, 0.001, False),
-)
+from perfray.targets_config import SloSpec, TargetSpec
 
 
 def _pct(value) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2%}"
+
+
+def _pct0(value) -> str:
+    return f"{value:.0%}" if _finite(value) else "–"
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -44,18 +49,14 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def _meets(value: float, bound: float, higher: bool) -> bool:
-    if value is None or math.isnan(value):
-        return False
-    return value >= bound if higher else value < bound
-
-
 def verdicts(run: Run) -> list[dict]:
     """The run's verdicts, recomputed from its rows' summaries (a capacity run: one per search)."""
     if run.manifest.get("capacity"):
         return capacity_verdicts(run.manifest)
-    targets = [TargetSpec.model_validate(t) for t in run.manifest.get("config", {}).get("targets", [])]
-    return check_targets(run.summary, targets, run.phases)
+    config = run.manifest.get("config", {})
+    targets = [TargetSpec.model_validate(t) for t in config.get("targets", [])]
+    slos = [SloSpec.model_validate(s) for s in config.get("slo", [])]
+    return check_targets(run.summary, targets, run.phases) + slo_verdicts(run.summary, slos, run.phases)
 
 
 def unfinished(run: Run) -> str | None:
@@ -102,7 +103,8 @@ def render(run: Run, figure_paths: list[Path]) -> str:
         lines += ["**Failures during the run:** " + "; ".join(
             f"{f['role']} actor {f['actor']} in cell {f['cell']} ({f['error']}"
             + (f", node {f['node_id'][:8]})" if f.get("node_id") else ")") for f in m["failures"]), ""]
-    checks = verdicts(run)
+    judged = verdicts(run)
+    checks = [v for v in judged if not v.get("slo")]
     lines += ["## Targets", ""]
     if checks:
         lines += ["| cell | metric | want | measured | | must pass |", "|---|---|---|---|---|---|"]
@@ -117,34 +119,19 @@ def render(run: Run, figure_paths: list[Path]) -> str:
         lines += [f"{len(m['config']['targets'])} targets configured; none judged: no cell finished."]
     else:
         lines += ["No targets configured."]
-    lines += ["", "## Service-level objectives (goal / stretch)", "",
-              "| cell | " + " | ".join(f"{title}: goal | stretch" for _, title, *_ in SLOS)
-              + f" | p99 speedup vs baseline (goal {MIN_SPEEDUP:g}x) | GPU search busy | GPU util (NVML) |",
-              "|---|" + "---|---|" * len(SLOS) + "---|---|---|"]
-    for row in run.summary:
-        cells = []
-        for metric, _, goal, stretch, higher in SLOS:
-            value = row.get(metric)
-            cells.append(f"{'✓' if _meets(value, goal, higher) else '✗'} {_fmt(value)}")
-            cells.append("✓" if _meets(value, stretch, higher) else "✗")
-        speedup = row.get("speedup_p99_vs_baseline")
-        cells.append(f"{'✓' if _meets(speedup, MIN_SPEEDUP, True) else '✗'} {_fmt(speedup)}x{_speedup_recall(row)}"
-                     if _finite(speedup) and row.get("system_name") != row.get("baseline_name") else "–")
-        busy, util = row.get("gpu_busy_mean"), row.get("gpu_util_mean")
-        cells.append("–" if busy is None or math.isnan(busy) else f"{busy:.0%}")
-        cells.append("–" if util is None or math.isnan(util) else f"{util:.0f}%")
-        lines.append(f"| {row['cell']} | " + " | ".join(cells) + " |")
+    lines += slo_section(judged)
     lines += ["", "## Cells", "",
               "| cell | GPUs | topology | system / backend | target QPS | achieved QPS | p50 ms | p99 ms | p99.9 ms | "
-              "max ms | failed | errors | recall | lag p99 ms | scaling eff. | status |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "max ms | failed | errors | recall | lag p99 ms | scaling eff. | GPU search busy | GPU util (NVML) | status |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in run.summary:
         lines.append(
             f"| {r['cell']} | {r['n_gpus']}{' (sim)' if r.get('simulated') else ''} | {r.get('topology')} | "
             f"{_system_or_backend(r)} | {_fmt(r['target_qps'])} | {_fmt(r['achieved_qps'])} | {_fmt(r['p50_ms'])} | "
             f"{_fmt(r['p99_ms'])} | {_fmt(r['p999_ms'])} | {_fmt(r['max_ms'])} | {_pct(r.get('failure_rate'))} | "
             f"{r['error_rate']:.2%} | {_fmt(r['recall_mean'], 4)} | {_fmt(r['schedule_lag_p99_ms'])} | "
-            f"{_fmt(r.get('scaling_efficiency'))} | {r.get('status')} |")
+            f"{_fmt(r.get('scaling_efficiency'))} | {_pct0(r.get('gpu_busy_mean'))} | "
+            f"{_fmt(r.get('gpu_util_mean'))}{'%' if _finite(r.get('gpu_util_mean')) else ''} | {r.get('status')} |")
     lines += capacity_section(run.manifest, _figure(figure_paths, "capacity_curve"))
     lines += capacity_model_lines(run.manifest, run.summary, _microbench(run), T4)
     lines += split_section(run.summary)
@@ -152,6 +139,7 @@ def render(run: Run, figure_paths: list[Path]) -> str:
     lines += degraded_section(run)
     lines += nodes_section(run.manifest)
     lines += generator_section(run)
+    lines += colocation_section(run.manifest)
     lines += phase_section(run)
     lines += filter_section(run)
     lines += writes_section(run)

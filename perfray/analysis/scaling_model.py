@@ -38,8 +38,29 @@ def _peak(sigma: float, kappa: float) -> float:
     return math.sqrt((1 - sigma) / kappa) if kappa > 0 else math.inf
 
 
-def fit_usl(n_gpus, qps, predict_at: int = 100, seed: int = 0) -> dict:
-    """Fit and bootstrap; ``ok`` False with a ``reason`` when the data cannot support a fit."""
+SIZING_MAX_N = 10_000  # the most GPUs a sizing answer considers
+
+
+def gpus_for(rate: float, params, boot: np.ndarray) -> dict:
+    """The fewest GPUs whose fitted capacity reaches ``rate``, with a 95% interval over the bootstrap fits (inf:
+    never, within ``SIZING_MAX_N``: the curve peaks below the rate)."""
+    grid = np.arange(1, SIZING_MAX_N + 1, dtype=np.float64)
+
+    def first(lam, sigma, kappa) -> float:
+        hit = np.flatnonzero(usl(grid, lam, sigma, kappa) >= rate)
+        return float(grid[hit[0]]) if hit.size else math.inf
+
+    samples = np.sort([first(*b) for b in boot])
+    lo, hi = samples[int(0.025 * (samples.size - 1))], samples[int(math.ceil(0.975 * (samples.size - 1)))]
+    lam, sigma, kappa = params
+    peak = min(_peak(sigma, kappa), SIZING_MAX_N)
+    return {"rate": float(rate), "n": first(lam, sigma, kappa), "ci": [float(lo), float(hi)],
+            "peak_qps": float(usl(peak, lam, sigma, kappa)), "unreachable_share": float(np.isinf(samples).mean())}
+
+
+def fit_usl(n_gpus, qps, predict_at: int = 100, seed: int = 0, rate: float | None = None) -> dict:
+    """Fit and bootstrap; ``ok`` False with a ``reason`` when the data cannot support a fit. With ``rate``: also
+    the GPUs needed for it (``sizing``, from the fit and each bootstrap fit)."""
     n = np.asarray(n_gpus, dtype=np.float64)
     x = np.asarray(qps, dtype=np.float64)
     keep = np.isfinite(x) & (x > 0)
@@ -74,10 +95,13 @@ def fit_usl(n_gpus, qps, predict_at: int = 100, seed: int = 0) -> dict:
         finite = values[np.isfinite(values)]
         return [float(v) for v in np.percentile(finite, [2.5, 97.5])] if finite.size else [math.inf, math.inf]
 
-    return {"ok": True, "lambda": float(lam), "sigma": float(sigma), "kappa": float(kappa), "r2": r2,
-            "sigma_ci": ci(boot[:, 1]), "kappa_ci": ci(boot[:, 2]), "peak_n": _peak(sigma, kappa),
-            "peak_n_ci": ci(peaks), "predict_at": predict_at,
-            "predicted_qps": float(usl(predict_at, lam, sigma, kappa)), "predicted_qps_ci": ci(at)}
+    out = {"ok": True, "lambda": float(lam), "sigma": float(sigma), "kappa": float(kappa), "r2": r2,
+           "sigma_ci": ci(boot[:, 1]), "kappa_ci": ci(boot[:, 2]), "peak_n": _peak(sigma, kappa),
+           "peak_n_ci": ci(peaks), "predict_at": predict_at,
+           "predicted_qps": float(usl(predict_at, lam, sigma, kappa)), "predicted_qps_ci": ci(at)}
+    if rate is not None:
+        out["sizing"] = gpus_for(rate, (lam, sigma, kappa), boot)
+    return out
 
 
 @dataclass(frozen=True)

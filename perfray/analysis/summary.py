@@ -335,6 +335,13 @@ def check_targets(summary: list[dict], targets, phases: list[dict] | None = None
     return verdicts
 
 
+def slo_verdicts(summary: list[dict], slos, phases: list[dict] | None = None) -> list[dict]:
+    """The verdicts of the config's ``slo:`` entries, judged as targets (goal: must pass; stretch: advisory), each
+    tagged ``slo: goal|stretch``."""
+    return [{**verdict, "slo": kind} for slo in slos for kind, target in slo.targets()
+            for verdict in check_targets(summary, [target], phases)]
+
+
 def harness_verdicts(summary: list[dict]) -> list[dict]:
     """A must-pass verdict, whatever the targets, for each cell whose load actors died before sending their share
     (``lost`` rows): the harness did not deliver the schedule asked for, so the cell did not measure it."""

@@ -126,7 +126,7 @@ def test_capacity_per_gpu_count_and_its_usl_fit(tmp_path):
                     "--set", "capacity.min_qps=100", "--set", "capacity.max_qps=4000", "--set", "capacity.growth=2",
                     "--set", "capacity.step_s=3", "--set", "capacity.max_step_s=6", "--set", "capacity.resolution=0.04",
                     "--set", "capacity.warmup_s=0.5", "--set", "capacity.slo=[p99_ms<=100, failure_rate<=0.01]",
-                    timeout=900)
+                    "--set", "capacity.sizing_qps=1500", timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "g"
     capacity = pq.read_table(run / "capacity.parquet").to_pylist()
@@ -142,8 +142,13 @@ def test_capacity_per_gpu_count_and_its_usl_fit(tmp_path):
     assert [f"{x:.6g}" for x in group["capacity_qps"]] == [f"{c['capacity_qps']:.6g}" for c in capacity]
     usl = group["usl"]
     assert usl["ok"] and usl["sigma"] < 0.05 and 0.85 * per_gpu <= usl["lambda"] <= 1.02 * per_gpu, usl
+    # the sizing answer: 1,500 QPS needs 1500 / 250 = 6 of these GPUs at the service-time bound, and no more than
+    # the measured capacities' lower edge (0.85 x) allows: 6 / 0.85 -> 8
+    size = usl["sizing"]
+    assert 6 <= size["n"] <= 8 and size["ci"][0] <= size["n"] <= size["ci"][1], size
     report = (run / "report.md").read_text()
     assert "Capacity vs GPUs: 1 GPU:" in report and "USL fit on capacities" in report
+    assert f"**GPUs for 1,500 QPS at these SLOs:** {size['n']:,.0f} [" in report
     [here] = [line for line in report.splitlines() if line.startswith("| service rate per GPU here |")]
     modelled = float(here.split("|")[2].split()[0].replace(",", ""))
     measured = (capacity[0]["capacity_qps"] + capacity[0]["capacity_hi"]) / 2  # the bracket holding the capacity

@@ -19,7 +19,7 @@ def _run(tmp_path, config, run_id, store_args, *extra):
 
 def test_phase2_vector_then_graph(tmp_path, store_args):
     out, run = _run(tmp_path, "2-hybrid-vector-graph.yaml", "p2", store_args, "--set", "hybrid.hops=2",
-                    "--set", "targets=[{metric: recall_mean, min: 0.999}, {metric: error_rate, max: 0.01}]")
+                    "--set", "targets=[{metric: recall_mean, min: 0.999}, {metric: error_rate, max: 0.01}]", "--set", "slo=[]")
     assert out.returncode == 0, out.stderr[-3000:]
     rows = pq.read_table(run / "requests")
     assert rows.num_rows > 100 and pc.all(pc.equal(pc.cast(rows["status"], "string"), "ok")).as_py()
@@ -39,7 +39,7 @@ def test_phase2_vector_then_graph(tmp_path, store_args):
 
 def test_phase3_full_stack_with_and_without_cache(tmp_path, store_args):
     out, run = _run(tmp_path, "3-full-stack.yaml", "p3", store_args, "--set", "dataset.n_queries=10",
-                    "--set", "targets=[{metric: error_rate, max: 0.01}]")
+                    "--set", "targets=[{metric: error_rate, max: 0.01}]", "--set", "slo=[]")
     assert out.returncode == 0, out.stderr[-3000:]
     summary = {r["cell"]: r for r in pq.read_table(run / "summary.parquet").to_pylist()}
     plain, cached = summary[0], summary[1]
@@ -62,7 +62,7 @@ def test_phase3_full_stack_with_and_without_cache(tmp_path, store_args):
 
 def test_phase6_hybrid_vs_neo4j_only(tmp_path, store_args):
     out, run = _run(tmp_path, "6-neo4j-baseline.yaml", "p6", store_args, "--set", "load.target_qps=20",
-                    "--set", "targets=[{metric: error_rate, max: 0.01}]")
+                    "--set", "targets=[{metric: error_rate, max: 0.01}]", "--set", "slo=[]")
     assert out.returncode == 0, out.stderr[-3000:]
     rows = pq.read_table(run / "summary.parquet").to_pylist()
     assert [(r["system_name"], r["search_params"]) for r in rows] == [
@@ -86,7 +86,7 @@ def test_phase6_hybrid_vs_neo4j_only(tmp_path, store_args):
 def test_phase1_on_the_other_vector_stores(tmp_path, store_args, system, label):
     # The phase's batch_max 64 / 1 ms window are for GPU actors: a store answers one request per call.
     out, run = _run(tmp_path, "1-vector-isolation.yaml", f"p1-{system}", store_args, "--set", f"system={system}",
-                    "--set", "load.target_qps=5", "--set", "targets=[{metric: recall_mean, min: 0.999}]")
+                    "--set", "load.target_qps=5", "--set", "targets=[{metric: recall_mean, min: 0.999}]", "--set", "slo=[]")
     assert out.returncode == 0, out.stderr[-3000:]
     summary = pq.read_table(run / "summary.parquet").to_pylist()[0]
     assert summary["system"] == label and summary["recall_mean"] == 1.0
@@ -102,7 +102,7 @@ def test_phase1_on_the_other_vector_stores(tmp_path, store_args, system, label):
 def test_hybrid_vector_stage_micro_batches_across_clients(tmp_path, store_args):
     out, run = _run(tmp_path, "3-full-stack.yaml", "p3b", store_args, "--set", "sweep={}",
                     "--set", "hybrid.vector_batch_window_ms=10", "--set", "load.target_qps=200",
-                    "--set", "load.concurrency=16", "--set", "targets=[{metric: error_rate, max: 0.01}]")
+                    "--set", "load.concurrency=16", "--set", "targets=[{metric: error_rate, max: 0.01}]", "--set", "slo=[]")
     assert out.returncode == 0, out.stderr[-3000:]
     summary = pq.read_table(run / "summary.parquet").to_pylist()[0]
     assert summary["recall_mean"] == 1.0 and summary["vector_p50_ms"] > 0
@@ -161,7 +161,7 @@ def test_a_zipf_workload_gives_the_cache_the_hit_rate_its_schedule_implies(tmp_p
 
     sets = ["sweep={}", "hybrid.cache=true", "hybrid.cache_entries=200", "dataset.n_queries=2000",
             "load.query_skew=zipf:1.1", "load.concurrency=1", "load.target_qps=100", "load.duration_s=8", "load.warmup_s=2",
-            "targets=[{metric: failure_rate, max: 0.0}]"]
+            "targets=[{metric: failure_rate, max: 0.0}]", "slo=[]"]
     out, run = _run(tmp_path, "3-full-stack.yaml", "zipf", store_args, *[a for s in sets for a in ("--set", s)])
     assert out.returncode == 0, out.stderr[-3000:]
     summary = pq.read_table(run / "summary.parquet").to_pylist()[0]

@@ -40,6 +40,10 @@ def test_every_shipped_target_is_met_by_a_system_that_answers_at_once(tmp_path, 
     args = _scaled(raw)
     if len(own) != len(targets):
         args += ["--set", f"targets={json.dumps(own)}"]
+    slos = raw.get("slo") or []  # the plan's goals too: a goal a perfect system misses is a broken goal
+    own_slos = [s for s in slos if not s["metric"].startswith(ACROSS_CELLS)]
+    if len(own_slos) != len(slos):
+        args += ["--set", f"slo={json.dumps(own_slos)}"]
     out = sweep_cli("--config", str(path), "--results-dir", str(tmp_path), "--run-id", "t", *args, timeout=300)
     verdicts = manifest(tmp_path / "t")["verdicts"]
     # Must-pass targets are met (exit 0); an advisory one may be inconclusive on a short scaled-down phase (a few
@@ -49,4 +53,5 @@ def test_every_shipped_target_is_met_by_a_system_that_answers_at_once(tmp_path, 
     if raw.get("capacity"):  # a capacity run's verdicts are its target rate's, when it ships one
         assert {v["metric"] for v in verdicts} == ({"capacity_qps"} if raw["capacity"].get("target_qps") else set())
         return
-    assert {(v["metric"]) for v in verdicts} == {t["metric"] for t in own}  # each target was checked
+    # each target and each goal was checked
+    assert {(v["metric"]) for v in verdicts} == {t["metric"] for t in own} | {s["metric"] for s in own_slos}

@@ -59,7 +59,14 @@ def test_default_sweep_writes_rows_manifest_summary_and_microbench(tmp_path):
     # every cell served what it was offered: throughput is the offered load's, so no efficiency is claimed
     assert all(s["scaling_basis"] == "offered" and np.isnan(s["scaling_efficiency"]) for s in summary)
     assert doc["rows_written"] == rows.num_rows
+    # what perfray's own processes took on this host: the load actors worked, and the search actors (the system
+    # under test on this path) shared the host with them, which the report says
+    for entry, s in zip(doc["cells"], summary, strict=True):
+        cpu = entry["host_cpu"]
+        assert cpu["load_cores"] > 0 and cpu["search_cores"] > 0 and cpu["harness_cores"] == s["harness_cores"]
+        assert entry["sut_colocation"]["shares_host"] is True and s["sut_shares_host"] is True
     report = (run / "report.md").read_text()
+    assert "**The system under test shared a host with perfray's load generation** in 4 of 4 cells" in report
     assert "GPU search busy" in report and "## Where a GPU search request's time goes" in report
     # the on-paper T4 figures come from measured costs: never above 1 / (the host-side work measured per query),
     # and no 100-GPU figure without a fitted efficiency (these cells were bounded by the offered load)

@@ -18,8 +18,10 @@ def validate(*args, timeout=600):
 
 
 def test_go_for_a_sound_phase_no_go_for_one_slowed_on_purpose_and_resume_keeps_what_finished(tmp_path):
-    sound = validate("--scale", "laptop", "--only", "1", "--results-dir", str(tmp_path), "--run-id", "sound",
-                     "--set", "targets=[{metric: recall_mean, min: 0.999}, {metric: failure_rate, max: 0.01}]")
+    sound = validate("--scale", "laptop", "--only", "1", "--capacity", "none", "--results-dir", str(tmp_path),
+                     "--run-id", "sound",
+                     "--set", "targets=[{metric: recall_mean, min: 0.999}]",
+                     "--set", "slo=[{metric: failure_rate, goal: 0.01, stretch: 0.001}]")
     assert sound.returncode == 0, sound.stderr[-3000:]
     root = tmp_path / "sound"
     doc = json.loads((root / "campaign.json").read_text())
@@ -27,17 +29,47 @@ def test_go_for_a_sound_phase_no_go_for_one_slowed_on_purpose_and_resume_keeps_w
     [one] = [p for p in doc["phases"] if p["status"] != "pending"]
     assert one["number"] == 1 and one["exit_code"] == 0 and (root / one["run_id"] / "report.md").is_file()
     page = (root / "validation.md").read_text()
-    assert "| 1 | vector-isolation | **go** | 4/4 |" in page and "Laptop scale: not the production verdict" in page
+    assert "| 1 | vector-isolation | **go** | 4/4 | 2/2 |" in page and "Laptop scale: not the production verdict" in page
 
-    again = validate("--resume", str(root), "--only", "1")
+    again = validate("--resume", str(root), "--only", "1")  # (--capacity is the campaign's own, kept)
     assert again.returncode == 0 and "finished before: kept" in again.stdout, again.stdout + again.stderr[-2000:]
     assert sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != ".cache") == [one["run_id"]]  # none again
 
     # every search takes 20 ms per query: a 10 ms p99 cannot hold, whatever the machine
-    slowed = validate("--scale", "laptop", "--only", "1", "--results-dir", str(tmp_path), "--run-id", "slowed",
-                      "--set", "search.service_ms_per_query=20", "--set", "targets=[{metric: p99_ms, max: 10}]")
+    slowed = validate("--scale", "laptop", "--only", "1", "--capacity", "none", "--results-dir", str(tmp_path),
+                      "--run-id", "slowed",
+                      "--set", "search.service_ms_per_query=20", "--set", "targets=[]",
+                      "--set", "slo=[{metric: p99_ms, goal: 10}]")  # a goal missed: no-go, exit 1
     assert slowed.returncode == 1, slowed.stderr[-3000:]
     assert "laptop scale: **no-go**" in (tmp_path / "slowed" / "validation.md").read_text()
+
+
+def test_a_capacity_phase_answers_how_many_gpus_a_system_of_known_capacity_needs(tmp_path):
+    """Phase 1 as a capacity search (the default for phases 1 and 3) against search actors that serve in arrival
+    order at 4 ms per query: 250 QPS per GPU, so the goal rate of 500 QPS needs 2 GPUs at the service-time bound,
+    and 3 once any queueing is allowed for (a capacity at the SLO lies below 250 n): the sizing answer is 3, the
+    phase is go (3 GPUs held 500 QPS)."""
+    out = validate("--scale", "cluster", "--only", "1", "--results-dir", str(tmp_path), "--run-id", "size",
+                   *[a for s in ("dataset.n=2000", "dataset.dim=16", "dataset.n_queries=200",
+                                 "search.service_ms_per_query=4", "load.arrival=constant", "load.actors=1",
+                                 "load.target_qps=500", "sweep={search.n_gpus: [1, 2, 3]}", "microbench.enabled=false",
+                                 "capacity.step_s=2", "capacity.max_step_s=4", "capacity.warmup_s=0.5",
+                                 "capacity.resolution=0.1", "targets=[]",
+                                 "slo=[{metric: p99_ms, goal: 100}, {metric: failure_rate, goal: 0.01}]")
+                     for a in ("--set", s)], timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    root = tmp_path / "size"
+    doc = json.loads((root / "campaign.json").read_text())
+    [one] = [p for p in doc["phases"] if p["status"] != "pending"]
+    assert doc["capacity_phases"] == [1, 3] and one["kind"] == "capacity"
+    run = json.loads((root / one["run_id"] / "manifest.json").read_text())
+    assert run["capacity"]["spec"]["slo"] == ["p99_ms<=100", "failure_rate<=0.01"]
+    [group] = run["capacity"]["scaling"]
+    assert group["n_gpus"] == [1, 2, 3] and group["limited_by"] == ["slo"] * 3, group
+    size = group["usl"]["sizing"]
+    assert size["n"] == 3 and size["ci"][0] <= 3 <= size["ci"][1], size
+    page = (root / "validation.md").read_text()
+    assert "| 1 | vector-isolation | **go** |" in page and "**GPUs for 500 QPS at these SLOs:** 3 [" in page, page
 
 
 def test_a_store_that_is_down_stops_the_campaign_before_any_phase(tmp_path):

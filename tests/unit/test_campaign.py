@@ -51,3 +51,42 @@ def test_go_no_go_and_inconclusive():
     assert phase_verdict({}) == "not run"
     assert overall(["go", "go"]) == "go" and overall(["go", "inconclusive"]) == "inconclusive"
     assert overall(["go", "no-go", "inconclusive"]) == "no-go" and overall(["go", "not run"]) == "inconclusive"
+
+
+def test_capacity_phases_search_at_their_goals_and_size_for_their_rate():
+    from perfray.campaign import as_capacity, parse_phases
+
+    phase1 = scale(load_config(Path("configs/phases/1-vector-isolation.yaml"), []), "laptop")
+    searched = as_capacity(phase1, "laptop")
+    spec = searched.capacity
+    assert spec.slo == ("p99_ms<=10", "failure_rate<=0.01")  # the phase's must-pass goals, not its stretch ones
+    assert spec.target_qps is None and spec.sizing_qps == phase1.workload.load.target_qps == 200
+    assert spec.min_qps == 100 and spec.max_qps == 1600 and spec.step_s == 3
+    assert [c.search.n_gpus for c in searched.cells()] == [1, 2]  # a search per GPU count
+    cluster = as_capacity(load_config(Path("configs/phases/1-vector-isolation.yaml"), []), "cluster").capacity
+    assert cluster.sizing_qps == 7000 and cluster.step_s == 5
+    assert parse_phases("1,3", "--capacity") == (1, 3) and parse_phases("none", "--capacity") == ()
+    with pytest.raises(UsageError, match="--capacity 'x'"):
+        parse_phases("x", "--capacity")
+
+
+def test_a_capacity_phase_is_go_when_a_search_held_the_goal_rate():
+    from perfray.campaign import capacity_verdict
+
+    spec = {"sizing_qps": 200}
+    held = {"spec": spec, "searches": [{"capacity_qps": 150, "limited_by": "slo"},
+                                        {"capacity_qps": 310, "limited_by": "slo"}]}
+    short = {"spec": spec, "searches": [{"capacity_qps": 150, "limited_by": "slo"},
+                                         {"capacity_qps": 180, "limited_by": "slo"}]}
+    cut = {"spec": spec, "searches": [{"capacity_qps": 150, "limited_by": "generator"}]}
+    assert [capacity_verdict(c) for c in (held, short, cut)] == ["go", "no-go", "inconclusive"]
+    assert phase_verdict({"status": "complete", "capacity": short, "verdicts": []}) == "no-go"
+
+
+def test_cells_are_named_by_their_sweep_values():
+    from perfray.campaign import cell_name
+
+    manifest = {"config": {"sweep": {"search.n_gpus": [1, 2], "hybrid.cache": [False, True]}},
+                "cells": [{"cell": 3, "workload": {"search": {"n_gpus": 2}, "hybrid": {"cache": True}}}]}
+    assert cell_name(manifest, 3) == "3 (n_gpus=2, cache=True)"
+    assert cell_name(manifest, -1) == "–" and cell_name({"cells": [{"cell": 0}]}, 0) == "0"

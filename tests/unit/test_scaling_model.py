@@ -62,3 +62,34 @@ def test_n_gpus_on_paper_only_through_a_fitted_efficiency():
     point, lo, hi = cluster_rate(250.0, fit, 100)
     efficiency = usl(100, fit["lambda"], fit["sigma"], fit["kappa"]) / (100 * fit["lambda"])
     assert point == pytest.approx(250.0 * 100 * efficiency) and lo <= point <= hi < 250.0 * 100
+
+
+def test_the_sizing_answer_is_the_fewest_gpus_a_system_of_known_capacity_needs():
+    """Capacities of a system whose USL is known (λ = 250 QPS per GPU, σ = 0.05, κ = 0: X(N) = 250N / (1 + 0.05(N-1)))
+    measured with 1% noise: the GPUs for 2,000 QPS are the smallest N with X(N) >= 2,000, i.e. 2000·0.95 / (250 -
+    2000·0.05) = 12.67 -> 13, inside the interval; a rate above λ/σ = 5,000 is never reached."""
+    from perfray.analysis.capacity_report import sizing_line
+
+    rng = np.random.default_rng(4)
+    n = np.array([1, 2, 4, 8, 16])
+    measured = usl(n, 250.0, 0.05, 0.0) * rng.normal(1, 0.01, n.size)
+    fit = fit_usl(n, measured, rate=2000)
+    size = fit["sizing"]
+    assert size["n"] == 13 and size["ci"][0] <= 13 <= size["ci"][1] and size["ci"][1] - size["ci"][0] <= 4
+    assert sizing_line(fit, 2000).startswith(f"**GPUs for 2,000 QPS at these SLOs:** 13 [{size['ci'][0]:,.0f}, ")
+    never = fit_usl(n, measured, rate=6000)
+    assert math.isinf(never["sizing"]["n"]) and "not reachable" in sizing_line(never, 6000)
+    assert "cannot extrapolate (too few points" in sizing_line(fit_usl([1, 2], [250, 480], rate=2000), 2000)
+
+
+def test_the_floor_names_each_measured_part_outside_the_search():
+    from perfray.analysis.gpu_model import _floor_parts, slo_ms
+
+    cells = [{"transport_p50_ms": 2.5, "queue_p50_ms": 0.2, "graph_p50_ms": 3.0, "policy_p50_ms": float("nan")},
+             {"transport_p50_ms": 1.5, "queue_p50_ms": 0.4, "graph_p50_ms": 4.0}]
+    rows = _floor_parts(cells)
+    assert [r.split("|")[1].strip() for r in rows] == ["of which transport p50", "of which queue p50",
+                                                       "of which graph p50"]  # no policy stage was measured
+    assert "| 1.50 ms |" in rows[0] and "| 3.00 ms |" in rows[2]
+    # the SLO the model budgets for: the config's tightest p99 bound, a goal of its slo: section included
+    assert slo_ms({"targets": [{"metric": "p99_ms", "max": 50}], "slo": [{"metric": "p99_ms", "goal": 10}]}) == 10
