@@ -16,6 +16,7 @@ import re
 import time
 from pathlib import Path
 
+from perfray.analysis.capacity_report import LIMITED_BY, goal_rate, sizing_line
 from perfray.config import SweepConfig, load_config, resolve_path
 from perfray.errors import EXIT_OK, UsageError
 
@@ -111,7 +112,7 @@ def capacity_verdict(capacity: dict) -> str:
     """go when some search (the largest GPU count, say) held the goal rate at the SLOs; no-go when none did and
     every search ended on an SLO; inconclusive when a search was cut short (the generator, max_qps, max_steps)."""
     spec, searches = capacity.get("spec") or {}, capacity.get("searches") or []
-    rate = spec.get("sizing_qps") or spec.get("target_qps")
+    rate = goal_rate(spec)
     best = max((s["capacity_qps"] for s in searches if _finite(s.get("capacity_qps"))), default=math.nan)
     if rate and _finite(best) and best >= rate:
         return "go"
@@ -245,25 +246,23 @@ def validation_md(campaign: Campaign) -> str:
 def capacity_lines(campaign: Campaign) -> list[str]:
     """Capacity at the SLO per phase that ran as a capacity search, and the sizing answer: the GPUs its goal rate
     needs, N [lo, hi], from the USL fitted to the capacities per GPU count (or why there is none)."""
-    from perfray.analysis.capacity_report import LIMITED_BY, sizing_line
-
     lines = []
     for entry in campaign.doc["phases"]:
-        capacity = campaign.manifest(entry).get("capacity")
+        manifest = campaign.manifest(entry)
+        capacity = manifest.get("capacity")
         if not capacity:
             continue
         spec = capacity.get("spec") or {}
+        rate = goal_rate(spec)
         lines += ["", f"### Capacity at the SLO: phase {entry['number']} ({entry['name']})", "",
-                  f"SLOs `{'`, `'.join(spec.get('slo', []))}`; goal rate "
-                  f"{spec.get('sizing_qps') or spec.get('target_qps') or 0:,.0f} QPS.", "",
+                  f"SLOs `{'`, `'.join(spec.get('slo', []))}`; goal rate {rate or 0:,.0f} QPS.", "",
                   "| search | GPUs | capacity QPS | broke at QPS | ended because |", "|---|---|---|---|---|"]
-        cells = {c["cell"]: c for c in campaign.manifest(entry).get("cells", [])}
+        cells = {c["cell"]: c for c in manifest.get("cells", [])}
         for search in capacity.get("searches", []):
             first = cells.get((search.get("steps") or [{}])[0].get("cell"), {})
             gpus = ((first.get("workload") or {}).get("search") or {}).get("n_gpus", "–")
             lines.append(f"| {search['search']} | {gpus} | {_qps_text(search.get('capacity_qps'))} | "
                          f"{_qps_text(search.get('capacity_hi'))} | {LIMITED_BY.get(search['limited_by'], '')} |")
-        rate = spec.get("sizing_qps") or spec.get("target_qps")
         groups = capacity.get("scaling") or []
         lines += [""] + ([sizing_line(g["usl"], rate) for g in groups] if groups and rate else
                          ["**GPUs for the goal rate:** not estimated: capacity was measured at one GPU count."])
@@ -292,7 +291,7 @@ def cell_name(manifest: dict, cell) -> str:
 
 def _held(capacity: dict) -> str:
     spec, searches = capacity.get("spec") or {}, capacity.get("searches") or []
-    rate = spec.get("sizing_qps") or spec.get("target_qps") or math.nan
+    rate = goal_rate(spec) or math.nan
     held = sum(_finite(s.get("capacity_qps")) and s["capacity_qps"] >= rate for s in searches)
     return f"{held}/{len(searches)} searches held {rate:,.0f} QPS"
 

@@ -111,6 +111,11 @@ def capacity_scaling(rows: list[dict], rate: float | None = None) -> list[dict]:
     return out
 
 
+def goal_rate(spec: dict) -> float | None:
+    """The rate a capacity run sizes for: ``sizing_qps``, else its ``target_qps``."""
+    return spec.get("sizing_qps") or spec.get("target_qps")
+
+
 def sizing_line(fit: dict, rate: float) -> str:
     """The sizing answer for ``rate`` from a USL fit on capacities: N [lo, hi], or why there is none."""
     head = f"**GPUs for {rate:,.0f} QPS at these SLOs:** "
@@ -183,7 +188,7 @@ def capacity_section(manifest: dict, figure: Path | None) -> list[str]:
                          f"{fit['predicted_qps_ci'][1]:,.0f}).")
         else:
             lines.append(f"USL fit on capacities (those an SLO bounded): not made — {fit.get('reason')}.")
-        if rate := spec.get("sizing_qps") or spec.get("target_qps"):
+        if rate := goal_rate(spec):
             lines.append(sizing_line(fit, rate))
     if figure is not None:
         lines += ["", f"![latency vs offered rate]({figure.name})"]

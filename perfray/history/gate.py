@@ -20,7 +20,7 @@ import numpy as np
 from scipy import stats
 
 from perfray.errors import UsageError
-from perfray.history.index import _run_rows, index_runs
+from perfray.history.index import index_runs, run_rows
 from perfray.schema import HIGHER_IS_BETTER
 
 ALPHA = 0.01  # false alarms per gate (all its series and metrics together), when the noise is lognormal
@@ -50,7 +50,7 @@ def gate(results: Path, run: Path, metrics: tuple[str, ...] = ("p99_ms",), alpha
     if not manifest_path.is_file():
         raise UsageError(f"{run}: not a run directory (no manifest.json)")
     manifest = json.loads(manifest_path.read_text())
-    new_rows = _run_rows(Path(run), manifest)
+    new_rows = run_rows(Path(run), manifest)
     if not new_rows:
         raise UsageError(f"{run}: no summary to judge (status {manifest.get('status')})")
     history = [r for r in index_runs(Path(results)).to_pylist() if r.get("run_id") != manifest.get("run_id")

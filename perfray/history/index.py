@@ -36,7 +36,7 @@ def hardware(manifest: dict) -> dict:
             "machine": host.get("machine"), "nodes": nodes}
 
 
-def _run_rows(run: Path, manifest: dict) -> list[dict]:
+def run_rows(run: Path, manifest: dict) -> list[dict]:
     """One row per cell of a finished run (per search of a capacity run)."""
     base = {"run_id": manifest.get("run_id", run.name), "path": str(run), "name": manifest.get("name"),
             "time_unix_s": manifest.get("created_unix_s"), "git_commit": manifest.get("git_commit"),
@@ -105,7 +105,7 @@ def index_runs(results: Path) -> pa.Table:
             continue  # a run being written: read next time
         if manifest.get("status") not in ("complete", "degraded"):
             continue
-        rows += [{**r, "manifest_mtime": stamp} for r in _run_rows(run, manifest)]
+        rows += [{**r, "manifest_mtime": stamp} for r in run_rows(run, manifest)]
     keys = list(dict.fromkeys(k for r in rows for k in r))  # cell rows and capacity rows have their own columns
     table = (pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows]) if rows
              else pa.table({"run_id": pa.array([], pa.string())}))

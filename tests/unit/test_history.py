@@ -38,8 +38,8 @@ def test_the_index_reads_a_run_once_and_again_only_when_it_changed(tmp_path, mon
         write_fake_run(tmp_path / f"run-{i}", [rng.lognormal(1.0, 0.2, 200)])
     assert index_runs(tmp_path).num_rows == 3
     read = []
-    original = index._run_rows
-    monkeypatch.setattr(index, "_run_rows", lambda run, manifest: read.append(run.name) or original(run, manifest))
+    original = index.run_rows
+    monkeypatch.setattr(index, "run_rows", lambda run, manifest: read.append(run.name) or original(run, manifest))
     assert index_runs(tmp_path).num_rows == 3 and read == []
     (tmp_path / "run-1" / "manifest.json").touch()
     write_fake_run(tmp_path / "run-3", [rng.lognormal(1.0, 0.2, 200)])
