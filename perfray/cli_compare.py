@@ -17,10 +17,13 @@ def run_compare_command(args) -> int:
     args.baseline, args.candidate = args.runs
     if not 0.5 <= args.confidence < 1:
         raise UsageError(f"--confidence: expected a level in [0.5, 1), got {args.confidence}")
+    from perfray.analysis.distributions import shifts_text
+
     path, rows = compare(args.baseline, args.candidate, args.metric, args.min_speedup, args.confidence)
     for r in rows:
         print(f"cell {r['cell']:>3} {args.metric}: {r['point']:.2f}x (interval {r['low']:.2f}-{r['high']:.2f}, "
               f"{r['method']}) {r['verdict']}")
+        print(f"         whole distribution (candidate / baseline): {shifts_text(r['distribution'])}")
     print(f"comparison: {path}")
     return 0 if all(r["verdict"] == "meets" for r in rows) else 1
 

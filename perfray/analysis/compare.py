@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from perfray.analysis.distributions import distribution_section, quantile_shifts
 from perfray.analysis.repeats import MIN_REPEATS, TAIL_METRICS, between_runs, by_base
 from perfray.analysis.runs import Run, open_run
 from perfray.errors import UsageError
@@ -114,8 +115,10 @@ def compare(baseline: Path, candidate: Path, metric: str = "p99_ms", min_speedup
             verdict = "REGRESSION"
         else:
             verdict = "below target"
+        shifts = quantile_shifts(np.concatenate([base.latencies_ms(r["cell"]) for r in b]),
+                                 np.concatenate([cand.latencies_ms(r["cell"]) for r in c]))
         rows.append({"cell": b[0].get("base_cell", b[0]["cell"]), "baseline": _mean_row(b), "candidate": _mean_row(c),
-                     **s, "method": method, "verdict": verdict})
+                     **s, "method": method, "verdict": verdict, "distribution": shifts})
     path = Path(candidate) / "comparison.md"
     path.write_text(render(base, cand, rows, metric, min_speedup))
     return path, rows
@@ -147,6 +150,7 @@ def render(base: Run, cand: Run, rows: list[dict], metric: str, min_speedup: flo
             f"{r['point']:.2f}x | {r['low']:.2f}–{r['high']:.2f} | {r['method']} | {r['verdict']} |")
     regressions = [r["cell"] for r in rows if r["verdict"] == "REGRESSION"]
     lines += ["", f"Regressions (candidate significantly worse): {', '.join(map(str, regressions)) or 'none'}."]
+    lines += distribution_section([(r["cell"], r["distribution"]) for r in rows])
     for run, name in ((base, "baseline"), (cand, "candidate")):
         if run.manifest.get("gpus", {}).get("simulated"):
             lines.append(f"The {name} ran on simulated GPUs.")
