@@ -20,7 +20,7 @@ import numpy as np
 from scipy import stats
 
 from perfray.errors import UsageError
-from perfray.history.index import index_runs, run_rows
+from perfray.history.index import index_runs, per_run, run_rows
 from perfray.schema import HIGHER_IS_BETTER
 
 ALPHA = 0.01  # false alarms per gate (all its series and metrics together), when the noise is lognormal
@@ -55,12 +55,12 @@ def gate(results: Path, run: Path, metrics: tuple[str, ...] = ("p99_ms",), alpha
         raise UsageError(f"{run}: no summary to judge (status {manifest.get('status')})")
     history = [r for r in index_runs(Path(results)).to_pylist() if r.get("run_id") != manifest.get("run_id")
                and (r.get("time_unix_s") or 0) <= (manifest.get("created_unix_s") or math.inf)]
-    judged = [(row, m) for row in new_rows for m in metrics if _finite(row.get(m))]
+    judged = [(row, m) for m in metrics for row in per_run(new_rows, m)]  # repeats: one value, their spread
     share = alpha / max(len(judged), 1)
     verdicts = []
     for row, metric in judged:
-        same = [r for r in history if r.get("workload") == row["workload"] and r.get("hardware") == row["hardware"]
-                and _finite(r.get(metric)) and r[metric] > 0]
+        same = [r for r in per_run(history, metric) if r.get("workload") == row["workload"]
+                and r.get("hardware") == row["hardware"] and r[metric] > 0]
         verdict = {"label": row.get("label"), "cell": row.get("cell"), "search": row.get("search"), "metric": metric,
                    "value": row[metric], "runs": len(same), "alpha": share}
         if len(same) < min_runs or row[metric] <= 0:

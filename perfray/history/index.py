@@ -14,6 +14,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -66,6 +67,37 @@ def run_rows(run: Path, manifest: dict) -> list[dict]:
             out[f"{metric}_lo"], out[f"{metric}_hi"] = _num(row.get(f"{metric}_lo")), _num(row.get(f"{metric}_hi"))
         rows.append(out)
     return rows
+
+
+def per_run(rows: list[dict], metric: str) -> list[dict]:
+    """One row per (run, workload, hardware, search) for ``metric``: a run made with ``--repeat`` has a row per
+    repeat, and its value becomes their geometric mean with the interval from the spread between them (t on the
+    log values: run-to-run noise, which one repeat's own percentile interval does not hold); a run without repeats
+    keeps its own value and interval."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        value = row.get(metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            key = (row["run_id"], row.get("workload"), row.get("hardware"), row.get("search", -1))
+            groups.setdefault(key, []).append(row)
+    out = []
+    for members in groups.values():
+        if len(members) == 1:
+            out.append(members[0])
+            continue
+        values = np.array([m[metric] for m in members], dtype=np.float64)
+        merged = {**members[0], "repeats": len(members)}
+        if (values > 0).all():
+            from scipy.stats import t
+
+            logs = np.log(values)
+            half = float(t.ppf(0.975, logs.size - 1) * logs.std(ddof=1) / math.sqrt(logs.size))
+            merged.update({metric: math.exp(logs.mean()), f"{metric}_lo": math.exp(logs.mean() - half),
+                           f"{metric}_hi": math.exp(logs.mean() + half)})
+        else:  # a zero among them (no failures, say): the mean, and no interval
+            merged.update({metric: float(values.mean()), f"{metric}_lo": math.nan, f"{metric}_hi": math.nan})
+        out.append(merged)
+    return out
 
 
 def _label(workload: dict) -> str:

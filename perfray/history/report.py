@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from perfray.errors import UsageError
 from perfray.history.changes import ALPHA, MAGNITUDE, change_points
-from perfray.history.index import METRICS, index_runs
+from perfray.history.index import METRICS, index_runs, per_run
 
 
 def _where(table: pa.Table, where: list[str], since: str | None) -> list[dict]:
@@ -38,9 +38,8 @@ def _where(table: pa.Table, where: list[str], since: str | None) -> list[dict]:
 def series(rows: list[dict], metric: str) -> list[dict]:
     """Runs grouped by (workload, hardware), oldest first, with the metric's values, intervals and change points."""
     groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        if row.get(metric) is not None:
-            groups.setdefault((row["workload"], row["hardware"]), []).append(row)
+    for row in per_run(rows, metric):  # a run's repeats are one point, with their spread as its interval
+        groups.setdefault((row["workload"], row["hardware"]), []).append(row)
     out = []
     for (workload, hardware), runs in groups.items():
         runs.sort(key=lambda r: (r.get("time_unix_s") or 0, r["run_id"]))

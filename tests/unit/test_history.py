@@ -44,3 +44,22 @@ def test_the_index_reads_a_run_once_and_again_only_when_it_changed(tmp_path, mon
     (tmp_path / "run-1" / "manifest.json").touch()
     write_fake_run(tmp_path / "run-3", [rng.lognormal(1.0, 0.2, 200)])
     assert index_runs(tmp_path).num_rows == 4 and sorted(read) == ["run-1", "run-3"]
+
+
+def test_a_runs_repeats_are_one_point_with_their_spread_as_its_interval():
+    from perfray.history.index import per_run
+    from perfray.history.report import series
+
+    base = {"workload": "w", "hardware": "h", "search": -1}
+    rows = [{**base, "run_id": "a", "time_unix_s": 1, "repeat": r, "p99_ms": v, "p99_ms_lo": v * 0.99,
+             "p99_ms_hi": v * 1.01} for r, v in enumerate((4.0, 5.0, 6.25))]
+    rows.append({**base, "run_id": "b", "time_unix_s": 2, "repeat": 0, "p99_ms": 5.0, "p99_ms_lo": 4.5,
+                 "p99_ms_hi": 5.5})
+    merged = {r["run_id"]: r for r in per_run(rows, "p99_ms")}
+    a = merged["a"]
+    assert a["repeats"] == 3 and abs(a["p99_ms"] - 5.0) < 1e-9  # the geometric mean of 4, 5, 6.25
+    # t(0.975, 2) = 4.303 on the logs' standard error: far wider than one repeat's own +-1%
+    assert a["p99_ms_lo"] < 3.0 and a["p99_ms_hi"] > 8.0
+    assert merged["b"]["p99_ms_lo"] == 4.5 and "repeats" not in merged["b"]  # no repeats: its own interval
+    [one] = series(rows, "p99_ms")
+    assert [r["run_id"] for r in one["runs"]] == ["a", "b"]  # two points, not four
