@@ -154,7 +154,7 @@ def test_sixteen_load_actors_on_four_nodes_deliver_every_scheduled_request_once(
     seq = rows["seq"].to_numpy()
     assert rows.num_rows == 2400 and np.array_equal(np.sort(seq), np.arange(2400))  # 800 QPS x 3 s, each once
     per_actor = np.bincount(rows["actor"].to_numpy(), minlength=16)
-    assert (per_actor == 150).all() and doc["cells"][0]["timings"]["drains"] >= 6
+    assert (per_actor == 150).all() and doc["cells"][0]["timings"]["drains"] >= 3  # gathered as they came (1 s)
     assert (pc.cast(rows["status"], "string").to_numpy(zero_copy_only=False) == "ok").mean() > 0.99
 
 

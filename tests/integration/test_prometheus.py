@@ -108,7 +108,7 @@ def test_cache_and_pool_panels_have_data_for_a_hybrid_run(prometheus, tmp_path, 
     config = load_config(REPO / "configs" / "phases" / "3-full-stack.yaml", [
         *stores, "sweep={}", "hybrid.cache=true", "dataset.n=2000", "dataset.dim=16", "dataset.n_queries=20",
         "load.duration_s=6", "load.warmup_s=0.5", "load.target_qps=60", "load.actors=1", "search.n_gpus=1",
-        "microbench.enabled=false", "targets=[]", f"metrics.export_port={metrics_port}",
+        "microbench.enabled=false", "targets=[]", "slo=[]", f"metrics.export_port={metrics_port}",
         "metrics.report_interval_ms=500"])
     start = time.time()
     assert SweepDriver(config, prepare_run_dir(tmp_path, "promhy"), "promhy").run() == 0

@@ -13,7 +13,7 @@ from perfray.services.process import free_port
 
 TINY = ["--set", "dataset.n=2000", "--set", "dataset.dim=16", "--set", "dataset.n_queries=50",
         "--set", "load.actors=1", "--set", "load.concurrency=4", "--set", "microbench.enabled=false",
-        "--set", "search.n_gpus=1", "--set", "targets=[]"]
+        "--set", "search.n_gpus=1", "--set", "targets=[]", "--set", "slo=[]"]
 
 
 def test_a_store_down_at_start_exits_3_naming_it_and_writes_nothing(tmp_path, store_args):
