@@ -170,9 +170,7 @@ def as_capacity(config: SweepConfig, how: str) -> SweepConfig:
     steps from an eighth of that rate (at least ``LAPTOP["min_qps"]``) up to 8x."""
     from perfray.config import capacity_spec
 
-    checks = [t for s in config.slo for _, t in s.targets()] + list(config.targets)
-    slo = list(dict.fromkeys(f"{t.metric}<={t.max:g}" for t in checks if t.must_pass and not t.where
-                             and t.max is not None and t.metric in ("p99_ms", "failure_rate")))
+    slo = config.capacity_slos()
     rate = config.workload.load.target_qps
     # (a first step below LAPTOP's least rate cannot bound a p99 within max_step_s: it would read as broken)
     changes = {"sizing_qps": rate, "min_qps": max(rate / 8, LAPTOP["min_qps"]),

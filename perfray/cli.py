@@ -251,10 +251,7 @@ def run_capacity_command(args) -> int:
     flags = ("slo", "min_qps", "max_qps", "resolution", "target_qps", "step_s", "max_step_s")
     changes = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
     if args.slo is None and config.capacity is None:  # the config's own must-pass bounds, as its sweep checks
-        goals = (*config.targets, *(t for s in config.slo for _, t in s.targets()))
-        slo = list(dict.fromkeys(f"{t.metric}<={t.max:g}" for t in goals if t.must_pass and not t.where
-                                 and t.max is not None and t.metric in ("p99_ms", "failure_rate")))
-        if slo:
+        if slo := config.capacity_slos():
             changes["slo"] = slo
     spec = capacity_spec(config.capacity, changes)
     config = config.model_copy(update={"capacity": spec})

@@ -186,6 +186,13 @@ class SweepConfig(Strict):
                 raise ValueError(f"sweep.{key}: needs at least one value")
         return self
 
+    def capacity_slos(self) -> list[str]:
+        """The must-pass p99 and failure-rate bounds of the ``slo:`` goals and the targets (cell-wide, not per
+        phase), as a capacity search's SLOs (``p99_ms<=10``)."""
+        checks = [*(t for s in self.slo for _, t in s.targets()), *self.targets]
+        return list(dict.fromkeys(f"{t.metric}<={t.max:g}" for t in checks if t.must_pass and not t.where
+                                  and t.max is not None and t.metric in ("p99_ms", "failure_rate")))
+
     def cells(self) -> list[Workload]:
         """The grid: one validated Workload per combination of sweep values, in config order. A swept search
         parameter (``search.params.ef``) applies to the cells whose system takes it; a system that does not runs

@@ -51,3 +51,11 @@ def test_the_report_table_says_goal_and_stretch_apart_and_is_absent_without_slos
     assert "| 0 |  | p99_ms | 9 (95% CI 8.5–9.4, 5,000 samples) | <= 10 | ✓ | <= 8.7 | ? |" in text
     assert slo_section([{"cell": 0, "metric": "p99_ms", "passed": True, "must_pass": True, "bound": "<= 10",
                          "value": 9.0}]) == []  # a plain target's verdict is not an SLO
+
+
+def test_a_capacity_search_takes_the_must_pass_p99_and_failure_bounds_of_goals_and_targets():
+    config = load_config(None, ["slo=[{metric: p99_ms, goal: 10, stretch: 8.7}, {metric: failure_rate, goal: 0.01, "
+                                "where: {phase: burst}}]", "targets=[{metric: failure_rate, max: 0.02}, "
+                                "{metric: p99_ms, max: 5, must_pass: false}, {metric: recall_mean, min: 0.9}]"])
+    # the goal, not its stretch; no per-phase goal; no advisory target; nothing but p99 and failure bounds
+    assert config.capacity_slos() == ["p99_ms<=10", "failure_rate<=0.02"]
