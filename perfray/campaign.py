@@ -238,7 +238,23 @@ def validation_md(campaign: Campaign) -> str:
              "a must-pass goal is missed, inconclusive when one is undecided or the phase did not finish; a capacity phase is "
              "go when a search held its goal rate at the SLOs.", "",
              "| phase | name | verdict | goals met | stretch met | sub-run |", "|---|---|---|---|---|---|"]
-    return "\n".join(head + rows + capacity_lines(campaign) + details) + "\n"
+    return "\n".join(head + rows + capacity_lines(campaign) + evidence(campaign) + details) + "\n"
+
+
+def evidence(campaign: Campaign) -> list[str]:
+    """Burst recovery, sustained stability, speedups and the p99 budget, from the sub-runs that have them."""
+    from perfray.analysis.gpu_model import slo_ms
+    from perfray.analysis.runs import open_run
+    from perfray.analysis.validation import evidence_lines
+
+    subruns, goals = [], {}
+    for entry in campaign.doc["phases"]:
+        if campaign.manifest(entry).get("status") in ("complete", "partial", "interrupted"):
+            run = open_run(campaign.root / entry["run_id"])
+            title = f"Phase {entry['number']} ({entry['name']})"
+            subruns.append((title, run))
+            goals[title] = slo_ms(run.manifest.get("config") or {})
+    return evidence_lines(subruns, goals)
 
 
 def capacity_lines(campaign: Campaign) -> list[str]:
@@ -264,9 +280,25 @@ def capacity_lines(campaign: Campaign) -> list[str]:
         groups = capacity.get("scaling") or []
         lines += [""] + ([sizing_line(g["usl"], rate) for g in groups] if groups and rate else
                          ["**GPUs for the goal rate:** not estimated: capacity was measured at one GPU count."])
+        if rate:
+            lines += ["", paper_line(campaign.root / entry["run_id"], rate, groups[0]["usl"] if groups else None)]
     if lines:
         lines = ["", "## Capacity and the GPUs the goals need"] + lines
     return lines
+
+
+def paper_line(run_dir: Path, rate: float, fit: dict | None) -> str:
+    """The on-paper T4 answer beside the measured one (``gpu_model.paper_sizing_line``)."""
+    import pyarrow.parquet as pq
+
+    from perfray.analysis.gpu_model import paper_sizing_line
+    from perfray.analysis.runs import open_run
+    from perfray.analysis.scaling_model import T4
+
+    run = open_run(run_dir)
+    bench = run_dir / "microbench.parquet"
+    microbench = pq.read_table(bench).to_pylist() if bench.is_file() else []
+    return paper_sizing_line(run.manifest, run.summary, microbench, rate, fit, T4)
 
 
 def cell_name(manifest: dict, cell) -> str:
@@ -283,7 +315,8 @@ def cell_name(manifest: dict, cell) -> str:
         value = cells[cell].get("workload") or {}
         for part in path:
             value = value.get(part) if isinstance(value, dict) else None
-        parts.append(f"{path[-1]}={value}")
+        if value is not None:  # (an axis the cell's system does not take, e.g. Neo4j's ef on the hybrid)
+            parts.append(f"{path[-1]}={value}")
     return f"{cell} ({', '.join(parts)})" if parts else str(cell)
 
 

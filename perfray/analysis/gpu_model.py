@@ -85,8 +85,10 @@ def cluster_rate(per_gpu_qps: float, fit: dict | None, n_gpus: int) -> tuple[flo
 
 
 def slo_ms(config: dict) -> float | None:
-    """The tightest p99 bound the run's config names (targets, or a capacity search's SLO), in ms."""
-    bounds = [t["max"] for t in config.get("targets") or [] if t.get("metric") == "p99_ms" and t.get("max")]
+    """The tightest p99 bound the run must meet everywhere (a must-pass target or an slo: goal over every cell, or a
+    capacity search's SLO), in ms."""
+    bounds = [t["max"] for t in config.get("targets") or [] if t.get("metric") == "p99_ms" and t.get("max")
+              and t.get("must_pass", True) and not t.get("where")]
     bounds += [s["goal"] for s in config.get("slo") or [] if s.get("metric") == "p99_ms" and not s.get("where")]
     for slo in (config.get("capacity") or {}).get("slo") or []:
         text = slo if isinstance(slo, str) else f"{slo.get('metric')}<={slo.get('max')}"
@@ -95,17 +97,51 @@ def slo_ms(config: dict) -> float | None:
     return min(bounds) if bounds else None
 
 
-def model_lines(manifest: dict, cells: list[dict], microbench: list[dict], fit: dict | None, gpu: GpuSpec,
-                n_target: int = 100) -> list[str]:
-    """The report's on-paper lines for ``cells`` (one scaling curve's summary rows): each term and its source."""
+def on_paper(manifest: dict, cells: list[dict], microbench: list[dict], gpu: GpuSpec) -> dict | None:
+    """``per_gpu`` for ``cells`` (summary rows of one kind of search) with what it came from: the measured costs,
+    the index (rows × dim) and the SLO; None when the run had no GPU search actors."""
     actors = (manifest.get("gpus") or {}).get("actors") or []
     if not actors or not cells:
-        return []
+        return None
     n = sum(a["rows"] for a in actors) if cells[0].get("topology") == "sharded" else actors[0].get("rows")
     dim = actors[0].get("dim")
     costs = measured_costs(cells, [manifest["cells"][r["cell"]].get("gpu_usage") or [] for r in cells], microbench)
     slo = slo_ms(manifest.get("config") or {})
-    g = per_gpu(gpu, costs, n, dim, slo)
+    return {"gpu": per_gpu(gpu, costs, n, dim, slo), "costs": costs, "n": n, "dim": dim, "slo_ms": slo}
+
+
+def paper_sizing_line(manifest: dict, summary: list[dict], microbench: list[dict], rate: float, fit: dict | None,
+                      gpu: GpuSpec) -> str:
+    """Beside the measured sizing answer: the GPUs of type ``gpu`` the rate needs on paper, from its per-GPU rate
+    at the SLO (``per_gpu``) and the contention the USL fitted to the measured capacities (``fit``); without a fit,
+    the least it could be (perfect scaling)."""
+    head = f"**On paper, {gpu.name}s for {rate:,.0f} QPS:** "
+    cells = [r for r in summary if r.get("capacity_search") is not None] or summary
+    paper = on_paper(manifest, cells, microbench, gpu)
+    per = paper["gpu"]["slo_qps"] if paper else math.nan
+    if not math.isfinite(per) or per <= 0:
+        return head + ("cannot estimate (" + ("no GPU search actors in this phase" if paper is None else
+                       "no measured search cost, kernel or latency floor to build it from") + ").")
+    source = (f"{per:,.0f} QPS per {gpu.name} at p99 ≤ {paper['slo_ms']:g} ms (this phase's measured cost per query "
+              "with the kernel at the T4's roofline, M/M/1 at the SLO)")
+    if fit and fit.get("ok"):
+        grid = np.arange(1, 10_001, dtype=np.float64)
+        scaled = per * grid / (1 + fit["sigma"] * (grid - 1) + fit["kappa"] * grid * (grid - 1))
+        hit = np.flatnonzero(scaled >= rate)
+        return head + (f"{int(grid[hit[0]]):,}" if hit.size else "not reachable") + (
+            f": {source}, scaled by the USL fitted to the measured capacities (σ {fit['sigma']:.3g}, "
+            f"κ {fit['kappa']:.3g}).")
+    return head + (f"at least {math.ceil(rate / per):,}: {source}, scaled perfectly (no USL fit on the measured "
+                   "capacities to add their contention).")
+
+
+def model_lines(manifest: dict, cells: list[dict], microbench: list[dict], fit: dict | None, gpu: GpuSpec,
+                n_target: int = 100) -> list[str]:
+    """The report's on-paper lines for ``cells`` (one scaling curve's summary rows): each term and its source."""
+    paper = on_paper(manifest, cells, microbench, gpu)
+    if paper is None:
+        return []
+    g, costs, n, dim, slo = paper["gpu"], paper["costs"], paper["n"], paper["dim"], paper["slo_ms"]
 
     def us(seconds: float) -> str:
         return "cannot estimate" if not math.isfinite(seconds) else f"{seconds * 1e6:,.1f} µs"

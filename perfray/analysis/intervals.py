@@ -13,6 +13,12 @@ import numpy as np
 
 CONFIDENCE = 0.95
 PERCENTILES = {"p50_ms": 0.5, "p99_ms": 0.99, "p999_ms": 0.999}
+# Two independent samples' intervals each at this level hold together with 95%: the ends of a ratio of their
+# percentiles (a speedup vs a baseline cell) come from them.
+PAIR_CONFIDENCE = math.sqrt(CONFIDENCE)
+# Ratios of two cells' percentiles: their 95% interval is [baseline lo / cell hi, baseline hi / cell lo] of the
+# cells' PAIR_CONFIDENCE intervals (``{metric}_lo`` / ``_hi`` in a summary row), judged as a percentile is.
+RATIO_METRICS = {"speedup_p50_vs_baseline": "p50_ms", "speedup_p99_vs_baseline": "p99_ms"}
 
 
 def order_statistic_indices(n: int, q: float, confidence: float = CONFIDENCE) -> tuple[int | None, int | None]:
@@ -28,9 +34,12 @@ def order_statistic_indices(n: int, q: float, confidence: float = CONFIDENCE) ->
 
 
 def percentile_intervals(values: np.ndarray, scale: float = 1e-6) -> dict[str, float]:
-    """``{metric}_lo`` / ``{metric}_hi`` for p50/p99/p99.9 of ``values`` (times ``scale``), and ``samples``."""
+    """``{metric}_lo`` / ``{metric}_hi`` for p50/p99/p99.9 of ``values`` (times ``scale``), and ``samples``; and
+    ``{metric}_pair_lo`` / ``_pair_hi`` for p50/p99 at ``PAIR_CONFIDENCE`` (for ratios between two cells)."""
     n = int(values.size)
     ends = {metric: order_statistic_indices(n, q) for metric, q in PERCENTILES.items()}
+    ends |= {f"{metric}_pair": order_statistic_indices(n, PERCENTILES[metric], PAIR_CONFIDENCE)
+             for metric in RATIO_METRICS.values()}
     wanted = sorted({i for pair in ends.values() for i in pair if i is not None})
     picked = np.partition(values, wanted) if wanted else values
     out: dict[str, float] = {"samples": n}
@@ -38,6 +47,19 @@ def percentile_intervals(values: np.ndarray, scale: float = 1e-6) -> dict[str, f
         out[f"{metric}_lo"] = float(picked[lo]) * scale if lo is not None else -math.inf if n else math.nan
         out[f"{metric}_hi"] = float(picked[hi]) * scale if hi is not None else math.inf if n else math.nan
     return out
+
+
+def ratio_interval(reference: dict, row: dict, metric: str) -> tuple[float, float]:
+    """The 95% interval of reference's ``metric`` over row's (a speedup: > 1, row is faster), from the two rows'
+    ``PAIR_CONFIDENCE`` intervals; (nan, nan) where a row has none."""
+    ref_lo, ref_hi = reference.get(f"{metric}_pair_lo", math.nan), reference.get(f"{metric}_pair_hi", math.nan)
+    lo, hi = row.get(f"{metric}_pair_lo", math.nan), row.get(f"{metric}_pair_hi", math.nan)
+    if any(v is None or math.isnan(v) for v in (ref_lo, ref_hi, lo, hi)):
+        return math.nan, math.nan
+    # an end that does not exist (too few samples) leaves the ratio's end open: 0 or inf, undecided
+    low = ref_lo / hi if ref_lo > 0 and 0 < hi < math.inf else 0.0
+    high = ref_hi / lo if lo > 0 else math.inf
+    return float(low), float(high)
 
 
 def judge(row: dict, metric: str, bound: float, upper_bound: bool) -> tuple[bool, bool, float | None]:
@@ -49,6 +71,8 @@ def judge(row: dict, metric: str, bound: float, upper_bound: bool) -> tuple[bool
     inside, outside = (hi <= bound, lo > bound) if upper_bound else (lo >= bound, hi < bound)
     if inside or outside:
         return bool(inside), False, None
+    if metric not in PERCENTILES:  # a ratio of two cells' percentiles: more samples in both would decide it
+        return False, True, None
     return False, True, _samples_to_decide(int(row.get("samples", 0)), PERCENTILES[metric], value, bound, lo, hi)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from perfray.analysis.intervals import PERCENTILES, judge, percentile_intervals
+from perfray.analysis.intervals import PERCENTILES, RATIO_METRICS, judge, percentile_intervals, ratio_interval
 from perfray.analysis.quality import quality
 from perfray.results.frame import CellFrame
 from perfray.schema import FAILURES, WRITE_KINDS
@@ -241,7 +241,8 @@ def add_baseline(summary: list[dict], keys: list[str], baseline: str | None) -> 
     with several search parameters (a sweep of its ``ef``), a cell is compared with the baseline at its best
     settings at matched recall: its fastest (lowest p99) cell whose recall reaches the cell's less RECALL_MATCH,
     else its highest recall. Every row carries the baseline's recall, the gap, and ``recall_matched`` (False: the
-    two recalls differ by more than RECALL_MATCH, so the speedup compares different answers)."""
+    two recalls differ by more than RECALL_MATCH, so the speedup compares different answers). Each speedup has its
+    95% interval (``_lo`` / ``_hi``) from the two cells' percentile intervals, and is judged on it."""
     nan = float("nan")
     groups: dict[str, list[dict]] = {}
     for row, key in zip(summary, keys, strict=True):
@@ -250,8 +251,8 @@ def add_baseline(summary: list[dict], keys: list[str], baseline: str | None) -> 
     for row, key in zip(summary, keys, strict=True):
         refs = groups.get(key)
         if not refs:
-            row.update(speedup_p50_vs_baseline=nan, speedup_p99_vs_baseline=nan, qps_ratio_vs_baseline=nan,
-                       baseline=None, baseline_name=None, baseline_search_params=None, baseline_recall=nan,
+            row.update({f"{m}{end}": nan for m in RATIO_METRICS for end in ("", "_lo", "_hi")})
+            row.update(qps_ratio_vs_baseline=nan, baseline=None, baseline_name=None, baseline_search_params=None, baseline_recall=nan,
                        recall_gap_vs_baseline=nan, recall_matched=None)
             continue
         ref = row if row.get("system_name") == baseline else _matched(refs, row.get("recall_mean"))
@@ -261,6 +262,8 @@ def add_baseline(summary: list[dict], keys: list[str], baseline: str | None) -> 
                    qps_ratio_vs_baseline=_ratio(row["achieved_qps"], ref["achieved_qps"]),
                    baseline_search_params=ref.get("search_params", ""), baseline_recall=ref.get("recall_mean", nan),
                    recall_gap_vs_baseline=gap, recall_matched=None if np.isnan(gap) else bool(abs(gap) <= RECALL_MATCH + 1e-9))
+        for metric, of in RATIO_METRICS.items():  # the baseline against itself: exactly 1
+            row[f"{metric}_lo"], row[f"{metric}_hi"] = (1.0, 1.0) if ref is row else ratio_interval(ref, row, of)
 
 
 def _finite_or_nan(value) -> float:
@@ -321,8 +324,9 @@ def check_targets(summary: list[dict], targets, phases: list[dict] | None = None
                        "passed": passed, "must_pass": target.must_pass}
             if per_phase:
                 verdict["phase"] = row["phase"]
-            if target.metric in PERCENTILES and f"{target.metric}_lo" in row:
-                # a percentile is an estimate: met when its whole 95% interval is, inconclusive when it straddles
+            if _has_interval(row, target.metric):
+                # a percentile (or a ratio of two) is an estimate: met when its whole 95% interval is, inconclusive
+                # when it straddles
                 passed, inconclusive, more = judge(row, target.metric, limit, target.max is not None)
                 verdict.update(passed=passed, inconclusive=inconclusive, samples=row.get("samples"),
                                interval=[row[f"{target.metric}_lo"], row[f"{target.metric}_hi"]],
@@ -333,6 +337,15 @@ def check_targets(summary: list[dict], targets, phases: list[dict] | None = None
             verdicts.append({"cell": -1, "metric": target.metric, "bound": f"{limit} (no cell matched {target.where})",
                              "value": float("nan"), "passed": False, "must_pass": target.must_pass})
     return verdicts
+
+
+def _has_interval(row: dict, metric: str) -> bool:
+    """Whether ``row`` has a 95% interval of ``metric`` to judge it on (a speedup from rows written without the
+    cells' pair intervals has none: judged on its value)."""
+    if metric in PERCENTILES:
+        return f"{metric}_lo" in row
+    lo = row.get(f"{metric}_lo") if metric in RATIO_METRICS else None
+    return lo is not None and not np.isnan(lo)
 
 
 def slo_verdicts(summary: list[dict], slos, phases: list[dict] | None = None) -> list[dict]:

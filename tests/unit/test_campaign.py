@@ -90,3 +90,7 @@ def test_cells_are_named_by_their_sweep_values():
                 "cells": [{"cell": 3, "workload": {"search": {"n_gpus": 2}, "hybrid": {"cache": True}}}]}
     assert cell_name(manifest, 3) == "3 (n_gpus=2, cache=True)"
     assert cell_name(manifest, -1) == "–" and cell_name({"cells": [{"cell": 0}]}, 0) == "0"
+    six = {"config": {"sweep": {"system": ["hybrid", "neo4j_baseline"], "search.params.ef": [20, 80]}},
+           "cells": [{"cell": 0, "workload": {"system": "hybrid", "search": {"params": {}}}},
+                     {"cell": 1, "workload": {"system": "neo4j_baseline", "search": {"params": {"ef": 20}}}}]}
+    assert cell_name(six, 0) == "0 (system=hybrid)" and cell_name(six, 1) == "1 (system=neo4j_baseline, ef=20)"
