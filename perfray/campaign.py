@@ -190,9 +190,22 @@ def parse_phases(text: str, option: str) -> tuple[int, ...]:
         raise UsageError(f"{option} {text!r}: expected phase numbers, e.g. 1,3, or none") from None
 
 
-def new_doc(plan: Path, how: str, phases: list[tuple[int, str, Path]], capacity: tuple[int, ...] = ()) -> dict:
+_SECRET_KEY = re.compile(r"(?i)password|passwd|secret|token|api_?key")
+
+
+def kept_overrides(overrides: list[str]) -> list[str]:
+    """The ``--set`` arguments a campaign records, so that ``--resume`` runs the rest with them: credentials
+    dropped (a password's key) or masked (a URI's), as everything perfray writes (they come from the environment)."""
+    from perfray.redact import redact
+
+    return [redact(o) for o in overrides if not _SECRET_KEY.search(o.partition("=")[0])]
+
+
+def new_doc(plan: Path, how: str, phases: list[tuple[int, str, Path]], capacity: tuple[int, ...] = (),
+            overrides: list[str] | None = None) -> dict:
     return {"plan": str(plan), "scale": how, "rule": LAPTOP if how == "laptop" else None, "status": "running",
             "started_unix_s": time.time(), "capacity_phases": list(capacity),
+            "overrides": kept_overrides(overrides or []),
             "phases": [{"number": n, "name": name, "config": str(path), "run_id": None, "status": "pending",
                         "exit_code": None, "kind": "capacity" if n in capacity else "sweep"}
                        for n, name, path in phases]}

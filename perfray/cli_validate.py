@@ -47,7 +47,7 @@ def _open(args) -> tuple[Campaign, list[tuple[int, str, Path]]]:
     if root.exists():
         raise UsageError(f"--run-id {run_id!r}: {root} already exists; results are never overwritten "
                          "(--resume finishes a campaign)")
-    return Campaign(root, new_doc(args.plan, args.scale, phases, capacity)), phases
+    return Campaign(root, new_doc(args.plan, args.scale, phases, capacity, args.overrides)), phases
 
 
 def _preflight(configs: dict) -> None:
@@ -69,7 +69,8 @@ def run_validate_command(args, run) -> int:
     """``run(config, args, kind)``: the sweep command's own run of one config (``perfray.cli._run``)."""
     campaign, phases = _open(args)
     selected = _only(args.only, [n for n, _, _ in phases])
-    configs = phase_configs([p for p in phases if p[0] in selected], args.overrides, campaign.doc["scale"],
+    overrides = [*campaign.doc.get("overrides", []), *args.overrides] if args.resume else args.overrides
+    configs = phase_configs([p for p in phases if p[0] in selected], overrides, campaign.doc["scale"],
                             tuple(campaign.doc.get("capacity_phases", ())))
     _preflight(configs)  # before anything is written: a store that is down costs no phase
     campaign.root.mkdir(parents=True, exist_ok=True)
@@ -79,6 +80,7 @@ def run_validate_command(args, run) -> int:
         for i, number in enumerate(selected, 1):
             entry = campaign.entry(number)
             if campaign.done(entry):
+                entry["status"] = "complete"  # (a campaign killed before it could write so)
                 print(f"perfray: phase {number} ({entry['name']}) finished before: kept ({entry['run_id']})")
                 continue
             entry["run_id"] = _free(campaign.root, f"{number}-{entry['name']}")

@@ -3,10 +3,13 @@ resumed campaign re-runs nothing that finished, and a store that is down stops i
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 from support import REPO
+from support import manifest as manifest_of
 
 from perfray.services.process import free_port
 
@@ -42,6 +45,44 @@ def test_go_for_a_sound_phase_no_go_for_one_slowed_on_purpose_and_resume_keeps_w
                       "--set", "slo=[{metric: p99_ms, goal: 10}]")  # a goal missed: no-go, exit 1
     assert slowed.returncode == 1, slowed.stderr[-3000:]
     assert "laptop scale: **no-go**" in (tmp_path / "slowed" / "validation.md").read_text()
+
+
+def test_a_campaign_killed_between_phases_resumes_where_it_stopped(tmp_path):
+    """kill -9 of the whole campaign (driver, embedded Ray) during its second phase: --resume keeps the first
+    phase's sub-run as it was and runs the second again, in a directory of its own (the killed attempt stays)."""
+    plan = tmp_path / "plan"
+    plan.mkdir()
+    source = (REPO / "configs/phases/1-vector-isolation.yaml").read_text()
+    (plan / "1-first.yaml").write_text(source.replace("duration_s: 60", "duration_s: 2"))
+    (plan / "2-second.yaml").write_text(source.replace("duration_s: 60", "duration_s: 8"))
+    sets = ["dataset.n=2000", "dataset.dim=16", "dataset.n_queries=100", "load.target_qps=50", "load.warmup_s=0.5",
+            "load.actors=1", "sweep={}", "microbench.enabled=false", "targets=[]", "slo=[]"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "perfray", "validate", "--quiet", "--plan", str(plan),
+                             "--scale", "cluster", "--capacity", "none", "--results-dir", str(tmp_path),
+                             "--run-id", "killed", *[a for s in sets for a in ("--set", s)]],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    root = tmp_path / "killed"
+    deadline, second = time.time() + 240, root / "2-second" / "manifest.json"
+    while time.time() < deadline and '"running"' not in (second.read_text() if second.is_file() else ""):
+        time.sleep(0.2)
+    time.sleep(2.0)  # into its 8.5 s cell
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    doc = json.loads((root / "campaign.json").read_text())
+    assert [(p["status"], p["run_id"]) for p in doc["phases"]] == [("complete", "1-first"), ("running", "2-second")]
+    kept = (root / "1-first" / "manifest.json").read_bytes()
+
+    again = validate("--resume", str(root))  # with the campaign's own --set values
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert "phase 1 (first) finished before: kept (1-first)" in again.stdout
+    doc = json.loads((root / "campaign.json").read_text())
+    assert [(p["status"], p["run_id"]) for p in doc["phases"]] == [("complete", "1-first"), ("complete", "2-second.2")]
+    assert (root / "1-first" / "manifest.json").read_bytes() == kept  # not run again
+    assert json.loads((root / "2-second" / "manifest.json").read_text())["status"] == "running"  # the killed attempt
+    assert doc["status"] == "complete" and "| 2 | second | **go** |" in (root / "validation.md").read_text()
+    assert manifest_of(root / "2-second.2")["cells"][0]["workload"]["dataset"]["n"] == 2000
 
 
 def test_a_capacity_phase_answers_how_many_gpus_a_system_of_known_capacity_needs(tmp_path):

@@ -1,5 +1,6 @@
 """The campaign's pure parts: the plan's phases, the laptop rule, and go / no-go / inconclusive."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,13 @@ def test_cells_are_named_by_their_sweep_values():
            "cells": [{"cell": 0, "workload": {"system": "hybrid", "search": {"params": {}}}},
                      {"cell": 1, "workload": {"system": "neo4j_baseline", "search": {"params": {"ef": 20}}}}]}
     assert cell_name(six, 0) == "0 (system=hybrid)" and cell_name(six, 1) == "1 (system=neo4j_baseline, ef=20)"
+
+
+def test_a_campaign_records_its_set_values_for_resume_without_credentials():
+    from perfray.campaign import new_doc
+
+    doc = new_doc(Path("configs/phases"), "laptop", [], (), [
+        "load.target_qps=50", "stores.postgres.password=hunter2", "stores.neo4j.uri=bolt://neo:s3cret@127.0.0.1:7687",
+        "stores.milvus.token=abc"])
+    assert doc["overrides"] == ["load.target_qps=50", "stores.neo4j.uri=bolt://neo:***@127.0.0.1:7687"]
+    assert "hunter2" not in json.dumps(doc) and "s3cret" not in json.dumps(doc) and "abc" not in json.dumps(doc)
