@@ -194,11 +194,12 @@ _SECRET_KEY = re.compile(r"(?i)password|passwd|secret|token|api_?key")
 
 
 def kept_overrides(overrides: list[str]) -> list[str]:
-    """The ``--set`` arguments a campaign records, so that ``--resume`` runs the rest with them: credentials
-    dropped (a password's key) or masked (a URI's), as everything perfray writes (they come from the environment)."""
+    """The ``--set`` arguments a campaign records, so that ``--resume`` runs the rest with them, less any that
+    carries a credential (a password's key, a URI with a password): perfray writes none, and a masked one would
+    not connect (credentials come from the environment, or ``--set`` again on ``--resume``)."""
     from perfray.redact import redact
 
-    return [redact(o) for o in overrides if not _SECRET_KEY.search(o.partition("=")[0])]
+    return [o for o in overrides if not _SECRET_KEY.search(o.partition("=")[0]) and redact(o) == o]
 
 
 def new_doc(plan: Path, how: str, phases: list[tuple[int, str, Path]], capacity: tuple[int, ...] = (),

@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--only", default=None, metavar="1,3", help="run only these phase numbers")
     val.add_argument("--resume", type=Path, default=None, metavar="DIR/ID",
                      help="a campaign to finish: phases whose sub-run completed are kept, the rest run with "
-                     "the campaign's own --set values (credentials come from the environment) and any given here")
+                     "the campaign's own --set values and any given here (one that carries a credential is not "
+                     "recorded: give it again, or use the environment)")
     val.add_argument("--capacity", default="1,3", metavar="1,3|none", help="phases run as capacity searches at "
                      "their goals (capacity at the SLO per GPU count, and the GPUs the goal rate needs)")
     _run_options(val, "validate-TIME", "override a value in every phase (repeatable)")

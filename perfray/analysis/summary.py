@@ -252,8 +252,8 @@ def add_baseline(summary: list[dict], keys: list[str], baseline: str | None) -> 
         refs = groups.get(key)
         if not refs:
             row.update({f"{m}{end}": nan for m in RATIO_METRICS for end in ("", "_lo", "_hi")})
-            row.update(qps_ratio_vs_baseline=nan, baseline=None, baseline_name=None, baseline_search_params=None, baseline_recall=nan,
-                       recall_gap_vs_baseline=nan, recall_matched=None)
+            row.update(qps_ratio_vs_baseline=nan, baseline=None, baseline_name=None, baseline_search_params=None,
+                       baseline_recall=nan, recall_gap_vs_baseline=nan, recall_matched=None)
             continue
         ref = row if row.get("system_name") == baseline else _matched(refs, row.get("recall_mean"))
         gap = _finite_or_nan(row.get("recall_mean")) - _finite_or_nan(ref.get("recall_mean"))
