@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from support import REPO, manifest, sweep_cli
+from support import REPO, manifest
 
 from perfray.load.schedules import PhaseRates, arrival_offsets_ns
 from perfray.services.process import free_port, wait_for_port
@@ -108,53 +108,3 @@ def test_capacity_of_a_fifo_server_within_5_percent_of_the_truth(tmp_path, fifo_
     assert again.returncode == 1 and again.stdout.count("search") >= 2, again.stdout
     assert json.dumps(doc["verdicts"])  # serialisable, one per search
     assert [v["search"] for v in doc["verdicts"]] == [0, 1]
-
-
-def test_capacity_per_gpu_count_and_its_usl_fit(tmp_path):
-    """The shipped capacity config (a ``capacity:`` section over ``search.n_gpus: [1, 2, 4]``, simulated GPUs),
-    scaled down, through ``python -m perfray.sweep``, against a system of known capacity: each search actor serves
-    in arrival order and spends 4 ms per query (``search.service_ms_per_query``), so a GPU serves at most 250
-    queries/s and n GPUs 250 n. With constant arrivals the queue stays short below that and grows without bound
-    above it (past the SLO, p99 <= 100 ms, within a step); the Ray hop's jitter queues a little near it. So each
-    capacity lies within 15% below 250 n, the USL fitted to them is linear, and the report's on-paper service rate
-    per GPU (built from the actors' measured cost per query) is within 10% of the measured per-GPU capacity (the
-    middle of the bracket the search ended with)."""
-    per_gpu = 250.0
-    out = sweep_cli("--config", "configs/capacity-gpus.yaml", "--results-dir", str(tmp_path), "--run-id", "g",
-                    "--set", "dataset.n=2000", "--set", "dataset.dim=16", "--set", "dataset.n_queries=200",
-                    "--set", "search.service_ms_per_query=4", "--set", "load.arrival=constant", "--set", "load.actors=1",
-                    "--set", "capacity.min_qps=100", "--set", "capacity.max_qps=4000", "--set", "capacity.growth=2",
-                    "--set", "capacity.step_s=3", "--set", "capacity.max_step_s=6", "--set", "capacity.resolution=0.04",
-                    "--set", "capacity.warmup_s=0.5", "--set", "capacity.slo=[p99_ms<=100, failure_rate<=0.01]",
-                    "--set", "capacity.sizing_qps=1500", timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    run = tmp_path / "g"
-    capacity = pq.read_table(run / "capacity.parquet").to_pylist()
-    assert [c["n_gpus"] for c in capacity] == [1, 2, 4]
-    for c in capacity:
-        truth = per_gpu * c["n_gpus"]
-        assert c["simulated"] and c["limited_by"] == "slo", c
-        assert 0.85 * truth <= c["capacity_qps"] < c["capacity_hi"] and c["capacity_qps"] <= truth * 1.02, (truth, c)
-    doc = manifest(run)
-    assert doc["verdicts"] == []  # no target rate: the question is "how much", nothing to fail
-    [group] = doc["capacity"]["scaling"]
-    assert group["n_gpus"] == [1, 2, 4]
-    assert [f"{x:.6g}" for x in group["capacity_qps"]] == [f"{c['capacity_qps']:.6g}" for c in capacity]
-    usl = group["usl"]
-    assert usl["ok"] and usl["sigma"] < 0.05 and 0.85 * per_gpu <= usl["lambda"] <= 1.02 * per_gpu, usl
-    # the sizing answer: 1,500 QPS needs 1500 / 250 = 6 of these GPUs at the service-time bound, and no more than
-    # the measured capacities' lower edge (0.85 x) allows: 6 / 0.85 -> 8
-    size = usl["sizing"]
-    assert 6 <= size["n"] <= 8 and size["ci"][0] <= size["n"] <= size["ci"][1], size
-    report = (run / "report.md").read_text()
-    assert "Capacity vs GPUs: 1 GPU:" in report and "USL fit on capacities" in report
-    assert f"**GPUs for 1,500 QPS at these SLOs:** {size['n']:,.0f} [" in report
-    [here] = [line for line in report.splitlines() if line.startswith("| service rate per GPU here |")]
-    modelled = float(here.split("|")[2].split()[0].replace(",", ""))
-    measured = (capacity[0]["capacity_qps"] + capacity[0]["capacity_hi"]) / 2  # the bracket holding the capacity
-    assert abs(modelled - measured) <= 0.1 * measured, (here, capacity[0])
-    assert "| 100 × NVIDIA T4 |" in report  # with the fitted efficiency, not × 100 flat
-    # every step is a cell with its rows, like any other
-    summary = pq.read_table(run / "summary.parquet").to_pylist()
-    assert sorted({r["capacity_search"] for r in summary}) == [0, 1, 2]
-    assert len(summary) == sum(c["steps"] for c in capacity) == len(doc["cells"])
