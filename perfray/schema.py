@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pyarrow as pa
 
 from perfray import SCHEMA_VERSION
@@ -84,6 +86,24 @@ HIGHER_IS_BETTER = frozenset({
     "achieved_qps", "offered_qps", "qps_ratio", "recall_mean", "recall_min", "batch_size_mean", "scaling_qps_ratio",
     "scaling_efficiency", "gpu_busy_mean", "gpu_util_mean", "cache_hit_rate", "writes", "freshness_samples",
     "speedup_p50_vs_baseline", "speedup_p99_vs_baseline", "qps_ratio_vs_baseline", "baseline_recall"})
+
+# The values a summary metric can take, so that a target no system could pass is refused: shares in [0, 1], GPU
+# utilisation in percent, the recall gap to the baseline in [-1, 1], latencies above 0, every other metric >= 0.
+SHARE_METRICS = frozenset({
+    "failure_rate", "error_rate", "timeout_rate", "drop_rate", "lost_rate", "recall_mean", "recall_min",
+    "baseline_recall", "cache_hit_rate", "host_busy_share"})
+
+
+def metric_range(metric: str) -> tuple[float, float, bool]:
+    """(least, greatest, whether the least itself occurs) of a summary metric's values."""
+    if metric in SHARE_METRICS:
+        return 0.0, 1.0, True
+    if metric == "gpu_util_mean":
+        return 0.0, 100.0, True
+    if metric == "recall_gap_vs_baseline":
+        return -1.0, 1.0, True
+    return 0.0, math.inf, not metric.endswith("_ms")  # a request never takes no time
+
 
 # The metrics a summary row carries (targets name them).
 SUMMARY_METRICS = (

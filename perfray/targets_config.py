@@ -15,7 +15,8 @@ class _Strict(BaseModel):
 
 class TargetSpec(_Strict):
     """A threshold on a summary column, checked for every cell (or those whose summary labels match
-    ``where``, e.g. ``{system_name: hybrid}``; ``{phase: burst}`` checks that phase's own figures)."""
+    ``where``, e.g. ``{system_name: hybrid}``; ``{phase: burst}`` checks that phase's own figures). A bound no value
+    of the metric meets is refused (a latency at or below 0, a failure rate below 0, a recall or share above 1)."""
 
     metric: str = Field(description="a summary column, e.g. p99_ms, failure_rate, recall_mean, qps_ratio")
     max: float | None = Field(None, description="the metric must be at most this")
@@ -27,13 +28,36 @@ class TargetSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_bound(self) -> TargetSpec:
-        from perfray.schema import SUMMARY_METRICS
-
-        if self.metric not in SUMMARY_METRICS:
-            raise ValueError(f"unknown metric {self.metric!r}; known: {', '.join(SUMMARY_METRICS)}")
+        _known(self.metric)
         if (self.max is None) == (self.min is None):
             raise ValueError("give exactly one of 'max' or 'min'")
+        name, value = ("max", self.max) if self.max is not None else ("min", self.min)
+        _passable(self.metric, name, value)
         return self
+
+
+
+def _known(metric: str) -> None:
+    from perfray.schema import SUMMARY_METRICS
+
+    if metric not in SUMMARY_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(SUMMARY_METRICS)}")
+
+
+def _passable(metric: str, name: str, value: float, at_most: bool | None = None) -> None:
+    """Refuse a bound (``max``, ``min``, or an SLO's ``goal``/``stretch``: ``at_most`` says which way) that is not a
+    number, or that no value of the metric meets: a target no system could pass."""
+    from perfray.schema import metric_range
+
+    at_most = name == "max" if at_most is None else at_most
+    low, high, low_occurs = metric_range(metric)
+    if not math.isfinite(value):
+        raise ValueError(f"{metric} {name} {value}: expected a finite number")
+    if at_most and (value < low or (value == low and not low_occurs)):
+        raise ValueError(f"{metric} {name} {value:g}: {metric} is never {'below' if low_occurs else 'at or below'} "
+                         f"{low:g}, so no system could meet it")
+    if not at_most and value > high:
+        raise ValueError(f"{metric} {name} {value:g}: {metric} is never above {high:g}, so no system could meet it")
 
 
 class SloSpec(_Strict):
@@ -52,7 +76,10 @@ class SloSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> SloSpec:
-        TargetSpec(metric=self.metric, max=self.goal)  # a known metric
+        _known(self.metric)
+        for name, value in (("goal", self.goal), ("stretch", self.stretch)):
+            if value is not None:
+                _passable(self.metric, name, value, at_most=self.lower)
         if self.stretch is not None and (self.stretch > self.goal if self.lower else self.stretch < self.goal):
             raise ValueError(f"slo {self.metric}: stretch {self.stretch:g} is less strict than goal {self.goal:g} "
                              f"({'lower' if self.lower else 'higher'} is better)")

@@ -56,6 +56,14 @@ def test_set_overrides_by_path_or_unique_leaf_and_replaces_a_sweep_axis(tmp_path
     (BASE, ["stores.milvus.uri=notauri"], r"stores.milvus.uri: expected a Milvus Lite file \(….db\) or a server's"),
     (BASE, ["stores.milvus.uri=http://root:Milvus@:19530"], r"got 'http://root:\*\*\*@:19530'$"),
     (BASE, ["search.k=1001"], r"search.k \(1001\) exceeds dataset.n \(1000\): a search cannot return more"),
+    # targets and goals no system could meet, or that are not numbers
+    (BASE + "targets: [{metric: p99_ms, max: 0}]\n", [], r"targets.0: p99_ms max 0: p99_ms is never at or below 0"),
+    (BASE + "targets: [{metric: failure_rate, max: -0.01}]\n", [], r"failure_rate max -0.01: .* never below 0"),
+    (BASE + "targets: [{metric: recall_min, min: 1.01}]\n", [], r"recall_min min 1.01: recall_min is never above 1"),
+    (BASE + "targets: [{metric: gpu_util_mean, min: 101}]\n", [], r"gpu_util_mean min 101: .* never above 100"),
+    (BASE + "targets: [{metric: p99_ms, max: .nan}]\n", [], r"p99_ms max nan: expected a finite number"),
+    (BASE, ["slo=[{metric: p99_ms, goal: -1}]"], r"slo.0: p99_ms goal -1: p99_ms is never at or below 0"),
+    (BASE, ["slo=[{metric: recall_mean, goal: 0.9, stretch: 1.2}]"], r"recall_mean stretch 1.2: .* never above 1"),
 ])
 def test_bad_config_is_one_line_usage_error(tmp_path, text, overrides, message):
     with pytest.raises(UsageError, match=message) as err:

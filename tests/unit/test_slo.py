@@ -28,6 +28,28 @@ def test_a_goal_is_must_pass_a_stretch_advisory_and_the_direction_follows_the_me
         load_config(None, ["slo=[{metric: p99, goal: 10}]"])
 
 
+
+def test_every_metric_takes_a_bound_its_best_value_meets_and_refuses_one_beyond_its_range():
+    """A bound at the best value a metric can take is one a perfect system meets (a failure rate of 0, a recall of
+    1): it is accepted; a hair beyond the metric's range no value meets: refused, for every summary metric."""
+    from perfray.schema import HIGHER_IS_BETTER, SUMMARY_METRICS, metric_range
+    from perfray.targets_config import TargetSpec
+
+    for metric in SUMMARY_METRICS:
+        low, high, low_occurs = metric_range(metric)
+        if metric in HIGHER_IS_BETTER:
+            best = high if high < float("inf") else 1e9
+            assert TargetSpec(metric=metric, min=best).min == best
+            if high < float("inf"):
+                with pytest.raises(ValueError, match="so no system could meet it"):
+                    TargetSpec(metric=metric, min=high + 1e-6)
+        else:
+            best = low if low_occurs else low + 1e-6
+            assert TargetSpec(metric=metric, max=best).max == best
+            with pytest.raises(ValueError, match="so no system could meet it"):
+                TargetSpec(metric=metric, max=low - 1e-6 if low_occurs else low)
+    assert metric_range("failure_rate") == (0.0, 1.0, True) and metric_range("p99_ms")[2] is False
+
 def test_goals_are_judged_on_the_whole_interval():
     slos = [SloSpec(metric="p99_ms", goal=10, stretch=8.7), SloSpec(metric="achieved_qps", goal=7000, stretch=10000),
             SloSpec(metric="failure_rate", goal=0.01, stretch=0.001)]
