@@ -18,7 +18,7 @@ from perfray.campaign import (
     plan_phases,
     validation_md,
 )
-from perfray.errors import UnavailableError, UsageError
+from perfray.errors import UnavailableError, UsageError, make_dir
 from perfray.results.writer import check_run_id
 
 
@@ -73,7 +73,8 @@ def run_validate_command(args, run) -> int:
     configs = phase_configs([p for p in phases if p[0] in selected], overrides, campaign.doc["scale"],
                             tuple(campaign.doc.get("capacity_phases", ())))
     _preflight(configs)  # before anything is written: a store that is down costs no phase
-    campaign.root.mkdir(parents=True, exist_ok=True)
+    make_dir(campaign.root.parent, "--results-dir")
+    campaign.root.mkdir(exist_ok=True)
     campaign.write()
     codes: list[int] = []
     try:

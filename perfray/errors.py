@@ -26,6 +26,20 @@ def raised_remotely(err: BaseException) -> PerfrayError | None:
     return type(cause)(str(cause)) if isinstance(cause, PerfrayError) else None
 
 
+
+def make_dir(path, option: str):
+    """Create the folder a user named with ``option`` (and its parents); a one-line UsageError when it cannot be."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path}: a file; expected a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"{option} {path}: cannot create it ({err.strerror})") from None
+    return path
+
 EXIT_OK = 0
 EXIT_TARGET_FAILED = 1
 EXIT_USAGE = 2

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from perfray.errors import UsageError
+from perfray.errors import UsageError, make_dir
 from perfray.history.changes import ALPHA, MAGNITUDE, change_points
 from perfray.history.index import METRICS, index_runs, per_run
 
@@ -85,8 +85,7 @@ def write_history(results: Path, metric: str = "p99_ms", where: list[str] | None
         raise UsageError(f"--metric {metric!r}: one of {', '.join(METRICS)}")
     table = index_runs(results)
     rows = _where(table, where or [], since) if table.num_rows else []
-    out = Path(out or results)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out or results, "--out")
     found = series(rows, metric)
     if out != Path(results):
         pq.write_table(pa.Table.from_pylist(rows) if rows else table.slice(0, 0), out / "history.parquet")

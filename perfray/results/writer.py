@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from perfray.errors import UsageError
+from perfray.errors import UsageError, make_dir
 from perfray.schema import REQUEST_SCHEMA
 
 # Dictionary-encode only the label columns: trying it on int64 times (pyarrow's default) halves the write
@@ -44,11 +44,7 @@ def check_run_id(run_id: str) -> None:
 def prepare_run_dir(results_dir: Path, run_id: str) -> Path:
     """Create ``results_dir/run_id`` (new, inside results_dir, writable) or raise a one-line UsageError."""
     check_run_id(run_id)
-    results_dir = Path(results_dir)
-    try:
-        results_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"--results-dir {results_dir}: cannot create it ({err.strerror})") from None
+    results_dir = make_dir(results_dir, "--results-dir")
     run_dir = (results_dir / run_id).resolve()
     if run_dir.parent != results_dir.resolve():
         raise UsageError(f"--run-id {run_id!r}: would write outside --results-dir {results_dir}")

@@ -10,6 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
+from perfray.errors import make_dir
+
 
 def overrides(postgres, neo4j, pgvector) -> list[str]:
     """``--set`` arguments for a sweep or ``perfray load`` to use these servers."""
@@ -24,7 +26,7 @@ def serve(root: Path, with_pgvector: bool, stop: threading.Event | None = None) 
     from perfray.services.neo4j import LocalNeo4j
     from perfray.services.postgres import LocalPostgres, embedded_bindir
 
-    root = Path(root)
+    root = make_dir(root, "--dir")
     stop = stop or threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

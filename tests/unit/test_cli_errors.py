@@ -55,6 +55,22 @@ def test_results_dir_that_is_a_file_exits_2(tmp_path):
     assert out.stderr.strip().startswith("perfray: error: --results-dir") and len(out.stderr.strip().splitlines()) == 1
 
 
+
+@pytest.mark.parametrize("command", [["services", "--dir"], ["validate", "--plan", "configs/phases", "--only", "1",
+                                                             "--results-dir"], ["history", "configs", "--out"]])
+def test_every_command_names_a_folder_it_cannot_make_in_one_line(tmp_path, command):
+    """A folder perfray writes into that is a file, or cannot exist (/proc refuses even root): exit 2, one line
+    naming the option, before any server or run starts."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    repo = Path(__file__).resolve().parents[2]
+    for where, why in ((blocker, "a file; expected a folder"), (blocker / "d", "cannot create it (Not a directory)"),
+                       (Path("/proc/self/perfray-x"), "cannot create it (No such file or directory)")):
+        out = subprocess.run([sys.executable, "-m", "perfray", *command, str(where)], capture_output=True, text=True,
+                             timeout=120, cwd=repo)
+        assert out.returncode == 2, out.stderr[-2000:]
+        assert out.stderr.strip().splitlines() == [f"perfray: error: {command[-1]} {where}: {why}"], out.stderr[-2000:]
+
 def test_existing_run_id_is_never_overwritten(tmp_path):
     (tmp_path / "r" / "taken").mkdir(parents=True)
     out = run_cli("--results-dir", str(tmp_path / "r"), "--run-id", "taken")
