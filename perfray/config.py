@@ -266,10 +266,19 @@ def set_path(data: dict, path: tuple[str, ...], value: Any) -> None:
     node[path[-1]] = value
 
 
+# pydantic's words for a value of the wrong shape, said as what was expected
+_SHAPES = {"tuple_type": "expected a list [...]", "list_type": "expected a list [...]",
+           "dict_type": "expected a mapping {key: value}", "model_type": "expected a mapping {key: value}"}
+
+
 def _describe(err: ValidationError, where: str) -> str:
+    from perfray.redact import redact
+
     first = err.errors()[0]
     loc = ".".join(str(p) if str(p).isprintable() else repr(p) for p in first["loc"])  # a key "\n" stays on the line
     msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] in _SHAPES:
+        msg = f"{_SHAPES[first['type']]}, got {redact(repr(first.get('input')))[:60]}"
     field = f"{where}: {loc}" if loc else where
     return f"{field}: {msg}"
 

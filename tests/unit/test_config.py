@@ -64,6 +64,10 @@ def test_set_overrides_by_path_or_unique_leaf_and_replaces_a_sweep_axis(tmp_path
     (BASE + "targets: [{metric: p99_ms, max: .nan}]\n", [], r"p99_ms max nan: expected a finite number"),
     (BASE, ["slo=[{metric: p99_ms, goal: -1}]"], r"slo.0: p99_ms goal -1: p99_ms is never at or below 0"),
     (BASE, ["slo=[{metric: recall_mean, goal: 0.9, stretch: 1.2}]"], r"recall_mean stretch 1.2: .* never above 1"),
+    # a value of the wrong shape says what was expected and what came
+    (BASE, ["sweep={load.target_qps: 500}"], r"sweep.load.target_qps: expected a list \[...\], got 500$"),
+    (BASE, ["sweep=[1, 2]"], r": sweep: expected a mapping \{key: value\}, got \[1, 2\]$"),
+    (BASE, ["slo={metric: p99_ms, goal: 10}"], r": slo: expected a list \[...\], got \{'metric': 'p99_ms', 'goal': 10\}$"),
 ])
 def test_bad_config_is_one_line_usage_error(tmp_path, text, overrides, message):
     with pytest.raises(UsageError, match=message) as err:
