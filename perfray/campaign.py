@@ -27,6 +27,7 @@ from perfray.errors import EXIT_OK, UsageError
 LAPTOP = {"rate": 1 / 35, "min_qps": 100.0, "time": 1 / 20, "min_measured_s": 5.0, "measured_s": 10.0,
           "n": 20_000, "dim": 64, "clusters": 32, "n_queries": 1_000, "n_gpus": 2, "actors": 1, "concurrency": 8}
 PHASE_FILE = re.compile(r"^(\d+)-([\w-]+)\.ya?ml$")
+CAPACITY_PHASES = (1, 3)  # the plan's capacity questions: the vector tier alone, and the full stack
 
 
 def plan_phases(plan: Path) -> list[tuple[int, str, Path]]:

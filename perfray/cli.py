@@ -92,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a campaign to finish: phases whose sub-run completed are kept, the rest run with "
                      "the campaign's own --set values and any given here (one that carries a credential is not "
                      "recorded: give it again, or use the environment)")
-    val.add_argument("--capacity", default="1,3", metavar="1,3|none", help="phases run as capacity searches at "
-                     "their goals (capacity at the SLO per GPU count, and the GPUs the goal rate needs)")
+    val.add_argument("--capacity", default=None, metavar="1,3|none", help="phases run as capacity searches at "
+                     "their goals (capacity at the SLO per GPU count, and the GPUs the goal rate needs); default: "
+                     "1 and 3, those of them the plan has")
     _run_options(val, "validate-TIME", "override a value in every phase (repeatable)")
     hist = sub.add_parser("history", help="index a folder of runs into series (a workload on a hardware) and find "
                           "the change points that survive the noise: history.md, history.parquet, trend figures")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from perfray.campaign import (
+    CAPACITY_PHASES,
     Campaign,
     exit_code,
     new_doc,
@@ -40,7 +41,13 @@ def _open(args) -> tuple[Campaign, list[tuple[int, str, Path]]]:
         campaign = Campaign.resume(args.resume)
         return campaign, plan_phases(Path(campaign.doc["plan"]))
     phases = plan_phases(args.plan)
-    capacity = tuple(n for n in parse_phases(args.capacity, "--capacity") if n in {p[0] for p in phases})
+    numbers = [p[0] for p in phases]
+    if args.capacity is None:  # the default: phases 1 and 3 (the capacity searches), those the plan has
+        capacity = tuple(n for n in CAPACITY_PHASES if n in numbers)
+    else:
+        capacity = tuple(dict.fromkeys(parse_phases(args.capacity, "--capacity")))
+        if set(capacity) - set(numbers):
+            raise UsageError(f"--capacity {args.capacity!r}: the plan's phases are {', '.join(map(str, numbers))}")
     run_id = args.run_id if args.run_id is not None else f"validate-{time.strftime('%Y%m%d-%H%M%S')}"
     check_run_id(run_id)
     root = Path(args.results_dir) / run_id

@@ -71,6 +71,25 @@ def test_every_command_names_a_folder_it_cannot_make_in_one_line(tmp_path, comma
         assert out.returncode == 2, out.stderr[-2000:]
         assert out.stderr.strip().splitlines() == [f"perfray: error: {command[-1]} {where}: {why}"], out.stderr[-2000:]
 
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--plan", "/nonexistent"], "--plan /nonexistent: not a directory of phase configs (N-name.yaml)"),
+    (["--plan", "configs"], "--plan configs: no phase configs in it"),
+    (["--resume", "/nonexistent"], "--resume /nonexistent: not a campaign (no campaign.json)"),
+    (["--plan", "configs/phases", "--only", "9"], "--only '9': the plan's phases are 1, 2, 3, 4, 5, 6, 7"),
+    (["--plan", "configs/phases", "--only", "x"], "--only 'x': expected phase numbers, e.g. 1,3"),
+    (["--plan", "configs/phases", "--capacity", "3,9"], "--capacity '3,9': the plan's phases are 1, 2, 3, 4, 5, 6, 7"),
+    (["--plan", "configs/phases", "--capacity", "x"], "--capacity 'x': expected phase numbers, e.g. 1,3, or none"),
+])
+def test_validate_bad_usage_exits_2_with_one_line_before_any_phase(tmp_path, args, message):
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "perfray", "validate", "--results-dir", str(tmp_path / "r"), *args],
+                         capture_output=True, text=True, timeout=120, cwd=repo)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"perfray: error: {message}"), out.stderr[-2000:]
+    assert not (tmp_path / "r").exists()
+
 def test_existing_run_id_is_never_overwritten(tmp_path):
     (tmp_path / "r" / "taken").mkdir(parents=True)
     out = run_cli("--results-dir", str(tmp_path / "r"), "--run-id", "taken")
