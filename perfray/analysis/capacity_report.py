@@ -68,6 +68,12 @@ def unmeasured(manifest: dict, search: dict) -> str:
     first = steps[0] if steps else {}
     qps = first.get("qps", math.nan)
     spec = (manifest.get("capacity") or {}).get("spec") or {}
+    last = steps[-1] if steps else {}
+    if search["limited_by"] == "min_qps" and last.get("outcome") == "inconclusive":
+        return (f"{', '.join(last.get('broken') or []) or 'an SLO'} not shown to hold at the first rate, "
+                f"{qps:,.0f} QPS: its interval still straddled the bound after {last.get('duration_s', math.nan):g} s "
+                f"(p99 {last.get('p99_ms', math.nan):.3g} ms, 95% CI {last.get('p99_lo_ms', math.nan):.3g}–"
+                f"{last.get('p99_hi_ms', math.nan):.3g}): raise --max-step-s for more samples")
     if search["limited_by"] == "min_qps":
         broke = ", ".join(first.get("broken") or []) or "an SLO"
         return (f"{broke} already broke at the first step, {qps:,.0f} QPS (p99 {first.get('p99_ms', math.nan):.3g} "
@@ -139,6 +145,24 @@ LIMITED_BY = {"slo": "an SLO broke above it", "generator": "the load generator f
               "the system's limit)", "max_qps": "max_qps reached with every SLO met",
               "min_qps": "an SLO already broke at min_qps", "max_steps": "max_steps reached",
               "unfinished": "the search did not finish"}
+UNDECIDED_AT_MIN = "undecided at min_qps: an SLO's interval still straddled its bound in the longest step"
+
+
+def ended_on_an_slo(search: dict) -> bool:
+    """Whether a search ended because an SLO broke (above a rate that held, or at min_qps), not cut short and not
+    undecided at its first rate."""
+    return search.get("limited_by") == "slo" or (search.get("limited_by") == "min_qps"
+                                                  and ended_because(search) != UNDECIDED_AT_MIN)
+
+
+def ended_because(search: dict) -> str:
+    """Why a search ended, in words; at min_qps, whether the first rate broke an SLO or was never decided (too few
+    samples for the interval within max_step_s: a p99 below its bound is not yet shown to hold)."""
+    why = search.get("limited_by", "")
+    steps = search.get("steps")
+    if why == "min_qps" and isinstance(steps, list) and steps and steps[-1].get("outcome") == "inconclusive":
+        return UNDECIDED_AT_MIN
+    return LIMITED_BY.get(why, why)
 
 
 def _searched(manifest: dict, search: dict) -> tuple[str, object, str]:
@@ -166,7 +190,7 @@ def capacity_section(manifest: dict, figure: Path | None) -> list[str]:
         system, gpus, _ = _searched(manifest, s)
         lines.append(f"| {s['search']} | {system} | {gpus} | {_fmt(s['capacity_qps'])} | {_fmt(s['capacity_hi'])} | "
                      f"{s['steps'] if isinstance(s['steps'], int) else len(s['steps'])} | "
-                     f"{LIMITED_BY.get(s['limited_by'], s['limited_by'])} |")
+                     f"{ended_because(s)} |")
     for s in capacity.get("searches", []):
         lines += ["", f"Steps of search {s['search']}:", "",
                   "| cell | offered QPS | s | p50 ms | p99 ms (95% CI) | p99.9 ms | failed | outcome |",

@@ -171,6 +171,10 @@ def test_an_unmeasured_capacity_says_why_and_what_to_do():
     busy = _unmeasured("generator", 100.0, 1)  # one actor late at 100 QPS: the host is busy, not the actor full
     assert "its host is busy" in busy and "add load actors" not in busy
     assert "add load actors" in _unmeasured("generator", 40_000.0, 2)
+    undecided = _unmeasured("min_qps", 100.0, 1, outcome="inconclusive", duration_s=6.0, p99_ms=8.2, p99_lo_ms=6.1,
+                            p99_hi_ms=14.0)  # a p99 under its bound, not yet shown to be: no "broke" said of it
+    assert undecided.endswith("p99_ms<=10 not shown to hold at the first rate, 100 QPS: its interval still straddled "
+                              "the bound after 6 s (p99 8.2 ms, 95% CI 6.1–14): raise --max-step-s for more samples")
 
 
 def test_a_rate_axis_does_not_repeat_a_capacity_search(tmp_path):
