@@ -16,7 +16,7 @@ import re
 import time
 from pathlib import Path
 
-from perfray.analysis.capacity_report import ended_because, ended_on_an_slo, goal_rate, sizing_line
+from perfray.analysis.capacity_report import LIMITED_BY, goal_rate, sizing_line
 from perfray.config import SweepConfig, load_config, resolve_path
 from perfray.errors import EXIT_OK, UsageError
 
@@ -112,13 +112,13 @@ def phase_verdict(manifest: dict) -> str:
 def capacity_verdict(capacity: dict) -> str:
     """go when some search (the largest GPU count, say) held the goal rate at the SLOs; no-go when none did and
     every search ended on an SLO that broke; inconclusive when a search was cut short (the generator, max_qps,
-    max_steps) or never decided its first rate (too few samples for the interval)."""
+    max_steps) or never decided its first rate (``undecided``: too few samples for the interval)."""
     spec, searches = capacity.get("spec") or {}, capacity.get("searches") or []
     rate = goal_rate(spec)
     best = max((s["capacity_qps"] for s in searches if _finite(s.get("capacity_qps"))), default=math.nan)
     if rate and _finite(best) and best >= rate:
         return "go"
-    if rate and searches and all(ended_on_an_slo(s) for s in searches):
+    if rate and searches and all(s["limited_by"] in ("slo", "min_qps") for s in searches):
         return "no-go"
     return "inconclusive"
 
@@ -293,7 +293,7 @@ def capacity_lines(campaign: Campaign) -> list[str]:
             first = cells.get((search.get("steps") or [{}])[0].get("cell"), {})
             gpus = ((first.get("workload") or {}).get("search") or {}).get("n_gpus", "–")
             lines.append(f"| {search['search']} | {gpus} | {_qps_text(search.get('capacity_qps'))} | "
-                         f"{_qps_text(search.get('capacity_hi'))} | {ended_because(search)} |")
+                         f"{_qps_text(search.get('capacity_hi'))} | {LIMITED_BY.get(search['limited_by'], '')} |")
         groups = capacity.get("scaling") or []
         lines += [""] + ([sizing_line(g["usl"], rate) for g in groups] if groups and rate else
                          ["**GPUs for the goal rate:** not estimated: capacity was measured at one GPU count."])

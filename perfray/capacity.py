@@ -108,7 +108,8 @@ class CapacitySearch:
         if outcome == GENERATOR:
             self.limited_by = "generator"
             return None
-        if outcome == UNDECIDED:
+        undecided = outcome == UNDECIDED
+        if undecided:
             longer = self._longer(step, more)
             if longer is not None:
                 return longer
@@ -117,8 +118,8 @@ class CapacitySearch:
             self.below = max(self.below or 0.0, step.qps)
         else:
             self.above = min(self.above or math.inf, step.qps)
-        if self.below is None:  # the first step already broke
-            self.limited_by = "min_qps"
+        if self.below is None:  # the first rate already broke, or was never shown to hold either way
+            self.limited_by = "undecided" if undecided else "min_qps"
             return None
         if self.above is None:
             if self.below >= spec.max_qps:

@@ -68,8 +68,8 @@ def unmeasured(manifest: dict, search: dict) -> str:
     first = steps[0] if steps else {}
     qps = first.get("qps", math.nan)
     spec = (manifest.get("capacity") or {}).get("spec") or {}
-    last = steps[-1] if steps else {}
-    if search["limited_by"] == "min_qps" and last.get("outcome") == "inconclusive":
+    if search["limited_by"] == "undecided":
+        last = steps[-1]
         return (f"{', '.join(last.get('broken') or []) or 'an SLO'} not shown to hold at the first rate, "
                 f"{qps:,.0f} QPS: its interval still straddled the bound after {last.get('duration_s', math.nan):g} s "
                 f"(p99 {last.get('p99_ms', math.nan):.3g} ms, 95% CI {last.get('p99_lo_ms', math.nan):.3g}–"
@@ -111,6 +111,11 @@ def capacity_scaling(rows: list[dict], rate: float | None = None) -> list[dict]:
         # only a capacity an SLO bounded is the system's; the generator or max_qps gives a lower bound
         bounded = [r for r in members if r["limited_by"] == "slo"]
         fit = fit_usl([r["n_gpus"] for r in bounded], [r["capacity_qps"] for r in bounded], rate=rate)
+        if not fit["ok"] and len(bounded) < len(members) and fit["reason"].startswith("too few points"):
+            others = "; ".join(f"{r['n_gpus']} GPU{'s' if r['n_gpus'] != 1 else ''}: "
+                               f"{LIMITED_BY.get(r['limited_by'], r['limited_by'])}" for r in members if r not in bounded)
+            fit["reason"] = (f"too few points: a capacity an SLO bounded at {len(bounded)} of {len(members)} GPU "
+                             f"counts ({others}), the USL needs at least 3")
         out.append({"workload": json.loads(key), "n_gpus": n, "capacity_qps": capacity,
                     "limited_by": [r["limited_by"] for r in members], "searches": [r["search"] for r in members],
                     "fitted_n_gpus": [r["n_gpus"] for r in bounded], "usl": fit})
@@ -143,26 +148,9 @@ def _fmt(value: float | None) -> str:
 
 LIMITED_BY = {"slo": "an SLO broke above it", "generator": "the load generator fell behind (a lower bound, not "
               "the system's limit)", "max_qps": "max_qps reached with every SLO met",
-              "min_qps": "an SLO already broke at min_qps", "max_steps": "max_steps reached",
+              "min_qps": "an SLO already broke at min_qps", "undecided": "undecided at min_qps: an SLO's interval still "
+              "straddled its bound in the longest step", "max_steps": "max_steps reached",
               "unfinished": "the search did not finish"}
-UNDECIDED_AT_MIN = "undecided at min_qps: an SLO's interval still straddled its bound in the longest step"
-
-
-def ended_on_an_slo(search: dict) -> bool:
-    """Whether a search ended because an SLO broke (above a rate that held, or at min_qps), not cut short and not
-    undecided at its first rate."""
-    return search.get("limited_by") == "slo" or (search.get("limited_by") == "min_qps"
-                                                  and ended_because(search) != UNDECIDED_AT_MIN)
-
-
-def ended_because(search: dict) -> str:
-    """Why a search ended, in words; at min_qps, whether the first rate broke an SLO or was never decided (too few
-    samples for the interval within max_step_s: a p99 below its bound is not yet shown to hold)."""
-    why = search.get("limited_by", "")
-    steps = search.get("steps")
-    if why == "min_qps" and isinstance(steps, list) and steps and steps[-1].get("outcome") == "inconclusive":
-        return UNDECIDED_AT_MIN
-    return LIMITED_BY.get(why, why)
 
 
 def _searched(manifest: dict, search: dict) -> tuple[str, object, str]:
@@ -190,7 +178,7 @@ def capacity_section(manifest: dict, figure: Path | None) -> list[str]:
         system, gpus, _ = _searched(manifest, s)
         lines.append(f"| {s['search']} | {system} | {gpus} | {_fmt(s['capacity_qps'])} | {_fmt(s['capacity_hi'])} | "
                      f"{s['steps'] if isinstance(s['steps'], int) else len(s['steps'])} | "
-                     f"{ended_because(s)} |")
+                     f"{LIMITED_BY.get(s['limited_by'], s['limited_by'])} |")
     for s in capacity.get("searches", []):
         lines += ["", f"Steps of search {s['search']}:", "",
                   "| cell | offered QPS | s | p50 ms | p99 ms (95% CI) | p99.9 ms | failed | outcome |",

@@ -66,7 +66,7 @@ def test_an_undecided_step_is_rerun_longer_then_counts_against_the_rate():
     search = run_search(spec, straddles)
     assert calls == [2, 4, 8, 16]  # at least twice as long each time, up to max_step_s
     assert [s.outcome for s in search.steps] == [UNDECIDED] * 4
-    assert search.result()["limited_by"] == "min_qps" and math.isnan(search.result()["capacity_qps"])
+    assert search.result()["limited_by"] == "undecided" and math.isnan(search.result()["capacity_qps"])
 
 
 def test_rerun_long_enough_for_the_samples_its_interval_needs():
@@ -144,6 +144,11 @@ def test_scaling_and_verdicts_from_capacities():
         group["usl"][k] == pytest.approx(alone[k]) for k in ("lambda", "sigma", "kappa") if k in alone)
     rows[2]["limited_by"] = "max_qps"
     assert "too few points" in capacity_scaling(rows)[0]["usl"]["reason"]
+    rows[1]["limited_by"] = "undecided"  # why each GPU count gave no point is said
+    assert capacity_scaling(rows)[0]["usl"]["reason"] == (
+        "too few points: a capacity an SLO bounded at 1 of 4 GPU counts (2 GPUs: undecided at min_qps: an SLO's "
+        "interval still straddled its bound in the longest step; 4 GPUs: max_qps reached with every SLO met; 8 GPUs: "
+        "the load generator fell behind (a lower bound, not the system's limit)), the USL needs at least 3")
     doc = {"capacity": {"spec": {"target_qps": 2000.0}, "searches": [
         {"search": 0, "capacity_qps": 2500.0, "limited_by": "slo"},
         {"search": 1, "capacity_qps": float("nan"), "limited_by": "min_qps"}]}}
@@ -171,7 +176,7 @@ def test_an_unmeasured_capacity_says_why_and_what_to_do():
     busy = _unmeasured("generator", 100.0, 1)  # one actor late at 100 QPS: the host is busy, not the actor full
     assert "its host is busy" in busy and "add load actors" not in busy
     assert "add load actors" in _unmeasured("generator", 40_000.0, 2)
-    undecided = _unmeasured("min_qps", 100.0, 1, outcome="inconclusive", duration_s=6.0, p99_ms=8.2, p99_lo_ms=6.1,
+    undecided = _unmeasured("undecided", 100.0, 1, outcome="inconclusive", duration_s=6.0, p99_ms=8.2, p99_lo_ms=6.1,
                             p99_hi_ms=14.0)  # a p99 under its bound, not yet shown to be: no "broke" said of it
     assert undecided.endswith("p99_ms<=10 not shown to hold at the first rate, 100 QPS: its interval still straddled "
                               "the bound after 6 s (p99 8.2 ms, 95% CI 6.1–14): raise --max-step-s for more samples")
