@@ -1,5 +1,9 @@
 """Errors a user can cause, each with the exit code the CLI contract gives it."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
 
 class PerfrayError(Exception):
     """Base class: the message is one line that says what was wrong and what to do."""
@@ -26,11 +30,8 @@ def raised_remotely(err: BaseException) -> PerfrayError | None:
     return type(cause)(str(cause)) if isinstance(cause, PerfrayError) else None
 
 
-
-def make_dir(path, option: str):
+def make_dir(path: str | Path, option: str) -> Path:
     """Create the folder a user named with ``option`` (and its parents); a one-line UsageError when it cannot be."""
-    from pathlib import Path
-
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{option} {path}: a file; expected a folder")
@@ -39,6 +40,7 @@ def make_dir(path, option: str):
     except OSError as err:
         raise UsageError(f"{option} {path}: cannot create it ({err.strerror})") from None
     return path
+
 
 EXIT_OK = 0
 EXIT_TARGET_FAILED = 1

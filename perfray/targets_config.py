@@ -36,7 +36,6 @@ class TargetSpec(_Strict):
         return self
 
 
-
 def _known(metric: str) -> None:
     from perfray.schema import SUMMARY_METRICS
 
