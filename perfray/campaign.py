@@ -187,7 +187,7 @@ def parse_phases(text: str, option: str) -> tuple[int, ...]:
     if text.strip().lower() == "none":
         return ()
     try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
+        return tuple(dict.fromkeys(int(part) for part in text.split(",") if part.strip()))  # each once, in order
     except ValueError:
         raise UsageError(f"{option} {text!r}: expected phase numbers, e.g. 1,3, or none") from None
 

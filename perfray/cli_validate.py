@@ -45,7 +45,7 @@ def _open(args) -> tuple[Campaign, list[tuple[int, str, Path]]]:
     if args.capacity is None:  # the default: phases 1 and 3 (the capacity searches), those the plan has
         capacity = tuple(n for n in CAPACITY_PHASES if n in numbers)
     else:
-        capacity = tuple(dict.fromkeys(parse_phases(args.capacity, "--capacity")))
+        capacity = parse_phases(args.capacity, "--capacity")
         if set(capacity) - set(numbers):
             raise UsageError(f"--capacity {args.capacity!r}: the plan's phases are {', '.join(map(str, numbers))}")
     run_id = args.run_id if args.run_id is not None else f"validate-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -67,6 +67,7 @@ def test_capacity_phases_search_at_their_goals_and_size_for_their_rate():
     cluster = as_capacity(load_config(Path("configs/phases/1-vector-isolation.yaml"), []), "cluster").capacity
     assert cluster.sizing_qps == 7000 and cluster.step_s == 5
     assert parse_phases("1,3", "--capacity") == (1, 3) and parse_phases("none", "--capacity") == ()
+    assert parse_phases("3,1,3", "--capacity") == (3, 1)  # each once, as given
     with pytest.raises(UsageError, match="--capacity 'x'"):
         parse_phases("x", "--capacity")
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import REPO
 
 
 def run_cli(*args, cwd=None):
@@ -63,11 +64,10 @@ def test_every_command_names_a_folder_it_cannot_make_in_one_line(tmp_path, comma
     naming the option, before any server or run starts."""
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    repo = Path(__file__).resolve().parents[2]
     for where, why in ((blocker, "a file; expected a folder"), (blocker / "d", "cannot create it (Not a directory)"),
                        (Path("/proc/self/perfray-x"), "cannot create it (No such file or directory)")):
         out = subprocess.run([sys.executable, "-m", "perfray", *command, str(where)], capture_output=True, text=True,
-                             timeout=120, cwd=repo)
+                             timeout=120, cwd=REPO)
         assert out.returncode == 2, out.stderr[-2000:]
         assert out.stderr.strip().splitlines() == [f"perfray: error: {command[-1]} {where}: {why}"], out.stderr[-2000:]
 
@@ -82,9 +82,8 @@ def test_every_command_names_a_folder_it_cannot_make_in_one_line(tmp_path, comma
     (["--plan", "configs/phases", "--capacity", "x"], "--capacity 'x': expected phase numbers, e.g. 1,3, or none"),
 ])
 def test_validate_bad_usage_exits_2_with_one_line_before_any_phase(tmp_path, args, message):
-    repo = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-m", "perfray", "validate", "--results-dir", str(tmp_path / "r"), *args],
-                         capture_output=True, text=True, timeout=120, cwd=repo)
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 2, out.stderr[-2000:]
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"perfray: error: {message}"), out.stderr[-2000:]
