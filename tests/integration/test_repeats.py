@@ -1,6 +1,8 @@
 """Run-to-run variance through the real sweep: ``--repeat 3`` runs of the smoke config (scaled down, the
 ``http`` system against a local server answering in 5 ms). An A/A pair of runs of the same build and config
-must not be called a regression or a speedup; a candidate whose server takes twice as long still is."""
+must not be called a regression or a speedup; a candidate whose server takes four times as long still is, on the
+median and on p99. (A 2x slower server is not a fair p99 test of 3 repeats on a shared 2-core box: the box moves a
+repeat's p99 by as much — one CI run read the 5 vs 10 ms pair's p99 at 0.61x with a 95% interval of 0.37-1.00.)"""
 
 import subprocess
 import sys
@@ -20,7 +22,7 @@ CELL = ["--config", "configs/smoke.yaml", "--set", "system=http", "--set", "stor
 @pytest.fixture
 def servers():
     procs, urls = [], {}
-    for name, delay in (("fast", 5), ("slow", 10)):
+    for name, delay in (("fast", 5), ("slow", 20)):
         port = free_port()
         procs.append(subprocess.Popen([sys.executable, "-m", "perfray.services.http_responder", "--port", str(port),
                                        "--delay-ms", str(delay)]))
@@ -37,7 +39,7 @@ def compare_cli(*args):
                           cwd=REPO, timeout=300)
 
 
-def test_a_a_runs_are_not_told_apart_and_a_2x_slower_server_is(tmp_path, servers):
+def test_a_a_runs_are_not_told_apart_and_a_4x_slower_server_is(tmp_path, servers):
     for run_id, server in (("a", "fast"), ("a2", "fast"), ("slow", "slow")):
         out = sweep_cli(*CELL, "--set", f"stores.http.url={servers[server]}", "--results-dir", str(tmp_path),
                         "--run-id", run_id, "--no-report", timeout=600)
@@ -50,8 +52,7 @@ def test_a_a_runs_are_not_told_apart_and_a_2x_slower_server_is(tmp_path, servers
     same = compare_cli(str(tmp_path / "a"), str(tmp_path / "a2"), "--metric", "p99_ms", "--confidence", "0.99")
     assert same.returncode == 1 and "between runs (3 vs 3 repeats)" in same.stdout, same.stdout + same.stderr
     assert "REGRESSION" not in same.stdout and "meets" not in same.stdout, same.stdout
-    # the A/A pair at 99% (a false alarm 1 time in 200), the slowdown at 95% (power on a noisy CI box: one run
-    # there read 0.62x with a 99% interval of 0.35-1.10)
+    # the A/A pair at 99% (a false alarm 1 time in 200), the slowdown at 95%
     worse = compare_cli(str(tmp_path / "a"), str(tmp_path / "slow"), "--metric", "p99_ms", "--confidence", "0.95")
     assert "REGRESSION" in worse.stdout, worse.stdout
     median = compare_cli(str(tmp_path / "a"), str(tmp_path / "slow"), "--metric", "p50_ms")
