@@ -294,7 +294,7 @@ class SweepDriver:
         entry.update(status="running", start_unix_ns=start_ns)
         self.manifest.write()
         label = progress_label(cell, group.described, system.label if system is not None else None)
-        self.progress.cell_started(index, len(self.cells), label, sum(p.duration_s for p in phases))
+        self.progress.cell_started(index, len(self.cells), label, sum(p.duration_s for p in phases), start_ns)
         counters_before = fleet.gpu_counters(group)
         watch = fleet.watch_search(group, sum(p.duration_s for p in phases) + START_LEAD_NS / 1e9 + 60)
         self.cell_cpu.start(fleet)

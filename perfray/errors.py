@@ -6,9 +6,21 @@ from pathlib import Path
 
 
 class PerfrayError(Exception):
-    """Base class: the message is one line that says what was wrong and what to do."""
+    """Base class: the message is one line that says what was wrong and what to do. A character that would break
+    the line (a newline or another control character a user's input brought in, e.g. a config value ``"\n"``
+    quoted in pydantic's message) is written as its escape."""
 
     exit_code = 1
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(one_line(str(message)))
+
+
+def one_line(text: str) -> str:
+    """``text`` with every non-printable character (newline, tab, other controls) as its Python escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class UsageError(PerfrayError):

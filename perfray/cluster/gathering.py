@@ -57,6 +57,7 @@ class RowGatherer:
         import ray
 
         started = time.perf_counter()
+        self.progress.drain_started(time.time_ns())
         try:
             pending = {i: self.load[i].drain.remote() for i in sorted(self.live)}
             for i, ref in pending.items():
@@ -71,6 +72,7 @@ class RowGatherer:
         finally:
             self.seconds += time.perf_counter() - started
             self.drains += 1
+            self.progress.drain_finished()
 
     def actor_failed(self, role: str, index: int, cell: int, err: Exception) -> None:
         """Record a dead actor once (a load actor's drain and its run call both notice)."""

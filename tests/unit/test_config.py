@@ -68,6 +68,10 @@ def test_set_overrides_by_path_or_unique_leaf_and_replaces_a_sweep_axis(tmp_path
     (BASE, ["sweep={load.target_qps: 500}"], r"sweep.load.target_qps: expected a list \[...\], got 500$"),
     (BASE, ["sweep=[1, 2]"], r": sweep: expected a mapping \{key: value\}, got \[1, 2\]$"),
     (BASE, ["slo={metric: p99_ms, goal: 10}"], r": slo: expected a list \[...\], got \{'metric': 'p99_ms', 'goal': 10\}$"),
+    # a control character the input brought into the message is written as its escape (hypothesis found a dataset
+    # kind "\n" quoted on two lines)
+    (BASE, ['dataset={kind: "\\n"}'], r"dataset: Input tag '\\n' found using 'kind' does not match any of the "
+                                        r"expected tags: 'synthetic', 'file'$"),
 ])
 def test_bad_config_is_one_line_usage_error(tmp_path, text, overrides, message):
     with pytest.raises(UsageError, match=message) as err:

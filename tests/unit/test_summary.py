@@ -135,7 +135,34 @@ def test_the_live_progress_line_keeps_fixed_memory_and_a_close_p99():
         lat = rng.lognormal(np.log(3e6), 0.6, 4000).astype(np.int64)
         every.append(lat)
         status = pa.array(["ok"] * 3990 + ["error"] * 10).dictionary_encode()
-        progress.rows(pa.record_batch({"status": status, "latency_ns": pa.array(lat)}))
+        done = pa.array(np.full(4000, progress.start_ns + 10**9, dtype=np.int64))
+        progress.rows(pa.record_batch({"status": status, "latency_ns": pa.array(lat), "done_ns": done}))
     ok = np.concatenate([lat[:3990] for lat in every])
     assert progress.p99_ms() == pytest.approx(np.percentile(ok, 99) / 1e6, rel=0.02)
     assert progress.histogram.nbytes < 10_000 and progress.ok == ok.size and progress.errors == 500
+
+
+def test_the_live_qps_is_the_rate_of_completions_not_rows_gathered_since_setup():
+    """A 500 QPS cell, sending from 0.7 s after setup, drained every second (each drain brings the rows done
+    before it began): every line reads 500 QPS within 6%. Rows gathered over the time since setup read 331 QPS at
+    2 s on the quick start's sweep."""
+    import pyarrow as pa
+
+    from perfray.progress import Progress
+
+    progress = Progress(enabled=True, every_s=2.0)
+    progress.console.quiet = True
+    start = 10**18
+    progress.cell_started(0, 1, "cell", 10.0, start_unix_ns=start)
+    done = start + np.cumsum(np.random.default_rng(1).exponential(1e9 / 500, 5000)).astype(np.int64) + 4_000_000
+    sent = 0
+    assert progress.qps() is None  # nothing sent yet
+    for second in range(1, 10):
+        mark = start + second * 10**9 + 30_000_000
+        progress.drain_started(mark)
+        upto = int(np.searchsorted(done, mark + 5_000_000))  # a drain also brings rows done while it ran
+        progress.rows(pa.record_batch({"status": pa.array(["ok"] * (upto - sent)).dictionary_encode(),
+                                       "latency_ns": pa.array(np.full(upto - sent, 4_000_000)),
+                                       "done_ns": pa.array(done[sent:upto])}))
+        sent = upto
+        assert progress.qps() == pytest.approx(500, rel=0.06), second
