@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from perfray.errors import UsageError
 
 
@@ -17,6 +19,9 @@ def run_compare_command(args) -> int:
     args.baseline, args.candidate = args.runs
     if not 0.5 <= args.confidence < 1:
         raise UsageError(f"--confidence: expected a level in [0.5, 1), got {args.confidence}")
+    if not (math.isfinite(args.min_speedup) and args.min_speedup > 0):  # <= 0: every candidate would meet it
+        raise UsageError(f"--min-speedup: expected a ratio above 0 (1.5: 50% better; 0.9: at most 10% worse), "
+                         f"got {args.min_speedup}")
     from perfray.analysis.distributions import shifts_text
 
     path, rows = compare(args.baseline, args.candidate, args.metric, args.min_speedup, args.confidence)
@@ -33,6 +38,8 @@ def run_gate_command(args) -> int:
 
     if len(args.runs) != 1:
         raise UsageError(f"compare --baseline-history: expected one run to judge, got {len(args.runs)}")
+    if args.magnitude is not None and not (math.isfinite(args.magnitude) and args.magnitude >= 0):
+        raise UsageError(f"--magnitude: expected a share >= 0 (0.05: a 5% change), got {args.magnitude}")
     metrics = tuple(m.strip() for m in args.metric.split(",") if m.strip())
     verdicts = gate(args.baseline_history, args.runs[0], metrics,
                     magnitude=MAGNITUDE if args.magnitude is None else args.magnitude)

@@ -48,6 +48,15 @@ def test_a_series_too_short_is_not_judged_and_a_bad_call_is_one_line(runs, tmp_p
     two = subprocess.run([sys.executable, "-m", "perfray", "compare", "--baseline-history", str(tmp_path),
                           str(tmp_path / "run-00"), str(tmp_path / "run-01")], capture_output=True, text=True)
     assert two.returncode == 2 and len(two.stderr.strip().splitlines()) == 1 and "one run" in two.stderr
+    # a magnitude below 0 would count every change as large enough; a speedup goal <= 0 met by every candidate
+    negative = _gate(tmp_path, tmp_path / "run-13", "--magnitude", "-0.1")
+    assert negative.returncode == 2 and negative.stderr.strip() == (
+        "perfray: error: --magnitude: expected a share >= 0 (0.05: a 5% change), got -0.1"), negative.stderr
+    for goal in ("0", "nan"):
+        out = subprocess.run([sys.executable, "-m", "perfray", "compare", str(tmp_path / "run-00"),
+                              str(tmp_path / "run-13"), "--min-speedup", goal], capture_output=True, text=True)
+        assert out.returncode == 2 and out.stderr.strip().endswith(f"--min-speedup: expected a ratio above 0 (1.5: 50% "
+                                                                   f"better; 0.9: at most 10% worse), got {float(goal)}")
 
 
 def test_the_prediction_bound_cries_wolf_at_its_alpha_and_finds_a_real_step():
