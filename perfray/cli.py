@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -142,13 +143,12 @@ def run_calibrate_command(args) -> int:
     unknown = [p for p in paths if p not in known]
     if unknown or not paths:
         raise UsageError(f"--paths: expected some of {', '.join(known)}, got {args.paths!r}")
-    if args.step_s <= 0:
+    if not (math.isfinite(args.step_s) and args.step_s > 0):
         raise UsageError(f"--step-s: expected a positive number of seconds, got {args.step_s}")
+    if not (math.isfinite(args.quiet_s) and args.quiet_s >= 0):
+        raise UsageError(f"--quiet-s: expected seconds >= 0, got {args.quiet_s}")
     print(f"{'path':<8} {'ceiling req/s':>13} {'CPU µs/req':>10}  (one load generator: every request answered, "
           f"schedule lag p99 <= {GENERATOR_LAG_LIMIT_MS:g} ms)")
-
-    if args.quiet_s < 0:
-        raise UsageError(f"--quiet-s: expected seconds >= 0, got {args.quiet_s}")
 
     def report(path, result, where=""):
         cpu = result["cpu_us_per_request"]

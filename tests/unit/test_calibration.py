@@ -103,6 +103,12 @@ def test_calibrate_command_prints_ceilings_and_rejects_unknown_paths(tmp_path):
                          capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "perfray: error: --paths: expected some of callback, async, threads, gpu, got 'async,quantum'"]
+    for option, value, expected in (("--step-s", "nan", "a positive number of seconds"), ("--quiet-s", "nan",
+                                                                                       "seconds >= 0")):
+        bad = subprocess.run([sys.executable, "-m", "perfray", "calibrate", "--paths", "async", option, value],
+                             capture_output=True, text=True, env=env, timeout=60)  # NaN was an internal error
+        assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+            f"perfray: error: {option}: expected {expected}, got nan"], bad.stderr[-1500:]
     out = subprocess.run([sys.executable, "-m", "perfray", "calibrate", "--paths", "threads", "--step-s", "0.3"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
