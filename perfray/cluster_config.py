@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from perfray.config_model import Strict
 
 
-class ClusterSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ClusterSpec(Strict):
     address: str | None = Field(None, description="Ray address; default: RAY_ADDRESS, else embedded local Ray")
     logical_gpus: Literal["auto", "always", "never"] = Field(
         "auto", description="declare logical GPUs on an embedded Ray without enough real ones (a simulated run)")

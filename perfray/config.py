@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from perfray.cluster_config import ClusterSpec
+from perfray.config_model import Strict
 from perfray.dataset_config import Dataset, FileDataset, FilterSpec, SyntheticDataset  # noqa: F401 - interface
 from perfray.errors import UsageError
 from perfray.systems_config import SYSTEMS, CatalogueSpec, HybridSpec, StoresSpec
@@ -25,10 +26,6 @@ from perfray.targets_config import CapacitySpec, SloSpec, TargetSpec
 from perfray.traffic_config import LoadSpec, Phase, phase_rates  # noqa: F401 - part of this module's interface
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 SEARCH_PARAMS = {

@@ -6,14 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from perfray.config_model import Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SyntheticDataset(_Strict):
+class SyntheticDataset(Strict):
     """Seeded Gaussian clusters; queries come from the same distribution."""
 
     kind: Literal["synthetic"] = Field(
@@ -30,7 +28,7 @@ class SyntheticDataset(_Strict):
     seed: int = Field(0, description="random seed: the same seed gives the same vectors")
 
 
-class FileDataset(_Strict):
+class FileDataset(Strict):
     """An ann-benchmarks HDF5 file (train/test) or ``.fvecs`` base (+ ``queries_path``)."""
 
     kind: Literal["file"] = Field(description="file: vectors read from path")
@@ -47,7 +45,7 @@ class FileDataset(_Strict):
 Dataset = Annotated[SyntheticDataset | FileDataset, Field(discriminator="kind")]
 
 
-class FilterSpec(_Strict):
+class FilterSpec(Strict):
     """Filtered search (``perfray.data.filters``): each query may return only the items whose seeded integer
     attribute lies in its own window of ``selectivity × n`` values (exactly that share of the items passes), or,
     with ``field: genre``, the items of the genre label whose share is ``selectivity``."""

@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from perfray.config_model import Strict
 from perfray.redact import redact
 from perfray.registry import Registry
 
@@ -30,11 +31,7 @@ SYSTEMS.register("http", "perfray.sut.http:HttpSystem", filterable=True)
 SYSTEMS.register("instant", "perfray.sut.instant:InstantSystem", filterable=True)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CatalogueSpec(_Strict):
+class CatalogueSpec(Strict):
     """The media catalogue built on the dataset's vectors (items = base rows)."""
 
     users: int = Field(500, ge=1, description="users of the catalogue (each request is on behalf of one)")
@@ -46,7 +43,7 @@ class CatalogueSpec(_Strict):
     seed: int = Field(0, description="random seed of the catalogue")
 
 
-class HybridSpec(_Strict):
+class HybridSpec(Strict):
     """vector top-``candidates`` → graph expansion ``hops`` deep from the best ``seeds`` hits → policy rank
     (``policy: false`` stops after the graph: the answer is the vector hits, then the expansion)."""
 
@@ -67,7 +64,7 @@ class HybridSpec(_Strict):
     vector_batch_max: int = Field(64, ge=1, description="most requests merged into one vector call")
 
 
-class MilvusSpec(_Strict):
+class MilvusSpec(Strict):
     """``uri``: a Milvus Lite file (``….db``, embedded default) or a server (``http://host:19530``)."""
 
     uri: str = Field(
@@ -97,7 +94,7 @@ class MilvusSpec(_Strict):
         return uri
 
 
-class PostgresSpec(_Strict):
+class PostgresSpec(Strict):
     """libpq connection parts; the password comes only from the environment variable ``password_env``."""
 
     host: str = Field("127.0.0.1", description="server host")
@@ -134,7 +131,7 @@ class PgvectorSpec(PostgresSpec):
                                           "(search.params overrides per cell)")
 
 
-class Neo4jSpec(_Strict):
+class Neo4jSpec(Strict):
     """Neo4j over Bolt. The vector index (the Neo4j-only baseline's) is built with Neo4j's defaults unless set:
     ``vector_quantization`` (Neo4j quantizes the stored vectors by default, which caps its recall: 0.94 against
     1.0 unquantized on perfray's test data, whatever the query asks) and its HNSW ``hnsw_m`` and
@@ -163,7 +160,7 @@ class Neo4jSpec(_Strict):
         return uri
 
 
-class HttpSpec(_Strict):
+class HttpSpec(Strict):
     """A deployed service (e.g. the hybrid coordinator): each request POSTs ``{"vector", "k", "user"}`` as
     JSON (and ``"filter": {"attr": [lo, hi]}`` when the cell filters: only items whose attribute is in
     ``[lo, hi)`` may be returned; ``{"genre_label": g}`` with ``filter.field: genre``: only items of that genre
@@ -202,7 +199,7 @@ def _check_uri(uri: str, schemes: tuple[str, ...], expected: str) -> None:
         raise ValueError(f"expected {expected}, got {redact(uri)!r}")
 
 
-class StoresSpec(_Strict):
+class StoresSpec(Strict):
     """Where each store runs. Only the stores a cell's system uses are connected."""
 
     milvus: MilvusSpec = Field(default_factory=MilvusSpec, description="Milvus (Lite by default)")

@@ -6,14 +6,12 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from perfray.config_model import Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TargetSpec(_Strict):
+class TargetSpec(Strict):
     """A threshold on a summary column, checked for every cell (or those whose summary labels match
     ``where``, e.g. ``{system_name: hybrid}``; ``{phase: burst}`` checks that phase's own figures). A bound no value
     of the metric meets is refused (a latency at or below 0, a failure rate below 0, a recall or share above 1)."""
@@ -44,14 +42,12 @@ def _known(metric: str) -> None:
 
 
 def _passable(metric: str, name: str, value: float, at_most: bool | None = None) -> None:
-    """Refuse a bound (``max``, ``min``, or an SLO's ``goal``/``stretch``: ``at_most`` says which way) that is not a
-    number, or that no value of the metric meets: a target no system could pass."""
+    """Refuse a bound (``max``, ``min``, or an SLO's ``goal``/``stretch``: ``at_most`` says which way; finite, as
+    every config number is) that no value of the metric meets: a target no system could pass."""
     from perfray.schema import metric_range
 
     at_most = name == "max" if at_most is None else at_most
     low, high, low_occurs = metric_range(metric)
-    if not math.isfinite(value):
-        raise ValueError(f"{metric} {name} {value}: expected a finite number")
     if at_most and (value < low or (value == low and not low_occurs)):
         raise ValueError(f"{metric} {name} {value:g}: {metric} is never {'below' if low_occurs else 'at or below'} "
                          f"{low:g}, so no system could meet it")
@@ -59,7 +55,7 @@ def _passable(metric: str, name: str, value: float, at_most: bool | None = None)
         raise ValueError(f"{metric} {name} {value:g}: {metric} is never above {high:g}, so no system could meet it")
 
 
-class SloSpec(_Strict):
+class SloSpec(Strict):
     """A service-level objective of the plan: a goal (must be met: a missed goal fails the run, like a target) and
     optionally a stretch goal (reported apart, never fails the run) on one summary metric, judged as targets are
     (a percentile on its whole 95% interval, "inconclusive" when it straddles the bound)."""
@@ -119,7 +115,7 @@ def parse_slo(text: str) -> TargetSpec:
     raise ValueError(f"SLO {text!r}: expected {SLO_PATTERN}")
 
 
-class CapacitySpec(_Strict):
+class CapacitySpec(Strict):
     """Capacity search: for every cell of the grid, the highest offered rate at which every SLO holds (open-loop
     steps grown geometrically until one breaks, then bisected to ``resolution``)."""
 

@@ -8,14 +8,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from perfray.config_model import Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Phase(_Strict):
+class Phase(Strict):
     """A stretch of the rate schedule. ``rate`` multiplies the cell's ``target_qps`` unless ``qps`` is set;
     ``rate_end``/``qps_end`` make it a linear ramp."""
 
@@ -28,7 +26,7 @@ class Phase(_Strict):
     measured: bool = Field(True, description="false: the phase is warm-up, left out of the cell's summary")
 
 
-class WriteSpec(_Strict):
+class WriteSpec(Strict):
     """Writes mixed into a cell's schedule (``perfray.data.writes``): open loop like reads, at ``rate`` per second
     through every phase, each a row with ``op`` = ``kind``. ``freshness_sample`` writes, spread over the cell, are
     followed by probe searches at the written vector until the store shows the write (an insert or upsert found
@@ -46,7 +44,7 @@ class WriteSpec(_Strict):
                                  "read sent later that returns a deleted item is a stale read")
 
 
-class LoadSpec(_Strict):
+class LoadSpec(Strict):
     target_qps: float = Field(
         500.0, gt=0, description="offered requests per second across the load actors (phases' rate "
                                  "multiplies it)")

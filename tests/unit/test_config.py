@@ -61,13 +61,17 @@ def test_set_overrides_by_path_or_unique_leaf_and_replaces_a_sweep_axis(tmp_path
     (BASE + "targets: [{metric: failure_rate, max: -0.01}]\n", [], r"failure_rate max -0.01: .* never below 0"),
     (BASE + "targets: [{metric: recall_min, min: 1.01}]\n", [], r"recall_min min 1.01: recall_min is never above 1"),
     (BASE + "targets: [{metric: gpu_util_mean, min: 101}]\n", [], r"gpu_util_mean min 101: .* never above 100"),
-    (BASE + "targets: [{metric: p99_ms, max: .nan}]\n", [], r"p99_ms max nan: expected a finite number"),
+    (BASE + "targets: [{metric: p99_ms, max: .nan}]\n", [], r"targets.0.max: Input should be a finite number$"),
     (BASE, ["slo=[{metric: p99_ms, goal: -1}]"], r"slo.0: p99_ms goal -1: p99_ms is never at or below 0"),
     (BASE, ["slo=[{metric: recall_mean, goal: 0.9, stretch: 1.2}]"], r"recall_mean stretch 1.2: .* never above 1"),
     # a value of the wrong shape says what was expected and what came
     (BASE, ["sweep={load.target_qps: 500}"], r"sweep.load.target_qps: expected a list \[...\], got 500$"),
     (BASE, ["sweep=[1, 2]"], r": sweep: expected a mapping \{key: value\}, got \[1, 2\]$"),
     (BASE, ["slo={metric: p99_ms, goal: 10}"], r": slo: expected a list \[...\], got \{'metric': 'p99_ms', 'goal': 10\}$"),
+    # every number of a config is finite: an infinite duration or rate ran until killed
+    (BASE, ["load.duration_s=.inf"], r"workload.load.duration_s: Input should be a finite number$"),
+    (BASE, ["capacity={max_qps: .inf}"], r"capacity.max_qps: Input should be a finite number$"),
+    (BASE, ["cluster.load_actor_cpus=.nan"], r"cluster.load_actor_cpus: Input should be a finite number$"),
     # a control character the input brought into the message is written as its escape (hypothesis found a dataset
     # kind "\n" quoted on two lines)
     (BASE, ['dataset={kind: "\\n"}'], r"dataset: Input tag '\\n' found using 'kind' does not match any of the "
