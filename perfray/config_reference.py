@@ -20,7 +20,8 @@ Generated from the config's pydantic models (`python -m perfray schema --markdow
 fails when this page is stale or a field has no description). A config is a *workload* plus a *sweep*: every
 combination of the sweep's values is one cell. `--set PATH=VALUE` overrides any value by its dotted path under
 `workload` (`load.target_qps`) or a unique leaf name (`target_qps`); `configs/` holds worked examples, and
-`python -m perfray schema > perfray.schema.json` gives editors the same rules as JSON Schema.
+`python -m perfray schema > perfray.schema.json` gives editors the same rules as JSON Schema. An unknown key is
+refused, and every number must be finite (`.inf` and `.nan` are refused).
 """
 
 
