@@ -2,8 +2,9 @@
 and which node is slow against the others, judged on intervals so that noise reads "inconclusive", not a verdict.
 
 A node is *slower* when the 95% interval of its p50 or its p99 lies wholly above the same interval of the other
-nodes' rows (pooled) and its estimate exceeds theirs by more than ``EQUIVALENCE`` (a shift that matters), *faster*
-the other way round; *no difference* when the medians' intervals lie within ``EQUIVALENCE`` of each other and the
+nodes' rows (pooled) and its estimate exceeds theirs by more than ``EQUIVALENCE`` (a shift that matters) in each
+half of the measured window too (a node that stays slow, not one stall: a pause of one node's process moves a
+5-second window's p99 as much as a slow node does), *faster* the other way round; *no difference* when the medians' intervals lie within ``EQUIVALENCE`` of each other and the
 p99s' intervals overlap (a tail needs far more samples to pin down than a median); anything else is
 *inconclusive*: the rows cannot tell."""
 
@@ -34,6 +35,8 @@ def node_table(rows: pa.Table | CellFrame, measured_phases: list[str], measured_
     failed = status["error"] | status["timeout"] | status["dropped"] | status["lost"]
     timed = status["ok"] | status["timeout"]
     latency_ms = frame.floats("latency_ns")[measured] / 1e6
+    intended = frame.ints("intended_ns")[measured]
+    late = intended >= (intended.min() + intended.max()) / 2 if intended.size else np.zeros(0, dtype=bool)
     table = []
     for role, column in ROLES.items():
         codes, names = frame.codes(column)
@@ -43,28 +46,39 @@ def node_table(rows: pa.Table | CellFrame, measured_phases: list[str], measured_
             continue
         for i in sorted(present, key=lambda i: names[i]):
             here = codes == i
-            mine, rest = latency_ms[here & timed], latency_ms[~here & timed & (codes >= 0)]
+            ours, theirs = here & timed, ~here & timed & (codes >= 0)
+            mine, rest = latency_ms[ours], latency_ms[theirs]
             row = {"role": role, "node_id": names[i], "requests": int(here.sum()),
                    "qps": float(here.sum() / measured_s) if measured_s > 0 else math.nan,
                    "failures": int((failed & here).sum()),
                    "p50_ms": _pct(mine, 50), "p99_ms": _pct(mine, 99),
                    "busy": (usage_by_node or {}).get(names[i]) if role == "search" else None}
-            row.update(judge_node(mine, rest))
+            row.update(judge_node(mine, rest, late[ours], late[theirs]))
             table.append(row)
     return table
 
 
-def judge_node(mine: np.ndarray, rest: np.ndarray) -> dict:
+def judge_node(mine: np.ndarray, rest: np.ndarray, mine_late: np.ndarray | None = None,
+               rest_late: np.ndarray | None = None) -> dict:
     """The verdict of one node's latencies (ms) against the other nodes': the 95% intervals of both p50s and p99s,
-    and the call (see the module's docstring)."""
+    and the call (see the module's docstring). ``mine_late`` / ``rest_late``: which of each side's requests fall in
+    the second half of the window (None: the halves are not asked)."""
     ours = {q: _interval(mine, q) for q in QUANTILES}
     theirs = {q: _interval(rest, q) for q in QUANTILES}
     point = {q: (_pct(mine, q * 100), _pct(rest, q * 100)) for q in QUANTILES}
     known = not any(math.isnan(v) for q in QUANTILES for v in (*ours[q], *theirs[q]))
+    halves = [] if mine_late is None or rest_late is None else [
+        (mine[mine_late == late], rest[rest_late == late]) for late in (False, True)]
 
-    def beyond(a: int, b: int) -> bool:  # side a's interval wholly above side b's, by more than the margin
+    def apart(a: np.ndarray, b: np.ndarray, q: float) -> bool:  # a's estimate over b's by the margin, both defined
+        if np.isnan(_interval(a, q)[0]) or np.isnan(_interval(b, q)[0]):
+            return False  # too few of a half's requests for this quantile: the half cannot confirm it
+        return _pct(a, q * 100) > _pct(b, q * 100) * EQUIVALENCE
+
+    def beyond(a: int, b: int) -> bool:  # side a's interval wholly above side b's, by the margin, in both halves
         sides = (ours, theirs)
-        return any(sides[a][q][0] > sides[b][q][1] and point[q][a] > point[q][b] * EQUIVALENCE for q in QUANTILES)
+        return any(sides[a][q][0] > sides[b][q][1] and point[q][a] > point[q][b] * EQUIVALENCE
+                   and all(apart(half[a], half[b], q) for half in halves) for q in QUANTILES)
 
     median_same = known and ours[0.5][1] <= theirs[0.5][0] * EQUIVALENCE and theirs[0.5][1] <= ours[0.5][0] * EQUIVALENCE
     tails_overlap = known and ours[0.99][0] <= theirs[0.99][1] and theirs[0.99][0] <= ours[0.99][1]
@@ -136,7 +150,7 @@ def nodes_section(manifest: dict) -> list[str]:
         lines.append("")
     if tables:
         lines += [f"A node is *slower* when the 95% interval of its p50 or p99 lies above the other nodes' and its "
-                  f"estimate is over {EQUIVALENCE:g}x theirs; *no difference* when the p50 intervals lie within "
+                  f"estimate is over {EQUIVALENCE:g}x theirs, in each half of the window too; *no difference* when the p50 intervals lie within "
                   f"{EQUIVALENCE:g}x of each other and the p99 intervals overlap; otherwise *inconclusive*.", "",
                   "| cell | role | node | requests | QPS | p50 ms | p99 ms (95% CI) | others' p99 CI | failures | "
                   "search busy | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]

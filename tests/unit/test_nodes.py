@@ -44,3 +44,22 @@ def test_a_shift_near_the_margin_on_few_samples_is_inconclusive():
     rng = np.random.default_rng(11)
     call = judge_node(4.6 * rng.lognormal(0.0, 0.5, 800), 4.0 * rng.lognormal(0.0, 0.5, 800))
     assert call["p50_interval"][0] > call["others_p50_interval"][1] and call["verdict"] == "inconclusive"
+
+
+def test_one_stall_is_not_a_slow_node_and_a_node_slow_throughout_is():
+    """A 150 ms pause of one node's process in a 5-second window (its requests in the pause wait it out) moves its
+    p99 as much as a slow node: the pause shows in one half of the window only, so the call is inconclusive; a node
+    slow in both halves is still slower. (An equal pair on a busy 2-core CI box was once called slower/faster.)"""
+    rng = np.random.default_rng(5)
+    n, window_ms = 2500, 5000.0
+    at = np.sort(rng.uniform(0, window_ms, n))
+    mine, rest = lognormal(n, 4.0), lognormal(n, 4.0)
+    paused = (at > 1000) & (at < 1150)
+    stalled = mine.copy()
+    stalled[paused] += 1150 - at[paused]
+    late = at >= window_ms / 2
+    assert judge_node(stalled, rest)["verdict"] == "slower"  # the whole window alone cannot tell
+    assert judge_node(stalled, rest, late, late)["verdict"] == "inconclusive"
+    assert judge_node(mine * 2, rest, late, late)["verdict"] == "slower"
+    assert judge_node(rest, mine * 2, late, late)["verdict"] == "faster"
+    assert judge_node(mine, rest, late, late)["verdict"] == "no difference"
