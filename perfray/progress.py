@@ -55,8 +55,11 @@ class Progress:
         lat = batch.column("latency_ns").to_numpy(zero_copy_only=False)[ok]
         self.histogram += np.bincount(np.searchsorted(_EDGES_NS, lat), minlength=self.histogram.size)
         done = batch.column("done_ns").to_numpy(zero_copy_only=False)[ok]
-        ticks = np.clip((done - self.start_ns) // _TICK_NS, 0, self.done.size - 1).astype(np.int64)
-        self.done += np.bincount(ticks, minlength=self.done.size)
+        if done.size:
+            ticks = np.clip((done - self.start_ns) // _TICK_NS, 0, self.done.size - 1).astype(np.int64)
+            first = int(ticks.min())
+            counts = np.bincount(ticks - first)  # the batch's span only, not the whole hour
+            self.done[first:first + counts.size] += counts
 
     def drain_started(self, at_unix_ns: int) -> None:
         """A drain of every live load actor begins: the rows done before ``at_unix_ns`` are those it brings."""

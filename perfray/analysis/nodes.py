@@ -4,9 +4,9 @@ and which node is slow against the others, judged on intervals so that noise rea
 A node is *slower* when the 95% interval of its p50 or its p99 lies wholly above the same interval of the other
 nodes' rows (pooled) and its estimate exceeds theirs by more than ``EQUIVALENCE`` (a shift that matters) in each
 half of the measured window too (a node that stays slow, not one stall: a pause of one node's process moves a
-5-second window's p99 as much as a slow node does), *faster* the other way round; *no difference* when the medians' intervals lie within ``EQUIVALENCE`` of each other and the
-p99s' intervals overlap (a tail needs far more samples to pin down than a median); anything else is
-*inconclusive*: the rows cannot tell."""
+5-second window's p99 as much as a slow node does), *faster* the other way round; *no difference* when the
+medians' intervals lie within ``EQUIVALENCE`` of each other and the p99s' intervals overlap (a tail needs far more
+samples to pin down than a median); anything else is *inconclusive*: the rows cannot tell."""
 
 from __future__ import annotations
 
@@ -150,8 +150,9 @@ def nodes_section(manifest: dict) -> list[str]:
         lines.append("")
     if tables:
         lines += [f"A node is *slower* when the 95% interval of its p50 or p99 lies above the other nodes' and its "
-                  f"estimate is over {EQUIVALENCE:g}x theirs, in each half of the window too; *no difference* when the p50 intervals lie within "
-                  f"{EQUIVALENCE:g}x of each other and the p99 intervals overlap; otherwise *inconclusive*.", "",
+                  f"estimate is over {EQUIVALENCE:g}x theirs, in each half of the window too; *no difference* when "
+                  f"the p50 intervals lie within {EQUIVALENCE:g}x of each other and the p99 intervals overlap; "
+                  "otherwise *inconclusive*.", "",
                   "| cell | role | node | requests | QPS | p50 ms | p99 ms (95% CI) | others' p99 CI | failures | "
                   "search busy | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for cell, table in tables:

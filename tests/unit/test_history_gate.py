@@ -55,8 +55,8 @@ def test_a_series_too_short_is_not_judged_and_a_bad_call_is_one_line(runs, tmp_p
     for goal in ("0", "nan"):
         out = subprocess.run([sys.executable, "-m", "perfray", "compare", str(tmp_path / "run-00"),
                               str(tmp_path / "run-13"), "--min-speedup", goal], capture_output=True, text=True)
-        assert out.returncode == 2 and out.stderr.strip().endswith(f"--min-speedup: expected a ratio above 0 (1.5: 50% "
-                                                                   f"better; 0.9: at most 10% worse), got {float(goal)}")
+        assert out.returncode == 2 and out.stderr.strip().endswith(
+            f"--min-speedup: expected a ratio above 0 (1.5: 50% better; 0.9: at most 10% worse), got {float(goal)}")
 
 
 def test_the_prediction_bound_cries_wolf_at_its_alpha_and_finds_a_real_step():
