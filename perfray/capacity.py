@@ -4,8 +4,11 @@ The search grows the rate geometrically from ``min_qps`` until a step breaks an 
 highest rate shown to hold and the lowest that broke until they are ``resolution`` apart. A percentile SLO is
 judged on its confidence interval: a step whose interval straddles the bound is re-run longer (as long as
 its samples say would decide it, up to ``max_step_s``); still undecided, it counts against the rate (capacity
-is what was *shown* to hold). A step whose load generator fell behind (its pacer sent late) says nothing about
-the system: the search stops there and says the generator limited it.
+is what was *shown* to hold). Latency counts from the intended send time, so a late load generator only adds to
+it: a step that meets its SLOs meets them however late the pacer sent. A step that did not meet them says nothing
+about the system when its generator sent materially late and the break lies within the generator's worst lateness
+of the bound: it is run once more at the same rate (one stall of a busy host is not a limit), and late again the
+search stops there and says the generator limited it.
 
 ``CapacitySearch`` is plain state (no Ray, no clock): the driver asks ``next_step()``, measures the step as a
 cell, and hands the cell's summary row to ``record()``.
@@ -46,23 +49,39 @@ class StepResult:
     failure_rate: float = math.nan
     achieved_qps: float = math.nan
     generator_lateness_p99_ms: float = math.nan
+    generator_lateness_max_ms: float = math.nan
 
 
 def judge_step(row: dict, spec: CapacitySpec) -> tuple[str, list[str], float | None]:
     """(outcome, SLOs not shown met, samples that would decide the undecided ones) of one step's summary row."""
-    if row.get("generator_lateness_p99_ms", 0.0) > material_lateness_ms(spec):
-        return GENERATOR, [], None
     verdicts = check_targets([row], spec.targets())
     missed = [v for v in verdicts if not v["passed"]]
-    if not missed:
-        if row.get("drift_check") == "warn" and row.get("drift", 0.0) > 0:  # latency still climbing: not shown
-            return UNDECIDED, [f"not steady (p50 {row['drift']:+.0%} over the step)"], None  # to hold; run longer
-        return MEETS, [], None
+    climbing = not missed and row.get("drift_check") == "warn" and row.get("drift", 0.0) > 0
+    if not missed and not climbing:
+        return MEETS, [], None  # however late the generator sent: its lateness is in every latency
+    if generator_may_explain(row, spec, [v["metric"] for v in missed]):
+        return GENERATOR, [], None
+    if climbing:  # latency still climbing: not shown to hold; run longer
+        return UNDECIDED, [f"not steady (p50 {row['drift']:+.0%} over the step)"], None
     names = [f"{v['metric']} {v['bound']}" for v in missed]
     if all(v.get("inconclusive") for v in missed):
         more = [v.get("samples_to_decide") for v in missed]
         return UNDECIDED, names, max((m for m in more if m is not None), default=None)
     return BREAKS, names, None
+
+
+def generator_may_explain(row: dict, spec: CapacitySpec, missed: list[str]) -> bool:
+    """Whether the generator's lateness may be why a step missed the SLOs ``missed`` (none: its latency climbed
+    over the step): the pacers' lateness p99 is material and some missed latency bound is not shown broken by the
+    system itself. Each request's latency is its lateness plus the system's part, so the system's own percentile is
+    at least the low end of the measured one's interval less the worst lateness: when that still exceeds the bound,
+    the system broke it. A failure rate is the system's (a timeout counts from the send, not the intent)."""
+    if not row.get("generator_lateness_p99_ms", 0.0) > material_lateness_ms(spec):
+        return False
+    worst = row.get("generator_lateness_max_ms", math.nan)
+    worst = worst if worst is not None and math.isfinite(worst) else row["generator_lateness_p99_ms"]
+    bounds = {t.metric: t.max for t in spec.targets() if t.metric.endswith("_ms") and t.max is not None}
+    return not missed or any(m in bounds and not _num(row.get(f"{m}_lo")) - worst > bounds[m] for m in missed)
 
 
 def material_lateness_ms(spec: CapacitySpec) -> float:
@@ -97,7 +116,8 @@ class CapacitySearch:
         result = StepResult(
             qps=step.qps, duration_s=step.duration_s, cell=cell, outcome=outcome, broken=broken,
             samples_to_decide=more, **{k: _num(row.get(k)) for k in (
-                "p50_ms", "p99_ms", "p999_ms", "failure_rate", "achieved_qps", "generator_lateness_p99_ms")},
+                "p50_ms", "p99_ms", "p999_ms", "failure_rate", "achieved_qps", "generator_lateness_p99_ms",
+                "generator_lateness_max_ms")},
             p99_lo_ms=_num(row.get("p99_ms_lo")), p99_hi_ms=_num(row.get("p99_ms_hi")))
         self.steps.append(result)
         self._next = self._after(step, outcome, more)
@@ -105,7 +125,10 @@ class CapacitySearch:
 
     def _after(self, step: Step, outcome: str, more: float | None) -> Step | None:
         spec = self.spec
-        if outcome == GENERATOR:
+        if outcome == GENERATOR:  # once more at the same rate: one stall of a busy host is not a limit
+            before = self.steps[-2] if len(self.steps) > 1 else None
+            if before is None or before.outcome != GENERATOR or before.qps != step.qps:
+                return step
             self.limited_by = "generator"
             return None
         undecided = outcome == UNDECIDED

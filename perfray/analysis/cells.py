@@ -70,11 +70,13 @@ def cell_labels(cell: Workload, described: list[dict], entry: dict, ceilings: di
     stats = entry.get("actor_stats") or [{}]
     path = stats[0].get("client_path", "gpu")
     late = [s["generator_lateness_p99_ns"] / 1e6 for s in stats if "generator_lateness_p99_ns" in s]
+    worst = [s["generator_lateness_max_ns"] / 1e6 for s in stats if "generator_lateness_max_ns" in s]
     return {**_labels(cell, described), "system": (entry.get("system") or {}).get("label", cell.system),
             "system_name": cell.system, **_usage_means(entry), "client_path": path,
             "generator_ceiling_qps": (ceilings or {}).get(path, float("nan")),
             # the pacers' own lateness (the slowest load actor): the generator fell behind, not the system
-            "generator_lateness_p99_ms": max(late) if late else float("nan")}
+            "generator_lateness_p99_ms": max(late) if late else float("nan"),
+            "generator_lateness_max_ms": max(worst) if worst else float("nan")}
 
 
 def progress_label(cell: Workload, described: list[dict], system_label: str | None) -> str:

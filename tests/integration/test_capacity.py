@@ -96,6 +96,7 @@ def test_capacity_of_a_fifo_server_within_5_percent_of_the_truth(tmp_path, fifo_
             latency = fifo_latency_ms(cell.intended_ns.to_numpy())
             replay = float(np.percentile(latency[(cell.phase != "warmup").to_numpy()], 99))
             assert (cell.status == "ok").mean() > 0.9, (arrival, step)
+            assert step["generator_lateness_max_ms"] >= step["generator_lateness_p99_ms"] > 0, step
             # (at 97% of capacity and above the real server has no slack: each time the busy box runs it late, all
             # later requests stay that late, which the ideal replay never is; perfray measures that truly)
             if replay < 0.8 * SLO_MS and step["qps"] < 0.97 * 1000.0 / SERVICE_MS:

@@ -12,11 +12,12 @@ from perfray.errors import UsageError
 from perfray.targets_config import CapacitySpec, parse_slo
 
 
-def row(p99: float, half_width: float = 0.0, failure: float = 0.0, lateness: float = 0.01, samples: int = 10_000):
+def row(p99: float, half_width: float = 0.0, failure: float = 0.0, lateness: float = 0.01, samples: int = 10_000,
+        worst: float | None = None):
     return {"cell": 0, "p50_ms": p99 / 3, "p99_ms": p99, "p999_ms": p99 * 1.5, "p99_ms_lo": p99 - half_width,
             "p99_ms_hi": p99 + half_width, "p50_ms_lo": p99 / 3, "p50_ms_hi": p99 / 3, "p999_ms_lo": p99,
             "p999_ms_hi": p99 * 2, "samples": samples, "failure_rate": failure, "achieved_qps": 1.0,
-            "generator_lateness_p99_ms": lateness}
+            "generator_lateness_p99_ms": lateness, "generator_lateness_max_ms": lateness if worst is None else worst}
 
 
 def run_search(spec: CapacitySpec, system) -> CapacitySearch:
@@ -85,12 +86,31 @@ def test_rerun_long_enough_for_the_samples_its_interval_needs():
 def test_a_generator_that_fell_behind_is_not_the_systems_limit():
     spec = CapacitySpec(slo=("p99_ms<=10",), min_qps=100, max_qps=100_000)
 
-    def system(step):
-        return row(2.0, lateness=5.0) if step.qps >= 800 else row(2.0)
+    def system(step):  # the system's own p99 is 2 ms; from 800 QPS the pacer sends 9 ms late (p99), 12 ms at worst
+        return row(2.0 + 9.0, lateness=9.0, worst=12.0) if step.qps >= 800 else row(2.0)
 
-    result = run_search(spec, system).result()
+    search = run_search(spec, system)
+    result = search.result()
     assert result["limited_by"] == "generator"
     assert result["capacity_qps"] == 400 and math.isnan(result["capacity_hi"])
+    # the late step is measured once more before the search says so
+    assert [(s.qps, s.outcome) for s in search.steps][-2:] == [(800, GENERATOR), (800, GENERATOR)]
+
+
+def test_one_late_step_is_measured_again_and_the_search_goes_on():
+    spec = CapacitySpec(slo=("p99_ms<=10",), min_qps=100, max_qps=100_000, resolution=0.02)
+    system, seen = queue_like(950.0), []
+
+    def stalls_once(step):  # the host stalls the generator in the first step at 800 QPS only
+        seen.append(step.qps)
+        if seen.count(800) == 1 and step.qps == 800:
+            return row(10.5, lateness=3.0, worst=4.0)
+        return system(step)
+
+    search = run_search(spec, stalls_once)
+    assert [s.outcome for s in search.steps if s.qps == 800] == [GENERATOR, MEETS]
+    result = search.result()
+    assert result["limited_by"] == "slo" and result["capacity_lo"] <= 855 < result["capacity_hi"]
 
 
 def test_max_qps_and_min_qps_end_the_search():
@@ -106,9 +126,17 @@ def test_failures_break_the_slo_as_well_as_latency():
     spec = CapacitySpec()
     assert judge_step(row(2.0, failure=0.02), spec)[0] == BREAKS
     assert judge_step(row(2.0, failure=0.0), spec)[0] == MEETS
-    assert judge_step(row(2.0, lateness=1.5), spec)[0] == GENERATOR
+    # latency counts from the intended send, so a late generator only adds to it: met is met however late
+    assert judge_step(row(9.0, lateness=5.0, worst=8.0), spec)[0] == MEETS
+    # a miss within the generator's worst lateness of the bound may be the generator's, when its p99 is material
+    assert judge_step(row(11.0, half_width=0.5, lateness=1.5, worst=4.0), spec)[0] == GENERATOR
+    assert judge_step(row(11.0, half_width=0.5, lateness=0.5, worst=4.0), spec)[0] == BREAKS
+    # far enough above the bound that no lateness explains it, or a failure rate: the system's
+    assert judge_step(row(30.0, half_width=5.0, lateness=1.5, worst=4.0), spec)[0] == BREAKS
+    assert judge_step(row(2.0, failure=0.02, lateness=5.0), spec)[0] == BREAKS
     loose = CapacitySpec(slo=("p99_ms<=20",))  # a tenth of 20 ms: 1.5 ms late cannot decide it
-    assert judge_step(row(2.0, lateness=1.5), loose)[0] == MEETS and judge_step(row(2.0, lateness=2.5), loose)[0] == GENERATOR
+    assert judge_step(row(21.0, lateness=1.5), loose)[0] == BREAKS
+    assert judge_step(row(21.0, lateness=2.5), loose)[0] == GENERATOR
     outcome, broken, more = judge_step(row(10.0, half_width=1.0, samples=500), spec)
     assert outcome == UNDECIDED and broken == ["p99_ms <= 10"] and more is not None
 
