@@ -85,8 +85,8 @@ def generator_may_explain(row: dict, spec: CapacitySpec, missed: list[str]) -> b
 
 
 def material_lateness_ms(spec: CapacitySpec) -> float:
-    """How late (p99) the generator may send before a step says nothing about the system: 1 ms, or a tenth of
-    the tightest latency SLO when that is larger (2 ms of lateness cannot decide a 20 ms p99)."""
+    """How late (p99) the generator may send before a step that missed its SLOs may have missed them by its doing:
+    1 ms, or a tenth of the tightest latency SLO when that is larger (2 ms of lateness cannot decide a 20 ms p99)."""
     bounds = [t.max for t in spec.targets() if t.metric.endswith("_ms") and t.max is not None]
     return max(GENERATOR_LAG_LIMIT_MS, 0.1 * min(bounds)) if bounds else GENERATOR_LAG_LIMIT_MS
 
